@@ -1,0 +1,3 @@
+from melu.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""Frozen configuration dataclasses, saved inside every checkpoint.
+
+Each config round-trips through plain dicts so that a checkpoint loads with
+``torch.load(weights_only=True)`` and needs no pickled classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+Dataset = Literal["melu", "ml-1m", "ml-100k"]
+DATASETS: tuple[Dataset, ...] = ("melu", "ml-1m", "ml-100k")
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as a plain dict (tuples become lists so that JSON and weights_only load it)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a config; unknown keys are an error so a stale checkpoint is noticed, not ignored."""
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kwargs[name] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How raw ratings become cold-start tasks (MeLU protocol by default)."""
+
+    dataset: Dataset = "melu"
+    min_ratings: int = 13
+    max_ratings: int = 100
+    query_size: int = 10
+    validation_fraction: float = 0.1
+    # ML-1M / ML-100K only: how the four scenarios are carved from plain ratings.
+    new_user_fraction: float = 0.2
+    new_item_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The base learner: feature embeddings feeding an MLP (MeLU: dim 32, MLP 64-64-1)."""
+
+    embedding_dim: int = 32
+    hidden: tuple[int, ...] = (64, 64)
+    # Fields the item encoder uses; a field the dataset lacks is skipped.
+    item_fields: tuple[str, ...] = ("rate", "genre", "director", "actor", "year")
+    user_fields: tuple[str, ...] = ("gender", "age", "occupation", "zip")
+    # Predict a residual around the user's mean support rating instead of the raw rating.
+    residual: bool = True
+    embedding_dropout: float = 0.1
+    # Learned identity embedding for items seen in training; new items fall back to a shared
+    # learned "unknown" vector, so they still score from their features.
+    item_id_embedding: bool = False
+    item_id_dropout: float = 0.0
+    # Support statistics (mean, std, log count) appended to every item's features.
+    task_context: bool = False
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """The MAML meta-learner."""
+
+    local_steps: int = 5
+    local_lr: float = 0.01
+    # "head": MeLU's local update (decision layers only); "all": every parameter adapts.
+    adapt: Literal["head", "all"] = "head"
+    first_order: bool = False
+    learn_local_lr: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Meta-training."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    schedule: Literal["none", "cosine"] = "cosine"
+    patience: int = 5
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    dtype: Literal["float32", "float64"] = "float32"

@@ -1,0 +1,178 @@
+"""Vocabularies and encoded feature tables.
+
+Index 0 of every vocabulary means "padding or unknown". Vocabularies are fitted on the
+meta-training users and items only, so a feature value that training never saw maps to 0 instead
+of an embedding that no gradient ever touched.
+
+Multi-valued item fields (genre, director, actor) are stored as padded id lists, reduced by the
+model with a masked mean: the dense multi-hot rows of MeLU's release took 22 GB of pickles.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+
+USER_FIELDS: tuple[str, ...] = ("gender", "age", "occupation", "zip")
+SCALAR_ITEM_FIELDS: tuple[str, ...] = ("item", "rate", "year")
+MULTI_ITEM_FIELDS: tuple[str, ...] = ("genre", "director", "actor")
+YEAR_BUCKET = 5
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Tokens in index order; token ``tokens[i]`` has index ``i + 1``."""
+
+    tokens: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {t: i + 1 for i, t in enumerate(self.tokens)})
+
+    @classmethod
+    def fit(cls, values: Iterable[str], min_count: int = 1) -> Vocabulary:
+        """Most frequent first, ties by token, so fitting is deterministic."""
+        counts = Counter(v for v in values if v != "")
+        kept = [t for t, c in counts.items() if c >= min_count]
+        return cls(tuple(sorted(kept, key=lambda t: (-counts[t], t))))
+
+    def __len__(self) -> int:
+        """Size of the embedding table: the tokens plus the padding/unknown index 0."""
+        return len(self.tokens) + 1
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._index  # type: ignore[attr-defined]
+
+    def index(self, token: str) -> int:
+        return int(self._index.get(token, 0))  # type: ignore[attr-defined]
+
+
+def year_token(year: str) -> str:
+    """Years bucketed into 5-year spans, so a new release still shares a token with older films."""
+    if not year.isdigit():
+        return ""
+    return str(int(year) // YEAR_BUCKET * YEAR_BUCKET)
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One embedded field: its vocabulary size and the columns it occupies in its table."""
+
+    name: str
+    vocab_size: int
+    start: int
+    width: int
+    multi: bool
+
+
+@dataclass(frozen=True)
+class FeatureEncoder:
+    """Fitted vocabularies for user and item fields; serialisable into a checkpoint."""
+
+    user_vocab: dict[str, Vocabulary]
+    item_vocab: dict[str, Vocabulary]
+    # Width of each multi-valued field's padded id list.
+    multi_width: dict[str, int]
+
+    @classmethod
+    def fit(
+        cls, users: pd.DataFrame, items: pd.DataFrame, multi_width: dict[str, int] | None = None
+    ) -> FeatureEncoder:
+        """Fit on the training users and items only (see module docstring)."""
+        user_vocab = {f: Vocabulary.fit(users[f].astype(str)) for f in USER_FIELDS}
+        item_vocab = {
+            "item": Vocabulary.fit(items["item_id"].astype(str)),
+            "rate": Vocabulary.fit(items["rate"]),
+            "year": Vocabulary.fit(items["year"].map(year_token)),
+        }
+        widths = dict(multi_width or {})
+        for f in MULTI_ITEM_FIELDS:
+            item_vocab[f] = Vocabulary.fit(t for tokens in items[f] for t in tokens)
+            if f not in widths:
+                widths[f] = max(1, int(items[f].map(len).max()))
+        return cls(user_vocab, item_vocab, widths)
+
+    # --- layout -----------------------------------------------------------------------------
+
+    def user_specs(self) -> list[FieldSpec]:
+        return [
+            FieldSpec(f, len(self.user_vocab[f]), i, 1, False) for i, f in enumerate(USER_FIELDS)
+        ]
+
+    def item_specs(self) -> list[FieldSpec]:
+        specs, start = [], 0
+        for f in SCALAR_ITEM_FIELDS:
+            specs.append(FieldSpec(f, len(self.item_vocab[f]), start, 1, False))
+            start += 1
+        for f in MULTI_ITEM_FIELDS:
+            width = self.multi_width[f]
+            specs.append(FieldSpec(f, len(self.item_vocab[f]), start, width, True))
+            start += width
+        return specs
+
+    @property
+    def item_width(self) -> int:
+        return len(SCALAR_ITEM_FIELDS) + sum(self.multi_width[f] for f in MULTI_ITEM_FIELDS)
+
+    # --- encoding ---------------------------------------------------------------------------
+
+    def encode_user(self, values: dict[str, str | None]) -> list[int]:
+        """One user's field ids; a missing or unseen value maps to 0."""
+        return [self.user_vocab[f].index(str(values.get(f) or "")) for f in USER_FIELDS]
+
+    def unknown_user_values(self, values: dict[str, str | None]) -> list[str]:
+        """Fields whose given value the vocabulary has never seen (the service reports them)."""
+        return [
+            f for f in USER_FIELDS if values.get(f) not in (None, "")
+            and str(values[f]) not in self.user_vocab[f]
+        ]  # fmt: skip
+
+    def encode_users(self, users: pd.DataFrame) -> torch.Tensor:
+        """``[n_users, 4]`` ids, in the frame's row order."""
+        columns = [
+            users[f].astype(str).map(lambda v, vocab=self.user_vocab[f]: vocab.index(v))
+            for f in USER_FIELDS
+        ]
+        return torch.tensor(pd.concat(columns, axis=1).to_numpy(), dtype=torch.long).reshape(
+            len(users), len(USER_FIELDS)
+        )
+
+    def _pad(self, field: str, tokens: Sequence[str]) -> list[int]:
+        vocab, width = self.item_vocab[field], self.multi_width[field]
+        ids = [i for i in (vocab.index(t) for t in tokens) if i != 0][:width]
+        return ids + [0] * (width - len(ids))
+
+    def encode_items(self, items: pd.DataFrame) -> torch.Tensor:
+        """``[n_items, item_width]`` ids, in the frame's row order."""
+        rows = []
+        for rec in items.itertuples(index=False):
+            row = [
+                self.item_vocab["item"].index(str(rec.item_id)),
+                self.item_vocab["rate"].index(rec.rate),
+                self.item_vocab["year"].index(year_token(rec.year)),
+            ]
+            for f in MULTI_ITEM_FIELDS:
+                row.extend(self._pad(f, getattr(rec, f)))
+            rows.append(row)
+        return torch.tensor(rows, dtype=torch.long).reshape(len(items), self.item_width)
+
+    # --- serialisation ----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_vocab": {f: list(v.tokens) for f, v in self.user_vocab.items()},
+            "item_vocab": {f: list(v.tokens) for f, v in self.item_vocab.items()},
+            "multi_width": dict(self.multi_width),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureEncoder:
+        return cls(
+            {f: Vocabulary(tuple(t)) for f, t in data["user_vocab"].items()},
+            {f: Vocabulary(tuple(t)) for f, t in data["item_vocab"].items()},
+            {f: int(w) for f, w in data["multi_width"].items()},
+        )

@@ -1,0 +1,241 @@
+"""MAML for MeLU as pure functions over parameter dicts, batched over tasks with ``vmap``.
+
+:func:`adapt_task` is the one local update: k SGD steps on the masked support MSE. Meta-training,
+evaluation and the service all reach it through :class:`MetaLearner`. Gradients of the query
+loss flow through the local steps (second order) unless ``first_order`` detaches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from melu.config import MetaConfig
+from melu.model import ADAPTED_ALL, ADAPTED_BY_DEFAULT, MeLUNet, adapted_names
+from melu.tasks import TaskBatch
+
+Params = dict[str, torch.Tensor]
+
+
+class Adaptation(NamedTuple):
+    """A task's (or a batch's, with a leading task dim) fast weights and support statistics."""
+
+    fast: Params
+    offset: torch.Tensor  # added to the head's output: the support mean, or 0
+    context: torch.Tensor  # support mean, std, log(1 + n)
+    loss_before: torch.Tensor
+    loss_after: torch.Tensor
+
+
+class TaskFeatures(NamedTuple):
+    """A batch of tasks with features gathered: ``users [B, U]``, items ``[B, S|Q, W]``."""
+
+    users: torch.Tensor
+    x_spt: torch.Tensor
+    y_spt: torch.Tensor
+    mask_spt: torch.Tensor
+    x_qry: torch.Tensor
+    y_qry: torch.Tensor
+    mask_qry: torch.Tensor
+
+
+def gather(batch: TaskBatch, user_table: torch.Tensor, item_table: torch.Tensor) -> TaskFeatures:
+    """Look up feature ids for a batch of id-only tasks (tables on the batch's device)."""
+    return TaskFeatures(
+        users=user_table[batch.users],
+        x_spt=item_table[batch.x_spt],
+        y_spt=batch.y_spt,
+        mask_spt=batch.mask_spt,
+        x_qry=item_table[batch.x_qry],
+        y_qry=batch.y_qry,
+        mask_qry=batch.mask_qry,
+    )
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the real (unmasked) entries only."""
+    weight = mask.to(pred.dtype)
+    return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def support_stats(y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked mean and the context vector (mean, std, log(1 + n)) of one support set."""
+    weight = mask.to(y.dtype)
+    n = weight.sum()
+    mean = (y * weight).sum() / n.clamp(min=1.0)
+    var = (((y - mean) ** 2) * weight).sum() / n.clamp(min=1.0)
+    context = torch.stack([mean, var.clamp(min=1e-12).sqrt(), torch.log1p(n)])
+    return mean, context
+
+
+def _strip(params: Params, prefix: str) -> Params:
+    return {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def _sgd(weight: torch.Tensor, grad_: torch.Tensor, rate: torch.Tensor | float) -> torch.Tensor:
+    if isinstance(rate, float):
+        return torch.sub(weight, grad_, alpha=rate)  # one fused op for a fixed rate
+    return weight - rate * grad_
+
+
+class MetaLearner(nn.Module):
+    """The meta-parameters (the base learner and optional learned local rates) and MAML on them."""
+
+    def __init__(self, net: MeLUNet, cfg: MetaConfig) -> None:
+        super().__init__()
+        self.net = net
+        self.cfg = cfg
+        children = ADAPTED_BY_DEFAULT if cfg.adapt == "head" else ADAPTED_ALL
+        self.adapted = adapted_names(net, children)
+        self.head_only = all(n.startswith("head.") for n in self.adapted)
+        self.local_lr = nn.ParameterDict()
+        if cfg.learn_local_lr:
+            # Meta-SGD: one rate per adapted weight, clamped at 0 when used (a negative rate
+            # turns the local step into ascent and diverged in our runs).
+            for name in self.adapted:
+                param = net.get_parameter(name)
+                self.local_lr[self._lr_key(name)] = nn.Parameter(
+                    torch.full_like(param, cfg.local_lr)
+                )
+
+    @staticmethod
+    def _lr_key(name: str) -> str:
+        return name.replace(".", "__")
+
+    # --- parameters ---------------------------------------------------------------------------
+
+    def meta_params(self) -> Params:
+        """The base learner's parameters, as the dict that ``functional_call`` takes."""
+        return dict(self.net.named_parameters())
+
+    def rates(self) -> dict[str, torch.Tensor | float]:
+        if not self.cfg.learn_local_lr:
+            return {n: self.cfg.local_lr for n in self.adapted}
+        return {n: self.local_lr[self._lr_key(n)].clamp(min=0.0) for n in self.adapted}
+
+    # --- the pure per-task functions ----------------------------------------------------------
+
+    def _embed(
+        self, params: Params, users: torch.Tensor, items: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return functional_call(self.net.encoder, _strip(params, "encoder."), (users, items, context))
+
+    def _head(self, params: Params, features: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return functional_call(self.net.head, _strip(params, "head."), features)
+
+    def adapt_task(
+        self,
+        params: Params,
+        rates: dict[str, torch.Tensor | float],
+        users: torch.Tensor,
+        x_spt: torch.Tensor,
+        y_spt: torch.Tensor,
+        mask_spt: torch.Tensor,
+        steps: int,
+        first_order: bool,
+    ) -> Adaptation:
+        """k local SGD steps on one task's masked support MSE, from ``params``.
+
+        Returns fast weights for the adapted parameters only; ``params`` are not modified.
+        When only the head adapts, the support is embedded once, outside the local steps.
+        """
+        mean, context = support_stats(y_spt, mask_spt)
+        offset = mean if self.net.cfg.residual else torch.zeros_like(mean)
+        fast = {n: params[n] for n in self.adapted}
+        fixed = {n: p for n, p in params.items() if n not in fast}
+
+        loss_fn: Callable[[Params], torch.Tensor]
+        if self.head_only:
+            features = self._embed(fixed, users, x_spt, context)
+
+            def loss_fn(weights: Params) -> torch.Tensor:
+                return masked_mse(self._head(weights, features) + offset, y_spt, mask_spt)
+        else:
+
+            def loss_fn(weights: Params) -> torch.Tensor:
+                both = {**fixed, **weights}
+                pred = self._head(both, self._embed(both, users, x_spt, context)) + offset
+                return masked_mse(pred, y_spt, mask_spt)
+
+        grad_fn = grad(loss_fn, has_aux=False)
+        loss_before = loss_fn(fast).detach()
+        for _ in range(steps):
+            grads = grad_fn(fast)
+            if first_order:
+                grads = {n: g.detach() for n, g in grads.items()}
+            fast = {n: _sgd(w, grads[n], rates[n]) for n, w in fast.items()}
+        loss_after = loss_fn(fast).detach() if steps else loss_before
+        return Adaptation(fast, offset, context, loss_before, loss_after)
+
+    def predict_task(
+        self, params: Params, adaptation: Adaptation, users: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
+        """Predicted ratings ``[N]`` of items ``[N, W]`` with a task's fast weights."""
+        both = {**params, **adaptation.fast}
+        features = self._embed(both, users, items, adaptation.context)
+        return self._head(both, features) + adaptation.offset
+
+    def query_loss_task(
+        self,
+        params: Params,
+        rates: dict[str, torch.Tensor | float],
+        users: torch.Tensor,
+        x_spt: torch.Tensor,
+        y_spt: torch.Tensor,
+        mask_spt: torch.Tensor,
+        x_qry: torch.Tensor,
+        y_qry: torch.Tensor,
+        mask_qry: torch.Tensor,
+        steps: int,
+        first_order: bool,
+    ) -> torch.Tensor:
+        adaptation = self.adapt_task(params, rates, users, x_spt, y_spt, mask_spt, steps, first_order)
+        pred = self.predict_task(params, adaptation, users, x_qry)
+        return masked_mse(pred, y_qry, mask_qry)
+
+    # --- batched over tasks ----------------------------------------------------------------------
+
+    def _steps(self, steps: int | None) -> int:
+        return self.cfg.local_steps if steps is None else steps
+
+    def task_losses(self, batch: TaskFeatures, steps: int | None = None) -> torch.Tensor:
+        """Query loss of every task ``[B]``, differentiable w.r.t. the meta-parameters."""
+        fn = vmap(
+            self.query_loss_task,
+            in_dims=(None, None, 0, 0, 0, 0, 0, 0, 0, None, None),
+            randomness="different",
+        )
+        return fn(
+            self.meta_params(), self.rates(), *batch, self._steps(steps), self.cfg.first_order
+        )
+
+    def meta_loss(self, batch: TaskFeatures, steps: int | None = None) -> torch.Tensor:
+        """Mean query loss over the batch: what the meta-optimiser minimises."""
+        return self.task_losses(batch, steps).mean()
+
+    def adapt(
+        self,
+        users: torch.Tensor,
+        x_spt: torch.Tensor,
+        y_spt: torch.Tensor,
+        mask_spt: torch.Tensor,
+        steps: int | None = None,
+    ) -> Adaptation:
+        """Fast weights for a batch of tasks (leading dim B); meta-parameters stay untouched."""
+        fn = vmap(
+            self.adapt_task, in_dims=(None, None, 0, 0, 0, 0, None, None), randomness="different"
+        )
+        return fn(
+            self.meta_params(), self.rates(), users, x_spt, y_spt, mask_spt, self._steps(steps), True
+        )
+
+    def predict(
+        self, adaptation: Adaptation, users: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
+        """Predicted ratings ``[B, N]`` of items ``[B, N, W]`` after :meth:`adapt`."""
+        fn = vmap(self.predict_task, in_dims=(None, 0, 0, 0), randomness="different")
+        return fn(self.meta_params(), adaptation, users, items)
