@@ -32,7 +32,7 @@ FORMAT_VERSION = 1
 def versions() -> dict[str, str]:
     return {
         "melu": __version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # TorchVersion is not a weights_only-safe type
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
@@ -111,6 +111,7 @@ def atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; others (the api container) read these
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -99,3 +99,15 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     dtype: Literal["float32", "float64"] = "float32"
+
+
+# Named model configurations. "melu" is the paper's architecture (rate, genre, director and
+# actor embeddings; no year, no residual, no dropout) so results stay comparable with MeLU.
+PRESETS: dict[str, ModelConfig] = {
+    "default": ModelConfig(),
+    "melu": ModelConfig(
+        item_fields=("rate", "genre", "director", "actor"),
+        residual=False,
+        embedding_dropout=0.0,
+    ),
+}

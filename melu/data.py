@@ -38,7 +38,7 @@ class Catalogue:
     @property
     def rows(self) -> dict[int, int]:
         """Raw item id -> row."""
-        return self._rows  # type: ignore[attr-defined,no-any-return]
+        return self._rows  # type: ignore[attr-defined]
 
     def __len__(self) -> int:
         """Number of real items (row 0 excluded)."""
@@ -57,7 +57,9 @@ class Catalogue:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Catalogue:
-        return cls(np.asarray(data["item_ids"], dtype=np.int64), list(data["titles"]), data["table"])
+        return cls(
+            np.asarray(data["item_ids"], dtype=np.int64), list(data["titles"]), data["table"]
+        )
 
 
 @dataclass(frozen=True)
@@ -96,14 +98,18 @@ def prepare_frames(
     ml: movielens.MovieLens, cfg: DataConfig, encoder: FeatureEncoder | None = None
 ) -> ColdStartData:
     ratings = ml.ratings
-    known = ratings["item_id"].isin(ml.items["item_id"]) & ratings["user_id"].isin(ml.users["user_id"])
+    known = ratings["item_id"].isin(ml.items["item_id"]) & ratings["user_id"].isin(
+        ml.users["user_id"]
+    )
     if not known.all():
         log.warning("dropping %d ratings of users or items without metadata", int((~known).sum()))
         ratings = ratings[known]
     if "split" not in ratings.columns:
         ratings = ratings.assign(split=assign_scenarios(ratings, ml.items, cfg))
 
-    by_scenario = {s: eligible(ratings[ratings["split"] == s], cfg) for s in SCENARIOS if s != "validation"}
+    by_scenario = {
+        s: eligible(ratings[ratings["split"] == s], cfg) for s in SCENARIOS if s != "validation"
+    }
     val_users = validation_users(by_scenario["warm"]["user_id"].unique().tolist(), cfg)
     warm = by_scenario.pop("warm")
     is_val = warm["user_id"].isin(val_users)

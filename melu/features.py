@@ -127,9 +127,10 @@ class FeatureEncoder:
     def unknown_user_values(self, values: dict[str, str | None]) -> list[str]:
         """Fields whose given value the vocabulary has never seen (the service reports them)."""
         return [
-            f for f in USER_FIELDS if values.get(f) not in (None, "")
-            and str(values[f]) not in self.user_vocab[f]
-        ]  # fmt: skip
+            f
+            for f in USER_FIELDS
+            if values.get(f) not in (None, "") and str(values[f]) not in self.user_vocab[f]
+        ]
 
     def encode_users(self, users: pd.DataFrame) -> torch.Tensor:
         """``[n_users, 4]`` ids, in the frame's row order."""
@@ -152,8 +153,8 @@ class FeatureEncoder:
         for rec in items.itertuples(index=False):
             row = [
                 self.item_vocab["item"].index(str(rec.item_id)),
-                self.item_vocab["rate"].index(rec.rate),
-                self.item_vocab["year"].index(year_token(rec.year)),
+                self.item_vocab["rate"].index(str(rec.rate)),
+                self.item_vocab["year"].index(year_token(str(rec.year))),
             ]
             for f in MULTI_ITEM_FIELDS:
                 row.extend(self._pad(f, getattr(rec, f)))

@@ -122,7 +122,9 @@ class MetaLearner(nn.Module):
     def _embed(
         self, params: Params, users: torch.Tensor, items: torch.Tensor, context: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return functional_call(self.net.encoder, _strip(params, "encoder."), (users, items, context))
+        return functional_call(
+            self.net.encoder, _strip(params, "encoder."), (users, items, context)
+        )
 
     def _head(self, params: Params, features: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return functional_call(self.net.head, _strip(params, "head."), features)
@@ -193,7 +195,9 @@ class MetaLearner(nn.Module):
         steps: int,
         first_order: bool,
     ) -> torch.Tensor:
-        adaptation = self.adapt_task(params, rates, users, x_spt, y_spt, mask_spt, steps, first_order)
+        adaptation = self.adapt_task(
+            params, rates, users, x_spt, y_spt, mask_spt, steps, first_order
+        )
         pred = self.predict_task(params, adaptation, users, x_qry)
         return masked_mse(pred, y_qry, mask_qry)
 
@@ -213,6 +217,10 @@ class MetaLearner(nn.Module):
             self.meta_params(), self.rates(), *batch, self._steps(steps), self.cfg.first_order
         )
 
+    def forward(self, batch: TaskFeatures) -> torch.Tensor:
+        """Per-task query losses: ``forward`` so that DistributedDataParallel can wrap us."""
+        return self.task_losses(batch)
+
     def meta_loss(self, batch: TaskFeatures, steps: int | None = None) -> torch.Tensor:
         """Mean query loss over the batch: what the meta-optimiser minimises."""
         return self.task_losses(batch, steps).mean()
@@ -230,7 +238,14 @@ class MetaLearner(nn.Module):
             self.adapt_task, in_dims=(None, None, 0, 0, 0, 0, None, None), randomness="different"
         )
         return fn(
-            self.meta_params(), self.rates(), users, x_spt, y_spt, mask_spt, self._steps(steps), True
+            self.meta_params(),
+            self.rates(),
+            users,
+            x_spt,
+            y_spt,
+            mask_spt,
+            self._steps(steps),
+            True,
         )
 
     def predict(

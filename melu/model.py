@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -32,19 +34,25 @@ class FieldEmbedding(nn.Module):
         self.specs = list(specs)
         # Index 0 (unknown) of a single-valued field keeps a learned vector: it is the fallback
         # for values training never saw. For multi-valued fields 0 is padding and masked out.
+        self.dim = dim
         self.tables = nn.ModuleDict({s.name: nn.Embedding(s.vocab_size, dim) for s in self.specs})
-        for table in self.tables.values():
-            nn.init.normal_(table.weight, std=0.1)
+        for spec in self.specs:
+            nn.init.normal_(self._table(spec.name).weight, std=0.1)
+
+    def _table(self, name: str) -> nn.Embedding:
+        table = self.tables[name]
+        assert isinstance(table, nn.Embedding)
+        return table
 
     @property
     def out_dim(self) -> int:
-        return len(self.specs) * next(iter(self.tables.values())).embedding_dim
+        return len(self.specs) * self.dim
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids [..., width]`` -> ``[..., n_fields * dim]``."""
         parts = []
         for spec in self.specs:
-            table = self.tables[spec.name]
+            table = self._table(spec.name)
             if spec.multi:
                 cols = ids[..., spec.start : spec.start + spec.width]
                 mask = (cols != 0).unsqueeze(-1).to(table.weight.dtype)
@@ -120,11 +128,12 @@ class Head(nn.Module):
         super().__init__()
         self.task_dim = task_dim
         widths = [task_dim + item_dim, *hidden, 1]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:], strict=False))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
 
     def forward(self, task: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``task [..., Dt]``, ``items [..., S, Di]`` -> ``[..., S]``."""
         first = self.layers[0]
+        assert isinstance(first, nn.Linear)
         w_task, w_item = first.weight[:, : self.task_dim], first.weight[:, self.task_dim :]
         per_task = nn.functional.linear(task, w_task, first.bias)
         x = nn.functional.linear(items, w_item) + per_task.unsqueeze(-2)

@@ -17,8 +17,8 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +39,26 @@ MELU_SPLITS: dict[str, str] = {
 MELU_VOCAB_FILES = ("rate", "genre", "director", "actor", "gender", "age", "occupation", "zipcode")
 
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
-    "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 # ML-1M's age codes; ML-100K's raw ages are bucketed into them so both share one meaning.
 ML1M_AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
 
@@ -62,7 +78,9 @@ class MovieLens:
 
 def _require(path: Path) -> Path:
     if not path.is_file():
-        raise DataError(path, "file not found (see `melu data download --help` for where to get it)")
+        raise DataError(
+            path, "file not found (see `melu data download --help` for where to get it)"
+        )
     return path
 
 
@@ -81,7 +99,9 @@ def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
 def _fields(path: Path, number: int, text: str, sep: str, count: int) -> list[str]:
     parts = text.split(sep)
     if len(parts) != count:
-        raise DataError(path, f"expected {count} '{sep}'-separated fields, found {len(parts)}", number)
+        raise DataError(
+            path, f"expected {count} '{sep}'-separated fields, found {len(parts)}", number
+        )
     return parts
 
 
@@ -174,9 +194,14 @@ def read_ml1m_movies(path: Path) -> pd.DataFrame:
         match = _TITLE_YEAR.match(f[1])
         title, year = (match.group(1), match.group(2)) if match else (f[1].strip(), "")
         return {
-            "item_id": _int(path, n, f[0], "movie id"), "title": title, "year": year, "rate": "",
-            "genre": _tokens(f[2], "|"), "director": [], "actor": [],
-        }  # fmt: skip
+            "item_id": _int(path, n, f[0], "movie id"),
+            "title": title,
+            "year": year,
+            "rate": "",
+            "genre": _tokens(f[2], "|"),
+            "director": [],
+            "actor": [],
+        }
 
     return _items_frame(path, _parse_rows(path, "latin-1", "::", 3, parse))  # type: ignore[arg-type]
 
@@ -270,9 +295,14 @@ def read_ml100k_items(path: Path) -> pd.DataFrame:
             year = match.group(2)
         genres = [g for g, flag in zip(ML100K_GENRES, flags, strict=True) if flag == "1"]
         return {
-            "item_id": _int(path, n, f[0], "movie id"), "title": title, "year": year, "rate": "",
-            "genre": [g for g in genres if g != "unknown"], "director": [], "actor": [],
-        }  # fmt: skip
+            "item_id": _int(path, n, f[0], "movie id"),
+            "title": title,
+            "year": year,
+            "rate": "",
+            "genre": [g for g in genres if g != "unknown"],
+            "director": [],
+            "actor": [],
+        }
 
     return _items_frame(path, _parse_rows(path, "latin-1", "|", width, parse))  # type: ignore[arg-type]
 
@@ -339,7 +369,9 @@ def read_melu_split(folder: Path, scenario: str) -> pd.DataFrame:
         item_col = np.asarray(list(chain.from_iterable(items.values())), dtype=np.int64)
         rating_col = np.asarray(list(chain.from_iterable(ratings.values())), dtype=np.float32)
     except (ValueError, TypeError) as exc:
-        raise DataError(items_path, f"user and item ids must be integers, ratings numbers: {exc}") from None
+        raise DataError(
+            items_path, f"user and item ids must be integers, ratings numbers: {exc}"
+        ) from None
     frame = pd.DataFrame({"user_id": user_col, "item_id": item_col, "rating": rating_col})
     bad = ~frame["rating"].between(1.0, 5.0)
     if bad.any():

@@ -126,7 +126,9 @@ class TaskSet:
         idx_np = np.asarray(index, dtype=np.int64)
         idx = torch.from_numpy(idx_np).to(self.batch_all.users.device)
         full = self.batch_all
-        width = int(self.support_sizes[idx_np].max()) if trim and len(idx_np) else full.x_spt.shape[1]
+        width = (
+            int(self.support_sizes[idx_np].max()) if trim and len(idx_np) else full.x_spt.shape[1]
+        )
         return TaskBatch(
             users=full.users[idx],
             x_spt=full.x_spt[idx, :width],
@@ -183,7 +185,9 @@ def build_tasks(
     """
     user_col = ratings["user_id"].to_numpy(dtype=np.int64)
     order = np.argsort(user_col, kind="stable")  # by user, original order within a user
-    items_all = pd.Series(item_rows).reindex(ratings["item_id"].to_numpy()).to_numpy(np.int64)[order]
+    items_all = (
+        pd.Series(item_rows).reindex(ratings["item_id"].to_numpy()).to_numpy(np.int64)[order]
+    )
     values_all = ratings["rating"].to_numpy(dtype=np.float32)[order]
     user_ids, starts, counts = np.unique(user_col[order], return_index=True, return_counts=True)
     n, q = len(user_ids), cfg.query_size

@@ -1,0 +1,297 @@
+"""Fetch MovieLens files from their public sources, verified by sha256.
+
+MovieLens' licence forbids redistribution, so the project ships no data: each user downloads it.
+Every file is checked against a pinned sha256 before it is moved into place, so a truncated
+transfer or a changed upstream file never reaches the readers in :mod:`melu.movielens`.
+
+Layout under ``data_dir`` (the same as ``shared/data/movielens``)::
+
+    ml-1m.zip, ml-1m/{ratings,users,movies}.dat, ...   # dataset "ml-1m"
+    ml-100k.zip, ml-100k/u.{data,item,user}, ...        # dataset "ml-100k"
+    melu/*.json, melu/movies_extrainfos.dat, melu/m_*.txt, ml-1m/users.dat   # dataset "melu"
+
+The zips are kept next to their folders so that a second run finds them verified and skips the
+download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from tqdm import tqdm
+
+from melu.config import Dataset
+from melu.errors import DataError, MeluError
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_TIMEOUT_S = 60.0
+
+# Base URLs, one per dataset; a file's URL is ``<base>/<name>``. Tests point them at a local
+# server through ``download(..., urls=...)``.
+URLS: dict[str, str] = {
+    "ml-1m": "https://files.grouplens.org/datasets/movielens",
+    "ml-100k": "https://files.grouplens.org/datasets/movielens",
+    # Pinned to a commit so that the checksums below cannot drift with the repository.
+    "melu": (
+        "https://raw.githubusercontent.com/hoyeoplee/MeLU/"
+        "f70c8ff91471193cd598bc241c6b0f22665f6375/movielens/ml-1m"
+    ),
+}
+
+# The GroupLens zips: sha256 from TensorFlow Datasets' pinned checksums
+# (tensorflow/datasets, tensorflow_datasets/url_checksums/movielens.txt: ml-1m.zip 5,917,549
+# bytes, ml-100k.zip 4,924,029 bytes); several unrelated projects pin the same values (e.g.
+# TensorFlow's MovieLens examples and SecretFlow for ml-1m). The MeLU files: sha256 from
+# shared/data/movielens/SOURCES.md, checked there against the files' git blob ids.
+SHA256: dict[str, str] = {
+    "ml-1m.zip": "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
+    "ml-100k.zip": "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
+    "users.dat": "1dc3a95300cb19f7c10e027daf29b8cdf1d908dab65b5edfb45950aa389a10a3",
+    "movies_extrainfos.dat": "18432b1713b66a5262c11f6d929801a6e6f414d861cd2adf191dfba61e45c74d",
+    "m_rate.txt": "849e3d478b5e698fbafcbb38f6a0a0b7dbb6638e7173d5e5a6dee113d799c88e",
+    "m_genre.txt": "588546914e1ed5b60cd0a7dcda9286c38d5efdc7f7d58a08e331de47722224e8",
+    "m_director.txt": "eb7f008b18607bd6539d2459bf47812020cf5c3a64c49e6431e7f6f541c4930f",
+    "m_actor.txt": "7f765f394048db436f3b006eaf6154f46abc2a0af17068d9622e40ab36bb15e4",
+    "m_gender.txt": "bccd3340ac337dc846f06295a9c94a8d7dc622a44902e9ee53b8790a8978ef66",
+    "m_age.txt": "74f10158e752a773c0317b8bdc4bd0c89dd5c07b79c7a43fdb2577f094dedf46",
+    "m_occupation.txt": "258dc75e14c2f2f80e45a9bd489b37a8a5d46056fc1a3536fce3fb9d97d6e2ca",
+    "m_zipcode.txt": "12b2966bc29bfc0736aae58bdf9a1c793114764ae8f3b295577a8fd56e0ea199",
+    "warm_state.json": "036be249428c8fe9e212def927eb3ad60de8ddd054989e75f54e7ab2291da525",
+    "warm_state_y.json": "4ad7829ea3d8a4d58ca8c96a4f368c5c7eab6b8ed85430f2516ab3cd79b5dff2",
+    "user_cold_state.json": "ec7414e1da3b1636d34f0f3a5615e2a07bea9b82156123768049cc166ed20df1",
+    "user_cold_state_y.json": "62b84d073377c183cabfa0b78cb4e745f763b0713920033edf0bbbc43e1dca11",
+    "item_cold_state.json": "1cb691e39e9f64a12922f1c8da2bf8b9c07f885decc4dd4ee5aea0e5bbcc46a1",
+    "item_cold_state_y.json": "b9325e4b056cda7d2834f17c33c4ec34ee6516142c8b51e50103f80d2b0793bf",
+    "user_and_item_cold_state.json": (
+        "9045ceae16fbc0ca0a160b3ce96bedf97d304d04328755c9fadc9a4ba55450f0"
+    ),
+    "user_and_item_cold_state_y.json": (
+        "5bc5057b32224d91fa1f8161f242db72b186afc1c51b571f5aab3c3e93cf0e90"
+    ),
+}
+
+MELU_FILES: tuple[str, ...] = (
+    "warm_state.json",
+    "warm_state_y.json",
+    "user_cold_state.json",
+    "user_cold_state_y.json",
+    "item_cold_state.json",
+    "item_cold_state_y.json",
+    "user_and_item_cold_state.json",
+    "user_and_item_cold_state_y.json",
+    "movies_extrainfos.dat",
+    "m_rate.txt",
+    "m_genre.txt",
+    "m_director.txt",
+    "m_actor.txt",
+    "m_gender.txt",
+    "m_age.txt",
+    "m_occupation.txt",
+    "m_zipcode.txt",
+)
+
+
+def _manual_hint(dataset: Dataset, data_dir: Path) -> str:
+    """Where to put the files by hand when the download cannot run."""
+    if dataset == "ml-1m":
+        return f"put ml-1m.zip's ratings.dat, users.dat, movies.dat into {data_dir / 'ml-1m'}/"
+    if dataset == "ml-100k":
+        return f"put ml-100k.zip's u.data, u.item, u.user into {data_dir / 'ml-100k'}/"
+    return (
+        f"put MeLU's movielens/ml-1m/ files (the 8 *_state*.json, movies_extrainfos.dat, m_*.txt;"
+        f" github.com/hoyeoplee/MeLU) into {data_dir / 'melu'}/ and ML-1M's users.dat into"
+        f" {data_dir / 'ml-1m'}/"
+    )
+
+
+def _one_line(text: object) -> str:
+    # Exception texts from sockets and servers may hold newlines; the CLI prints one line.
+    return " ".join(str(text).split())
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _temporary(folder: Path, name: str) -> Iterator[tuple[IO[bytes], Path]]:
+    """A temporary file beside its target (same filesystem, so the rename is atomic).
+
+    It is removed unless the caller has renamed it away, so a failure leaves nothing behind.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh, tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _network_error(url: str, exc: BaseException, hint: str) -> MeluError:
+    if isinstance(exc, urllib.error.HTTPError):
+        exc.close()
+        # The server answered, so the network works: the file or an overridden URL is wrong.
+        return MeluError(
+            f"download of {url} failed: HTTP {exc.code} {_one_line(exc.reason)}; {hint}"
+        )
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return MeluError(f"download of {url} failed ({_one_line(reason)}; no network?): {hint}")
+
+
+# Everything a socket or an HTTP exchange can raise; URLError and TimeoutError are OSErrors.
+_NETWORK_ERRORS = (OSError, http.client.HTTPException)
+
+
+def _fetch(url: str, target: Path, expected: str, progress: bool, hint: str) -> None:
+    """Stream ``url`` into ``target``, moved into place only once its sha256 is ``expected``."""
+    digest = hashlib.sha256()
+    log.info("downloading %s", url)
+    with _temporary(target.parent, target.name) as (out, tmp):
+        # Only the network calls sit inside the try, so a full local disk is not reported
+        # as "no network".
+        try:
+            response = urllib.request.urlopen(url, timeout=_TIMEOUT_S)
+        except _NETWORK_ERRORS as exc:
+            raise _network_error(url, exc, hint) from None
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        with (
+            response,
+            tqdm(
+                total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress
+            ) as bar,
+        ):
+            while True:
+                try:
+                    chunk = response.read(_CHUNK)
+                except _NETWORK_ERRORS as exc:
+                    raise _network_error(url, exc, hint) from None
+                if not chunk:
+                    break
+                digest.update(chunk)
+                out.write(chunk)
+                bar.update(len(chunk))
+        out.flush()
+        os.fsync(out.fileno())
+        out.close()
+        got = digest.hexdigest()
+        if got != expected:
+            raise DataError(target, f"sha256 mismatch: expected {expected}, got {got}")
+        os.replace(tmp, target)
+    log.info("saved %s (sha256 ok)", target)
+
+
+def _ensure(url: str, target: Path, expected: str, progress: bool, hint: str) -> Path:
+    if target.is_file():
+        if sha256_of(target) == expected:
+            log.info("%s already present (sha256 ok), skipped", target)
+            return target
+        log.warning("%s has an unexpected sha256: downloading it again", target)
+    _fetch(url, target, expected, progress, hint)
+    return target
+
+
+def _crc32_of(path: Path) -> int:
+    crc = 0
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _extract(archive: Path, top: str, data_dir: Path) -> list[Path]:
+    """Extract the members under ``top/`` into ``data_dir``, each by an atomic rename.
+
+    A member already on disk with the size and CRC the zip records is left alone, so a rerun
+    does not rewrite hundreds of megabytes or touch files another process is reading.
+    """
+    extracted: list[Path] = []
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                name = PurePosixPath(info.filename)
+                if info.is_dir():
+                    continue
+                # A crafted name could write outside data_dir ("zip slip").
+                if name.is_absolute() or ".." in name.parts or "\\" in info.filename:
+                    raise DataError(archive, f"unsafe member name {info.filename!r}")
+                if not name.parts or name.parts[0] != top:
+                    log.debug("skipping %s: outside %s/", info.filename, top)
+                    continue
+                target = data_dir.joinpath(*name.parts)
+                extracted.append(target)
+                if (
+                    target.is_file()
+                    and target.stat().st_size == info.file_size
+                    and _crc32_of(target) == info.CRC
+                ):
+                    continue
+                with _temporary(target.parent, target.name) as (out, tmp):
+                    with zf.open(info) as src:
+                        shutil.copyfileobj(src, out, _CHUNK)
+                    out.close()
+                    os.replace(tmp, target)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        raise DataError(archive, f"cannot extract: {_one_line(exc)}") from None
+    if not extracted:
+        raise DataError(archive, f"no files under {top}/")
+    log.info("extracted %d files into %s", len(extracted), data_dir / top)
+    return extracted
+
+
+def download(
+    dataset: Dataset,
+    data_dir: Path,
+    *,
+    progress: bool = True,
+    urls: dict[str, str] | None = None,
+) -> list[Path]:
+    """Download ``dataset`` into ``data_dir`` and return the data files it provides.
+
+    ``urls`` overrides entries of :data:`URLS` (base URL per dataset). Files already present
+    with the pinned sha256 are not downloaded again.
+
+    Raises :class:`~melu.errors.DataError` on a checksum mismatch (nothing is left behind) and
+    :class:`~melu.errors.MeluError` with a one-line hint when the download itself fails.
+    """
+    data_dir = Path(data_dir)
+    bases = {**URLS, **(urls or {})}
+    if dataset not in bases:
+        raise ValueError(f"unknown dataset {dataset!r}")
+    base = bases[dataset].rstrip("/")
+    hint = _manual_hint(dataset, data_dir)
+
+    if dataset in ("ml-1m", "ml-100k"):
+        name = f"{dataset}.zip"
+        archive = _ensure(f"{base}/{name}", data_dir / name, SHA256[name], progress, hint)
+        return _extract(archive, dataset, data_dir)
+
+    paths = [
+        _ensure(f"{base}/{name}", data_dir / "melu" / name, SHA256[name], progress, hint)
+        for name in MELU_FILES
+    ]
+    # MeLU's split needs the ML-1M user table, which the authors' repository also holds.
+    users = data_dir / "ml-1m" / "users.dat"
+    paths.append(_ensure(f"{base}/users.dat", users, SHA256["users.dat"], progress, hint))
+    return paths

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real MovieLens files that live outside the repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from melu.config import DataConfig
+from melu.data import ColdStartData, prepare
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    """``$MELU_SHARED_DATA`` if set, else ``<repo>/../shared/data/movielens``."""
+    override = os.environ.get("MELU_SHARED_DATA")
+    return Path(override) if override else REPO_ROOT.parent / "shared" / "data" / "movielens"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real files; missing data is a broken setup, so the test fails instead of skipping."""
+    folder = shared_data_dir()
+    if not (folder / "melu").is_dir() or not (folder / "ml-1m").is_dir():
+        pytest.fail(
+            f"MovieLens data not found at {folder} (expected melu/ and ml-1m/ there): set "
+            "MELU_SHARED_DATA to a folder laid out like shared/data/movielens "
+            "(see its SOURCES.md, or `melu.download.download`)",
+            pytrace=False,
+        )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def melu_data(shared_data: Path) -> ColdStartData:
+    """MeLU's release prepared with the default config (a few seconds, so once per session)."""
+    return prepare(shared_data, DataConfig(dataset="melu"))
