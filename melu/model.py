@@ -8,9 +8,8 @@ when only the head adapts it embeds each task once instead of once per local ste
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import itertools
+from collections.abc import Sequence
 
 import torch
 from torch import nn
