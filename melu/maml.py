@@ -201,6 +201,20 @@ class MetaLearner(nn.Module):
         pred = self.predict_task(params, adaptation, users, x_qry)
         return masked_mse(pred, y_qry, mask_qry)
 
+    def predict_task_from_features(
+        self,
+        params: Params,
+        adaptation: Adaptation,
+        users: torch.Tensor,
+        item_features: torch.Tensor,
+    ) -> torch.Tensor:
+        """Like :meth:`predict_task`, from precomputed :meth:`item_features` ``[N, Di]``."""
+        both = {**params, **adaptation.fast}
+        task = functional_call(self.net.encoder.user, _strip(both, "encoder.user."), (users,))
+        if self.net.cfg.task_context:
+            task = torch.cat([task, adaptation.context], dim=-1)
+        return self._head(both, (task, item_features)) + adaptation.offset
+
     # --- batched over tasks ----------------------------------------------------------------------
 
     def _steps(self, steps: int | None) -> int:
@@ -247,6 +261,25 @@ class MetaLearner(nn.Module):
             self._steps(steps),
             True,
         )
+
+    def item_features(self, items: torch.Tensor) -> torch.Tensor:
+        """Embedded items ``[N, Di]`` under the meta-parameters, for scoring a whole catalogue.
+
+        Valid only when the encoder does not adapt (MeLU's default): then every user shares
+        these features and a request only runs the head. Call in eval mode.
+        """
+        if not self.head_only:
+            raise ValueError("item features depend on the user when the encoder adapts")
+        if self.training:
+            raise ValueError("call item_features in eval mode (dropout would make it random)")
+        return self.net.encoder.item(items)
+
+    def predict_from_features(
+        self, adaptation: Adaptation, users: torch.Tensor, item_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Predicted ratings ``[B, N]`` of the same ``N`` items (``[N, Di]``) for each task."""
+        fn = vmap(self.predict_task_from_features, in_dims=(None, 0, 0, None))
+        return fn(self.meta_params(), adaptation, users, item_features)
 
     def predict(
         self, adaptation: Adaptation, users: torch.Tensor, items: torch.Tensor
