@@ -160,8 +160,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from melu.data import prepare
-    from melu.train import train
+    from melu.train import resolve_device, train
 
+    resolve_device(args.device)  # fail on a bad device before minutes of data loading
     model_cfg = PRESETS[args.preset]
     meta_over = {
         "local_lr": args.local_lr,

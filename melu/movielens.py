@@ -63,7 +63,7 @@ ML100K_GENRES = (
 ML1M_AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
 
 _MISSING = {"", "N/A", "nan", "NaN", "None"}
-_TITLE_YEAR = re.compile(r"^(.*)\s+\((\d{4})\)\s*$")
+_TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
 
 
 @dataclass(frozen=True)

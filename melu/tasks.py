@@ -166,6 +166,16 @@ class TaskSet:
                 groups = [groups[k] for k in generator.permutation(len(groups))]
         return [self.batch(g, trim=trim) for g in groups]
 
+    def subset(self, index: np.ndarray | Sequence[int]) -> TaskSet:
+        """Tasks ``index`` as a task set of their own (small runs, tests, sharding)."""
+        idx = np.asarray(index, dtype=np.int64)
+        return TaskSet(
+            name=self.name,
+            user_ids=self.user_ids[idx],
+            batch_all=self.batch(idx, trim=True),
+            support_sizes=self.support_sizes[idx],
+        )
+
     def to(self, device: torch.device | str) -> TaskSet:
         return replace(self, batch_all=self.batch_all.to(device))
 

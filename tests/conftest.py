@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from melu import movielens
 from melu.config import DataConfig
 from melu.data import ColdStartData, prepare
 
@@ -31,6 +32,12 @@ def shared_data() -> Path:
             pytrace=False,
         )
     return folder
+
+
+@pytest.fixture(scope="session")
+def melu_frames(shared_data: Path) -> movielens.MovieLens:
+    """MeLU's release as frames, read once; tests must not modify them."""
+    return movielens.load("melu", shared_data)
 
 
 @pytest.fixture(scope="session")
