@@ -1,0 +1,229 @@
+"""Meta-training throughput: a MeLU-style per-task loop vs melu's vmapped and compiled paths.
+
+All variants compute the meta-gradient (forward and backward) of the same batches of real MeLU
+tasks, side by side in one run; the table reports tasks per second and the ratio to the loop.
+
+    python benchmarks/train_throughput.py --data-dir ../shared/data/movielens --json out.json
+    python benchmarks/train_throughput.py --device cuda --batches 32 256   # on a GPU
+
+The loop is what public MeLU code does: one task at a time, the whole network re-run at every
+local step, fast weights from ``torch.autograd.grad(create_graph=True)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from melu.checkpoint import build_learner
+from melu.config import DataConfig, MetaConfig, ModelConfig, TrainConfig
+from melu.data import ColdStartData, prepare
+from melu.maml import MetaLearner, TaskFeatures, gather, masked_mse, support_stats
+from melu.train import resolve_device, train
+
+log = logging.getLogger("benchmarks.train_throughput")
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens"
+
+
+def loop_meta_loss(learner: MetaLearner, f: TaskFeatures) -> torch.Tensor:
+    """The reference: a Python loop over tasks, each at its own support size."""
+    params = learner.meta_params()
+    names = learner.adapted
+    losses = []
+    for t in range(f.users.shape[0]):
+        n = int(f.mask_spt[t].sum())
+        users, xs, ys = f.users[t], f.x_spt[t, :n], f.y_spt[t, :n]
+        mean, context = support_stats(ys, f.mask_spt[t, :n])
+        offset = mean if learner.net.cfg.residual else 0.0
+        fast = {k: params[k] for k in names}
+        for _ in range(learner.cfg.local_steps):
+            pred = functional_call(learner.net, {**params, **fast}, (users, xs, context)) + offset
+            loss = ((pred - ys) ** 2).mean()
+            grads = torch.autograd.grad(
+                loss, list(fast.values()), create_graph=not learner.cfg.first_order
+            )
+            fast = {
+                k: w - learner.cfg.local_lr * g
+                for (k, w), g in zip(fast.items(), grads, strict=True)
+            }
+        pred = functional_call(learner.net, {**params, **fast}, (users, f.x_qry[t], context))
+        losses.append(masked_mse(pred + offset, f.y_qry[t], f.mask_qry[t]))
+    return torch.stack(losses).mean()
+
+
+def time_variant(
+    fn: Callable[[TaskFeatures], torch.Tensor],
+    learner: MetaLearner,
+    batches: list[TaskFeatures],
+    device: torch.device,
+    warmup: int,
+) -> float:
+    """Median seconds per meta-gradient over ``batches`` after ``warmup`` untimed steps."""
+
+    def step(f: TaskFeatures) -> None:
+        learner.zero_grad(set_to_none=True)
+        fn(f).backward()
+
+    for f in batches[:warmup]:
+        step(f)
+    times = []
+    for f in batches[warmup:]:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step(f)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_batches(
+    data: ColdStartData, size: int, count: int, device: torch.device, pad_to: int | None, seed: int
+) -> list[TaskFeatures]:
+    tasks = data.tasks["warm"]
+    rng = np.random.default_rng(seed)
+    user_table = data.user_table.to(device)
+    item_table = data.catalogue.table.to(device)
+    out = []
+    for _ in range(count):
+        batch = tasks.batch(rng.choice(len(tasks), size, replace=False), trim=pad_to is None)
+        if pad_to is not None:
+            batch = batch.pad_support(pad_to)
+        out.append(gather(batch.to(device), user_table, item_table))
+    return out
+
+
+def benchmark(args: argparse.Namespace) -> list[dict[str, object]]:
+    device = resolve_device(args.device)
+    data = prepare(args.data_dir, DataConfig(dataset="melu"))
+    max_support = int(data.tasks["warm"].support_sizes.max())
+    rows: list[dict[str, object]] = []
+    for order in args.orders:
+        for size in args.batches:
+            torch.manual_seed(0)
+            meta = MetaConfig(first_order=order == "first")
+            learner = build_learner(data.encoder, ModelConfig(), meta).to(device).train()
+            timings: dict[str, float] = {}
+            count = args.warmup + args.repeats
+            trimmed = make_batches(data, size, count, device, None, seed=size)
+            # The compiled path takes one fixed shape, so it sees the same tasks padded to 90.
+            padded = make_batches(data, size, count, device, max_support, seed=size)
+            for variant in args.variants:
+                if variant == "loop":
+                    loop_batches = trimmed[: args.warmup + max(1, args.loop_repeats)]
+                    reference = functools.partial(loop_meta_loss, learner)
+                    timings[variant] = time_variant(
+                        reference, learner, loop_batches, device, args.warmup
+                    )
+                elif variant == "vmap":
+                    timings[variant] = time_variant(
+                        learner.meta_loss, learner, trimmed, device, args.warmup
+                    )
+                elif variant == "compiled":
+                    mode = args.compile_mode or (
+                        "max-autotune-no-cudagraphs" if device.type == "cpu" else "reduce-overhead"
+                    )
+                    compiled = torch.compile(learner.meta_loss, dynamic=False, mode=mode)
+                    started = time.perf_counter()
+                    time_variant(compiled, learner, padded[:1], device, warmup=1)
+                    log.info("compiled %s/%d in %.0fs", order, size, time.perf_counter() - started)
+                    timings[variant] = time_variant(compiled, learner, padded, device, args.warmup)
+            for variant, seconds in timings.items():
+                rows.append(
+                    {
+                        "variant": variant, "order": order, "batch": size,
+                        "seconds_per_step": seconds, "tasks_per_s": size / seconds,
+                        "ratio_vs_loop": timings["loop"] / seconds if "loop" in timings else None,
+                    }
+                )  # fmt: skip
+                log.info("%s %s-order batch %d: %.1f tasks/s", variant, order, size, size / seconds)
+    return rows
+
+
+def epoch_timing(args: argparse.Namespace, out: Path) -> dict[str, float]:
+    """Real meta-training epochs through ``melu.train`` (MeLU protocol, default config)."""
+    data = prepare(args.data_dir, DataConfig(dataset="melu"))
+    cfg = TrainConfig(epochs=args.train_epochs, device=args.device, patience=10**6)
+    started = time.perf_counter()
+    result = train(data, out, ModelConfig(), MetaConfig(), cfg, progress=False)
+    total = time.perf_counter() - started
+    seconds = [row["seconds"] for row in result.metrics["history"]]
+    return {
+        "epochs": len(seconds),
+        "mean_epoch_s": statistics.mean(seconds),
+        "total_s": total,
+        "projected_30_epochs_s": 30 * statistics.mean(seconds),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batches", type=int, nargs="+", default=[32, 256])
+    p.add_argument("--orders", nargs="+", choices=("second", "first"), default=["second", "first"])
+    p.add_argument("--variants", nargs="+", choices=("loop", "vmap", "compiled"),
+                   default=["loop", "vmap", "compiled"])  # fmt: skip
+    p.add_argument("--compile-mode", default=None)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--loop-repeats", type=int, default=3, help="the loop is slow: fewer repeats")
+    p.add_argument("--train-epochs", type=int, default=0, help="also time N real epochs")
+    p.add_argument("--json", type=Path, dest="json_out")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_float32_matmul_precision("high")
+
+    rows = benchmark(args)
+    report: dict[str, object] = {
+        "date": dt.date.today().isoformat(),
+        "device": (
+            torch.cuda.get_device_name()
+            if args.device.startswith("cuda")
+            else platform.processor() or platform.machine()
+        ),
+        "threads": torch.get_num_threads(),
+        "torch": str(torch.__version__),
+        "rows": rows,
+    }  # fmt: skip
+    if args.train_epochs:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            report["training"] = epoch_timing(args, Path(tmp))
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+
+    header = f"{'variant':<10}{'order':<8}{'batch':>6}{'tasks/s':>12}{'ms/step':>10}{'vs loop':>9}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        ratio = f"{r['ratio_vs_loop']:.1f}x" if r["ratio_vs_loop"] else "-"
+        lines.append(
+            f"{r['variant']:<10}{r['order']:<8}{r['batch']:>6}{r['tasks_per_s']:>12.1f}"
+            f"{1000 * float(r['seconds_per_step']):>10.1f}{ratio:>9}"  # type: ignore[arg-type]
+        )
+    if "training" in report:
+        t: dict[str, float] = report["training"]  # type: ignore[assignment]
+        epoch, total = t["mean_epoch_s"], t["projected_30_epochs_s"]
+        lines.append(f"training: {epoch:.2f} s/epoch, 30 epochs ~ {total:.0f} s")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
