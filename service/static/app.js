@@ -1,0 +1,464 @@
+// MeLU demo page: search the catalogue, rate movies, see the adapted model's recommendations.
+// Plain browser JavaScript, no build step and no external resources.
+"use strict";
+
+(() => {
+  const SEARCH_LIMIT = 20;
+  const SEARCH_DELAY_MS = 250;
+  const RECOMMEND_DELAY_MS = 150;
+  const STORAGE_KEY = "melu.ratings.v1";
+
+  const $ = (id) => document.getElementById(id);
+  const els = {
+    modelInfo: $("model-info"),
+    searchForm: $("search-form"),
+    searchInput: $("search-input"),
+    searchStatus: $("search-status"),
+    searchResults: $("search-results"),
+    ratedList: $("rated-list"),
+    ratedCount: $("rated-count"),
+    ratingsEmpty: $("ratings-empty"),
+    clearRatings: $("clear-ratings"),
+    profileForm: $("profile-form"),
+    kSelect: $("k-select"),
+    recPanel: $("recommendations-panel"),
+    recStatus: $("rec-status"),
+    recList: $("recommendations"),
+    adaptation: $("adaptation"),
+    steps: $("adaptation-steps"),
+    lossBefore: $("support-loss-before"),
+    lossAfter: $("support-loss-after"),
+    unknownFields: $("unknown-fields"),
+    error: $("error"),
+  };
+
+  // item_id -> {item_id, title, rating}, in the order the user rated them.
+  const ratings = new Map();
+  let searchItems = [];
+  let searchTimer = 0;
+  let searchController = null;
+  let recommendTimer = 0;
+  let recommendController = null;
+  let recommendSeq = 0;
+
+  // ---------- helpers ----------
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs)) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "className") node.className = value;
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else if (key === "text") node.textContent = value;
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children) {
+      if (child !== null && child !== undefined) node.append(child);
+    }
+    return node;
+  }
+
+  function showError(message) {
+    els.error.textContent = message;
+    els.error.hidden = !message;
+  }
+
+  async function errorMessage(response) {
+    let detail = `${response.status} ${response.statusText}`.trim();
+    try {
+      const body = await response.json();
+      if (typeof body.detail === "string") detail = body.detail;
+      else if (Array.isArray(body.detail)) {
+        // The service's error shape: [{field, msg, ...}]
+        detail = body.detail
+          .map((d) => (d.field ? `${d.field}: ${d.msg}` : d.msg || JSON.stringify(d)))
+          .join("; ");
+      }
+    } catch (_) {
+      // not JSON: keep the status line
+    }
+    return detail;
+  }
+
+  async function getJSON(url, options = {}) {
+    const response = await fetch(url, {
+      headers: { Accept: "application/json", ...(options.headers || {}) },
+      ...options,
+    });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    return response.json();
+  }
+
+  function formatNumber(value, digits = 3) {
+    return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "–";
+  }
+
+  // The /items answer: a bare list, or an object holding the list under "items".
+  function itemsOf(body) {
+    if (Array.isArray(body)) return body;
+    if (body && Array.isArray(body.items)) return body.items;
+    return [];
+  }
+
+  // ---------- persistence ----------
+
+  function saveRatings() {
+    try {
+      localStorage.setItem(STORAGE_KEY, JSON.stringify([...ratings.values()]));
+    } catch (_) {
+      // storage may be disabled: ratings then last for this page only
+    }
+  }
+
+  function loadRatings() {
+    try {
+      const saved = JSON.parse(localStorage.getItem(STORAGE_KEY) || "[]");
+      for (const r of saved) {
+        if (Number.isInteger(r.item_id) && r.rating >= 1 && r.rating <= 5) {
+          ratings.set(r.item_id, { item_id: r.item_id, title: String(r.title), rating: r.rating });
+        }
+      }
+    } catch (_) {
+      ratings.clear();
+    }
+  }
+
+  // ---------- star rating widget ----------
+
+  let widgetCount = 0;
+
+  // A radio group styled as five stars; keyboard: Tab to it, arrows to change.
+  function starRating(item, current, context) {
+    widgetCount += 1;
+    const name = `stars-${context}-${item.item_id}-${widgetCount}`;
+    const group = el("fieldset", {
+      className: "stars",
+      dataset: { testid: "stars", value: String(current || 0) },
+    });
+    group.append(el("legend", { className: "visually-hidden", text: `Rate ${item.title}` }));
+    for (let n = 1; n <= 5; n += 1) {
+      const id = `${name}-${n}`;
+      const input = el("input", {
+        type: "radio",
+        name,
+        id,
+        value: String(n),
+        className: "visually-hidden",
+        checked: current === n,
+        dataset: { context, itemId: String(item.item_id) },
+      });
+      input.addEventListener("change", () => setRating(item, n));
+      const label = el(
+        "label",
+        {
+          for: id,
+          title: `${n} star${n > 1 ? "s" : ""}`,
+          dataset: { testid: `star-${n}` },
+        },
+        el("span", { "aria-hidden": "true", text: "★" }),
+        el("span", { className: "visually-hidden", text: `${n} star${n > 1 ? "s" : ""}` }),
+      );
+      group.append(input, label);
+    }
+    return group;
+  }
+
+  // ---------- ratings ----------
+
+  function setRating(item, rating) {
+    ratings.set(item.item_id, { item_id: item.item_id, title: item.title, rating });
+    ratingsChanged();
+  }
+
+  function removeRating(itemId) {
+    ratings.delete(itemId);
+    ratingsChanged();
+  }
+
+  function ratingsChanged() {
+    // Lists are re-rendered: keep keyboard focus on the star the user is on.
+    const active = document.activeElement;
+    const focused =
+      active && active.matches("input[type=radio][data-context]")
+        ? `input[data-context="${active.dataset.context}"][data-item-id="${active.dataset.itemId}"][value="${active.value}"]`
+        : null;
+    saveRatings();
+    renderRatings();
+    renderSearchResults();
+    scheduleRecommend();
+    if (focused) {
+      const again = document.querySelector(focused);
+      if (again) again.focus();
+    }
+  }
+
+  function renderRatings() {
+    const rows = [...ratings.values()].map((r) => {
+      const remove = el("button", {
+        type: "button",
+        className: "icon-button",
+        "aria-label": `Remove rating of ${r.title}`,
+        title: "Remove",
+        dataset: { testid: "remove-rating" },
+        text: "×",
+      });
+      remove.addEventListener("click", () => removeRating(r.item_id));
+      return el(
+        "li",
+        { className: "movie", dataset: { testid: "rated-item", itemId: String(r.item_id) } },
+        el("span", { className: "movie-title", text: r.title }),
+        starRating(r, r.rating, "rated"),
+        remove,
+      );
+    });
+    els.ratedList.replaceChildren(...rows);
+    els.ratedCount.textContent = String(ratings.size);
+    els.ratingsEmpty.hidden = ratings.size > 0;
+    els.clearRatings.disabled = ratings.size === 0;
+  }
+
+  // ---------- search ----------
+
+  function renderSearchResults() {
+    const rows = searchItems.map((item) => {
+      const rated = ratings.get(item.item_id);
+      return el(
+        "li",
+        {
+          className: rated ? "movie is-rated" : "movie",
+          dataset: { testid: "search-result", itemId: String(item.item_id) },
+        },
+        el(
+          "span",
+          { className: "movie-title" },
+          item.title,
+          // Titles carry no year: the id tells remakes apart ("Titanic" and "Titanic").
+          el("span", { className: "movie-id", text: ` #${item.item_id}` }),
+        ),
+        starRating(item, rated ? rated.rating : 0, "search"),
+      );
+    });
+    els.searchResults.replaceChildren(...rows);
+  }
+
+  async function search(query) {
+    query = query.trim();
+    if (searchController) searchController.abort();
+    if (!query) {
+      searchItems = [];
+      renderSearchResults();
+      els.searchStatus.textContent = "Type part of a title.";
+      return;
+    }
+    searchController = new AbortController();
+    els.searchStatus.textContent = "Searching…";
+    try {
+      const params = new URLSearchParams({ query, limit: String(SEARCH_LIMIT) });
+      const body = await getJSON(`/items?${params}`, { signal: searchController.signal });
+      const total = Number.isInteger(body.total) ? body.total : itemsOf(body).length;
+      searchItems = itemsOf(body)
+        .filter((it) => Number.isInteger(it.item_id))
+        .map((it) => ({ item_id: it.item_id, title: String(it.title ?? it.item_id) }));
+      renderSearchResults();
+      const n = searchItems.length;
+      els.searchStatus.textContent =
+        total === 0
+          ? `No movie matches “${query}”.`
+          : `${total} movie${total > 1 ? "s match" : " matches"} “${query}”` +
+            (total > n ? ` (first ${n} shown).` : ".");
+      showError("");
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      els.searchStatus.textContent = "Search failed.";
+      showError(`Search failed: ${err.message}`);
+    }
+  }
+
+  // ---------- profile ----------
+
+  // The optional user features: the fields filled in (a missing one is "unknown" to the model).
+  function profile() {
+    const data = new FormData(els.profileForm);
+    const user = {};
+    for (const key of ["gender", "age", "occupation", "zip"]) {
+      const value = String(data.get(key) || "").trim();
+      if (value) user[key] = value;
+    }
+    return Object.keys(user).length ? user : null;
+  }
+
+  // ---------- recommendations ----------
+
+  function scheduleRecommend() {
+    clearTimeout(recommendTimer);
+    // Mark the list stale at once, so nobody (a test included) reads an outdated one as final.
+    els.recStatus.dataset.state = "pending";
+    recommendTimer = setTimeout(recommend, RECOMMEND_DELAY_MS);
+  }
+
+  function setBusy(busy) {
+    els.recPanel.setAttribute("aria-busy", busy ? "true" : "false");
+    els.recPanel.classList.toggle("is-busy", busy);
+  }
+
+  async function recommend() {
+    if (recommendController) recommendController.abort();
+    const seq = ++recommendSeq;
+    if (ratings.size === 0) {
+      setBusy(false);
+      els.recList.replaceChildren();
+      els.adaptation.hidden = true;
+      els.recStatus.textContent = "Rate at least one movie to get recommendations.";
+      els.recStatus.dataset.state = "empty";
+      return;
+    }
+    recommendController = new AbortController();
+    const payload = {
+      ratings: [...ratings.values()].map((r) => ({ item_id: r.item_id, rating: r.rating })),
+      k: Number(els.kSelect.value) || 10,
+      exclude_rated: true,
+    };
+    const user = profile();
+    if (user) payload.user = user;
+    setBusy(true);
+    els.recStatus.textContent = "Adapting to your ratings…";
+    els.recStatus.dataset.state = "loading";
+    try {
+      const body = await getJSON("/recommend", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(payload),
+        signal: recommendController.signal,
+      });
+      if (seq !== recommendSeq) return; // a newer request is on its way
+      renderRecommendations(body, payload.ratings.length);
+      showError("");
+    } catch (err) {
+      if (err.name === "AbortError" || seq !== recommendSeq) return;
+      els.recStatus.textContent = "Could not get recommendations.";
+      els.recStatus.dataset.state = "error";
+      showError(`Recommendation failed: ${err.message}`);
+    } finally {
+      if (seq === recommendSeq) setBusy(false);
+    }
+  }
+
+  function renderRecommendations(body, ratedCount) {
+    const items = Array.isArray(body.items) ? body.items : [];
+    const rows = items.map((item, index) => {
+      const score = Number(item.score);
+      const share = Math.max(0, Math.min(1, (score - 1) / 4));
+      const title = String(item.title ?? item.item_id);
+      return el(
+        "li",
+        {
+          className: "rec",
+          dataset: { testid: "recommendation", itemId: String(item.item_id) },
+        },
+        el("span", { className: "rank", "aria-hidden": "true", text: String(index + 1) }),
+        el(
+          "div",
+          { className: "rec-main" },
+          el("span", { className: "movie-title", text: title }),
+          el(
+            "span",
+            { className: "score-bar", "aria-hidden": "true" },
+            el("span", { className: "score-fill", style: `width: ${(share * 100).toFixed(1)}%` }),
+          ),
+        ),
+        el(
+          "span",
+          {
+            className: "score",
+            dataset: { testid: "score" },
+            title: "predicted rating (1–5)",
+            "aria-label": `predicted rating ${formatNumber(score, 2)} of 5`,
+          },
+          formatNumber(score, 2),
+        ),
+        starRating({ item_id: item.item_id, title }, 0, "rec"),
+      );
+    });
+    els.recList.replaceChildren(...rows);
+    els.recList.dataset.ratedCount = String(ratedCount);
+    const n = items.length;
+    els.recStatus.textContent =
+      n === 0
+        ? "No unrated movie left to recommend."
+        : `Top ${n} of the movies you have not rated, by predicted rating. Rate one to refine.`;
+    els.recStatus.dataset.state = "ready";
+
+    const a = body.adaptation || {};
+    els.steps.textContent = a.steps ?? "–";
+    els.lossBefore.textContent = formatNumber(a.support_loss_before);
+    els.lossAfter.textContent = formatNumber(a.support_loss_after);
+    const unknown = Array.isArray(a.unknown_user_fields) ? a.unknown_user_fields : [];
+    els.unknownFields.textContent = unknown.length
+      ? `Not seen in training, so treated as unknown: ${unknown.join(", ")}.`
+      : "";
+    els.unknownFields.hidden = unknown.length === 0;
+    els.adaptation.hidden = false;
+  }
+
+  // ---------- model ----------
+
+  function describeModel(model) {
+    if (!model || typeof model !== "object") return "Model ready.";
+    const parts = [];
+    const pick = (keys) => {
+      for (const key of keys) {
+        const path = key.split(".");
+        let value = model;
+        for (const p of path) value = value && typeof value === "object" ? value[p] : undefined;
+        if (value !== undefined && value !== null && typeof value !== "object") return value;
+      }
+      return undefined;
+    };
+    const dataset = pick(["configs.data.dataset", "dataset"]);
+    const items = pick(["items", "n_items"]);
+    const steps = pick(["local_steps", "configs.meta.local_steps"]);
+    const mae = pick(["info.best_val_mae", "metrics.best_val_mae", "best_val_mae"]);
+    const version = pick(["info.version", "version"]);
+    if (dataset !== undefined) parts.push(`dataset ${dataset}`);
+    if (items !== undefined) parts.push(`${items} movies`);
+    if (steps !== undefined) parts.push(`${steps} local steps`);
+    if (typeof mae === "number") parts.push(`validation MAE ${mae.toFixed(3)}`);
+    if (version !== undefined) parts.push(`melu ${version}`);
+    return parts.length ? `Model: ${parts.join(" · ")}` : "Model ready.";
+  }
+
+  async function loadModel() {
+    try {
+      els.modelInfo.textContent = describeModel(await getJSON("/model"));
+      els.modelInfo.dataset.state = "ready";
+    } catch (err) {
+      els.modelInfo.textContent = "The model service is not reachable.";
+      els.modelInfo.dataset.state = "error";
+      showError(`Could not reach the model: ${err.message}`);
+    }
+  }
+
+  // ---------- wiring ----------
+
+  els.searchForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    clearTimeout(searchTimer);
+    search(els.searchInput.value);
+  });
+  els.searchInput.addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => search(els.searchInput.value), SEARCH_DELAY_MS);
+  });
+  els.clearRatings.addEventListener("click", () => {
+    ratings.clear();
+    ratingsChanged();
+  });
+  els.kSelect.addEventListener("change", scheduleRecommend);
+  els.profileForm.addEventListener("change", scheduleRecommend);
+  els.profileForm.addEventListener("submit", (event) => event.preventDefault());
+
+  loadRatings();
+  renderRatings();
+  loadModel();
+  scheduleRecommend();
+})();

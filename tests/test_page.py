@@ -1,0 +1,276 @@
+"""End to end: the demo page at ``/`` in headless Chromium against a real ``melu serve``.
+
+A one-epoch checkpoint is trained on a subset of the real data's users (the whole catalogue),
+``melu serve`` runs as a subprocess on a free loopback port, and Debian's Chromium
+(``/usr/bin/chromium``, driven by playwright) searches, rates three movies and reads ten
+recommendations, none of them rated.
+
+Needs ``chromium`` (``.ci/install-browser.sh``) and the ``playwright`` package (dev extras); a
+missing one fails the test with that hint instead of skipping it. ``playwright install`` is never
+needed: the system browser is used. Set ``MELU_PAGE_SCREENSHOT=path.png`` to keep a screenshot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from melu.config import MetaConfig, ModelConfig, TrainConfig
+from melu.data import ColdStartData
+from melu.train import train
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVER_START_TIMEOUT_S = 90.0
+UI_TIMEOUT_MS = 20_000
+# (query, star rating) for the three movies the test rates; the first match of each is rated.
+TO_RATE = [("toy story", 5), ("fargo", 4), ("titanic", 2)]
+
+# Straight to the loopback server, whatever HTTP(S)_PROXY the environment sets.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get_json(url: str) -> Any:
+    with _opener.open(url, timeout=5) as response:
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, melu_data: ColdStartData) -> Path:
+    """One epoch on a few hundred of the real users: seconds, and the full catalogue to search.
+
+    What the page shows need not be good, so the run trains on a subset of the tasks.
+    """
+    tasks = dict(melu_data.tasks)
+    tasks["warm"] = tasks["warm"].subset(np.arange(160))
+    tasks["validation"] = tasks["validation"].subset(np.arange(32))
+    run = tmp_path_factory.mktemp("page-run")
+    train(
+        replace(melu_data, tasks=tasks),
+        run,
+        ModelConfig(),
+        MetaConfig(),
+        TrainConfig(epochs=1, device="cpu"),
+        progress=False,
+    )
+    return run / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``melu serve`` on a free 127.0.0.1 port; yields its base URL once /health answers."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("page-server") / "serve.log"
+    cmd = [sys.executable, "-m", "melu", "serve", "--checkpoint", str(checkpoint)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"melu serve exited with {proc.returncode}:\n{log_path.read_text()}",
+                    pytrace=False,
+                )
+            try:
+                if _get_json(f"{base}/health").get("status") == "ok":
+                    break
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"melu serve did not answer /health within {SERVER_START_TIMEOUT_S:.0f} s:\n"
+                    f"{log_path.read_text()}",
+                    pytrace=False,
+                )
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium through playwright; missing pieces fail with a hint."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} not found: the page test needs Debian's Chromium; install it with "
+            "`bash .ci/install-browser.sh` (apt-get install chromium)",
+            pytrace=False,
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(
+            "the page test needs the playwright package: pip install -e '.[dev]' "
+            "(never `playwright install`: the test uses /usr/bin/chromium)",
+            pytrace=False,
+        )
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: str) -> Iterator[Any]:
+    """A fresh page (own storage) on ``/``; fails the test on a JavaScript error."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=server)
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    tab = context.new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    tab.on(
+        "console",
+        lambda msg: (
+            problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None
+        ),
+    )
+    tab.goto("/")
+    try:
+        yield tab
+    finally:
+        context.close()
+    assert not problems, problems
+
+
+def _search_and_rate(page: Any, query: str, stars: int) -> int:
+    """Search ``query``, give its first match ``stars``; return that movie's id."""
+    from playwright.sync_api import expect
+
+    page.get_by_test_id("search-input").fill(query)
+    page.get_by_test_id("search-button").click()
+    results = page.get_by_test_id("search-results").get_by_test_id("search-result")
+    expect(page.get_by_test_id("search-status")).to_contain_text(query)
+    first = results.first
+    expect(first).to_be_visible()
+    item_id = int(first.get_attribute("data-item-id"))
+    first.get_by_test_id(f"star-{stars}").click()
+    expect(first.get_by_test_id("stars")).to_have_attribute("data-value", str(stars))
+    return item_id
+
+
+def _wait_for_recommendations(page: Any, rated: int) -> list[dict[str, Any]]:
+    """Wait until the list answers the request made with ``rated`` ratings; read it."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_test_id("rec-status")).to_have_attribute("data-state", "ready")
+    expect(page.get_by_test_id("recommendations")).to_have_attribute("data-rated-count", str(rated))
+    rows = page.get_by_test_id("recommendation")
+    return [
+        {
+            "item_id": int(row.get_attribute("data-item-id")),
+            "title": row.locator(".movie-title").inner_text().strip(),
+            "score": float(row.get_by_test_id("score").inner_text()),
+        }
+        for row in rows.all()
+    ]
+
+
+def test_search_rate_and_recommend(page: Any, server: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    sent: list[dict[str, Any]] = []
+    page.on(
+        "request",
+        lambda req: (
+            sent.append(json.loads(req.post_data or "{}"))
+            if req.method == "POST" and req.url.endswith("/recommend")
+            else None
+        ),
+    )
+    expect(page).to_have_title("MeLU · cold-start movie recommendations")
+    expect(page.get_by_test_id("model-info")).to_have_attribute("data-state", "ready")
+    expect(page.get_by_test_id("rec-status")).to_have_attribute("data-state", "empty")
+
+    rated: dict[int, int] = {}
+    for query, stars in TO_RATE:
+        rated[_search_and_rate(page, query, stars)] = stars
+    assert len(rated) == 3, f"the three searches should find three different movies: {rated}"
+    expect(page.get_by_test_id("rated-count")).to_have_text("3")
+    expect(page.get_by_test_id("rated-item")).to_have_count(3)
+
+    recs = _wait_for_recommendations(page, rated=3)
+    assert len(recs) == 10
+    assert not {r["item_id"] for r in recs} & set(rated), "a rated movie was recommended"
+    assert len({r["item_id"] for r in recs}) == 10
+    assert all(r["title"] for r in recs)
+    scores = [r["score"] for r in recs]
+    assert all(1.0 <= s <= 5.0 for s in scores), scores
+    assert scores == sorted(scores, reverse=True), "recommendations are not ranked by score"
+
+    # The adaptation panel shows the support loss before and after the local steps.
+    expect(page.get_by_test_id("adaptation")).to_be_visible()
+    before = float(page.get_by_test_id("support-loss-before").inner_text())
+    after = float(page.get_by_test_id("support-loss-after").inner_text())
+    assert math.isfinite(before) and math.isfinite(after) and before >= 0 and after >= 0
+    assert int(page.get_by_test_id("adaptation-steps").inner_text()) >= 0
+
+    # The page asked for what the user did: the three ratings, ten items, rated ones excluded.
+    last = sent[-1]
+    assert {r["item_id"]: r["rating"] for r in last["ratings"]} == rated
+    assert last["k"] == 10 and last["exclude_rated"] is True
+
+    shot = Path(os.environ.get("MELU_PAGE_SCREENSHOT") or tmp_path / "page.png")
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+
+def test_rating_a_recommendation_refreshes_the_list(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    first = _search_and_rate(page, "toy story", 4)
+    recs = _wait_for_recommendations(page, rated=1)
+    assert recs and first not in {r["item_id"] for r in recs}
+
+    # Rate the top recommendation from the list itself: it joins the ratings and drops out.
+    top = page.get_by_test_id("recommendation").first
+    top_id = int(top.get_attribute("data-item-id"))
+    top.get_by_test_id("star-5").click()
+    expect(page.get_by_test_id("rated-count")).to_have_text("2")
+    recs = _wait_for_recommendations(page, rated=2)
+    assert not {first, top_id} & {r["item_id"] for r in recs}
+
+    # Removing every rating empties the list again.
+    page.get_by_test_id("clear-ratings").click()
+    expect(page.get_by_test_id("rec-status")).to_have_attribute("data-state", "empty")
+    expect(page.get_by_test_id("recommendation")).to_have_count(0)
+    expect(page.get_by_test_id("rated-item")).to_have_count(0)
