@@ -99,6 +99,8 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     dtype: Literal["float32", "float64"] = "float32"
+    # Draw a new query/support split of every training user each epoch (episodic sampling).
+    resample_queries: bool = True
 
 
 # Named model configurations. "melu" is the paper's architecture (rate, genre, director and

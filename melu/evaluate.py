@@ -56,10 +56,11 @@ SUPPORT_BUCKETS: tuple[tuple[str, int, int | None], ...] = (
 MELU = "melu"
 METHODS: dict[str, str] = {
     MELU: "meta-trained model, adapted on the support set (the checkpoint's local steps)",
-    "melu_no_adapt": "meta-trained model without local adaptation (0 steps)",
+    "melu_no_adapt": "meta-trained model without local steps (a residual model still adds "
+    "the support mean)",
     "regression_finetuned": "same network trained by plain regression on the training "
     "ratings, then adapted on the support set with the same adapt() and local steps",
-    "regression": "same network trained by plain regression, no adaptation",
+    "regression": "same network trained by plain regression, without local steps",
     "user_item_bias": "user's support mean plus the item's damped bias from training ratings",
     "item_mean": "item's mean training rating (global mean for items without one)",
     "user_mean": "user's mean support rating",
@@ -213,7 +214,8 @@ class RatingStats:
         # for a good item.
         rater_mean = ratings.groupby("user_id")["rating"].transform("mean").to_numpy(np.float64)
         resid = np.bincount(rows, weights=values - rater_mean, minlength=n_rows)
-        return cls(global_mean, item_mean, resid / (count + damping), count)
+        bias = np.where(count > 0, resid / np.maximum(count + damping, 1e-12), 0.0)
+        return cls(global_mean, item_mean, bias, count)
 
 
 def support_mean(tasks: TaskSet) -> np.ndarray:
@@ -707,14 +709,6 @@ def evaluate_checkpoint(
     else:
         ck_path = str(checkpoint)
         ck = ckpt.load(checkpoint)
-    if data is None:
-        if data_dir is None:
-            raise MeluError("evaluate: give a data folder or prepared data")
-        if not Path(data_dir).is_dir():
-            raise MeluError(f"{data_dir}: data folder not found")
-        data = prepare(Path(data_dir), ck.data, ck.encoder)
-    elif data.config != ck.data or data.encoder != ck.encoder:
-        raise MeluError("the prepared data does not match the checkpoint's data config/encoder")
     names = list(scenarios) if scenarios is not None else list(EVAL_SCENARIOS)
     if include_warm and "warm" not in names:
         names.insert(0, "warm")
@@ -724,6 +718,14 @@ def evaluate_checkpoint(
     if bootstrap < 0:
         raise MeluError("bootstrap resamples must be >= 0")
 
+    if data is None:
+        if data_dir is None:
+            raise MeluError("evaluate: give a data folder or prepared data")
+        if not Path(data_dir).is_dir():
+            raise MeluError(f"{data_dir}: data folder not found")
+        data = prepare(Path(data_dir), ck.data, ck.encoder)
+    elif data.config != ck.data or data.encoder != ck.encoder:
+        raise MeluError("the prepared data does not match the checkpoint's data config/encoder")
     device = torch.device(device)
     learner = ck.learner(device)
     log.info("training the regression baseline (%d epochs)", regression_epochs)

@@ -166,6 +166,33 @@ class TaskSet:
                 groups = [groups[k] for k in generator.permutation(len(groups))]
         return [self.batch(g, trim=trim) for g in groups]
 
+    def resample_queries(self, generator: np.random.Generator) -> TaskSet:
+        """The same users with a fresh random query/support split of their ratings.
+
+        Meta-training draws new episodes every epoch, so the meta-loss sees all of a training
+        user's ratings as queries over time instead of the same 10. Support sizes (and hence
+        ``support_sizes``) do not change. Evaluation task sets are never resampled.
+        """
+        b = self.batch_all
+        q, s = b.x_qry.shape[1], b.x_spt.shape[1]
+        items = torch.cat([b.x_spt, b.x_qry], dim=1)
+        ratings = torch.cat([b.y_spt, b.y_qry], dim=1)
+        mask = torch.cat([b.mask_spt, b.mask_qry], dim=1)
+        keys = torch.from_numpy(generator.random(tuple(mask.shape))).to(mask.device)
+        keys = keys.masked_fill(~mask, 2.0)  # padding sorts last, behind every real rating
+        order = keys.argsort(dim=1)
+        query, support = order[:, :q], order[:, q : q + s]
+        batch = TaskBatch(
+            users=b.users,
+            x_spt=items.gather(1, support),
+            y_spt=ratings.gather(1, support),
+            mask_spt=mask.gather(1, support),
+            x_qry=items.gather(1, query),
+            y_qry=ratings.gather(1, query),
+            mask_qry=mask.gather(1, query),
+        )
+        return replace(self, batch_all=batch)
+
     def subset(self, index: np.ndarray | Sequence[int]) -> TaskSet:
         """Tasks ``index`` as a task set of their own (small runs, tests, sharding)."""
         idx = np.asarray(index, dtype=np.int64)

@@ -151,7 +151,8 @@ def train(
         started = time.perf_counter()
         learner.train()
         rng = np.random.default_rng((train_cfg.seed, epoch))
-        batches = train_tasks.batches(train_cfg.batch_size, rng, bucket=BUCKET_BATCHES)
+        episodes = train_tasks.resample_queries(rng) if train_cfg.resample_queries else train_tasks
+        batches = episodes.batches(train_cfg.batch_size, rng, bucket=BUCKET_BATCHES)
         total = torch.zeros((), device=device, dtype=dtype)
         bar = tqdm(
             batches,

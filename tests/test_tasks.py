@@ -291,3 +291,23 @@ def test_batch_to_dtype(melu_data: ColdStartData) -> None:
     b = melu_data.tasks["validation"].batch([0, 1]).to("cpu", torch.float64)
     assert b.y_spt.dtype == b.y_qry.dtype == torch.float64
     assert b.x_spt.dtype == torch.long and b.mask_spt.dtype == torch.bool
+
+
+def test_resampled_queries_keep_each_users_ratings(melu_data: ColdStartData) -> None:
+    tasks = melu_data.tasks["warm"].subset(np.arange(64))
+    fresh = tasks.resample_queries(np.random.default_rng(0))
+    again = tasks.resample_queries(np.random.default_rng(0))
+    a, b = tasks.batch_all, fresh.batch_all
+    assert torch.equal(b.x_qry, again.batch_all.x_qry)  # seeded
+    assert (a.x_qry != b.x_qry).any()
+    assert torch.equal(a.mask_spt.sum(1), b.mask_spt.sum(1))
+    assert bool(b.mask_qry.all())
+    for t in range(len(tasks)):
+        k = int(tasks.support_sizes[t])
+        assert bool(b.mask_spt[t, :k].all()) and not bool(b.mask_spt[t, k:].any())
+
+        def pairs(x: TaskBatch, t: int = t, k: int = k) -> list[tuple[int, float]]:
+            items = torch.cat([x.x_spt[t, :k], x.x_qry[t]]).tolist()
+            return sorted(zip(items, torch.cat([x.y_spt[t, :k], x.y_qry[t]]).tolist(), strict=True))
+
+        assert pairs(a) == pairs(b)
