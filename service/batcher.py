@@ -1,0 +1,137 @@
+"""Micro-batching: requests that arrive together are adapted together in one vmapped call.
+
+One collector task on the event loop takes the first waiting job, gathers more until the batch
+is full or ``max_wait`` has passed, and hands the batch to a single worker thread. One thread
+means torch calls never overlap (they would only fight over the same cores) and the event loop
+stays free to parse and answer other requests meanwhile. While the worker is busy new jobs queue
+up, so under load batches fill by themselves and the wait only matters when the server is idle.
+
+With ``max_size=1`` the same path processes every request alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+J = TypeVar("J")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class BatcherClosedError(RuntimeError):
+    """The service is shutting down; the job was not processed."""
+
+
+class MicroBatcher(Generic[J, R]):
+    def __init__(
+        self,
+        process: Callable[[Sequence[J]], list[R]],
+        max_size: int = 32,
+        max_wait_s: float = 0.002,
+        thread_name: str = "melu-torch",
+    ) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self._process = process
+        self.max_size = max_size
+        self.max_wait_s = max(0.0, max_wait_s)
+        self._thread_name = thread_name
+        self._queue: asyncio.Queue[tuple[J, asyncio.Future[R]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.jobs = 0
+        self.batches = 0
+        self.largest = 0
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
+        self._task = asyncio.create_task(self._collect(), name="melu-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._queue is not None:
+            while not self._queue.empty():
+                _, future = self._queue.get_nowait()
+                if not future.done():
+                    future.set_exception(BatcherClosedError("the service is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def pending(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def submit(self, job: J) -> R:
+        """Queue ``job`` and wait for its result (or the exception its batch raised)."""
+        if self._queue is None or self._task is None or self._task.done():
+            raise BatcherClosedError("the batcher is not running")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((job, future))
+        return await future
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the worker thread, between batches (for other torch work)."""
+        if self._executor is None:
+            raise BatcherClosedError("the batcher is not running")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _gather(
+        self, queue: asyncio.Queue[tuple[J, asyncio.Future[R]]]
+    ) -> list[tuple[J, asyncio.Future[R]]]:
+        batch = [await queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        while len(batch) < self.max_size:
+            if not queue.empty():
+                batch.append(queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
+            except asyncio.TimeoutError:  # not the builtin before Python 3.11
+                break
+        return batch
+
+    async def _collect(self) -> None:
+        assert self._queue is not None and self._executor is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather(self._queue)
+            # A client that went away leaves a cancelled future: skip its work.
+            live = [(job, future) for job, future in batch if not future.done()]
+            if not live:
+                continue
+            jobs = [job for job, _ in live]
+            try:
+                results = await loop.run_in_executor(self._executor, self._process, jobs)
+            except asyncio.CancelledError:
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(BatcherClosedError("the service is shutting down"))
+                raise
+            except Exception as exc:  # the batch failed: every caller gets the error
+                log.exception("batch of %d jobs failed", len(jobs))
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.jobs += len(jobs)
+            self.batches += 1
+            self.largest = max(self.largest, len(jobs))
+            for (_, future), result in zip(live, results, strict=True):
+                if not future.done():
+                    future.set_result(result)

@@ -1,0 +1,434 @@
+"""The model side of the service: check and encode requests, adapt, score, rank.
+
+A request becomes a :class:`Job` (support rows, ratings, user ids, and what to return) on the
+event loop; :meth:`Recommender.run` then adapts a whole batch of jobs in one call to melu's
+``MetaLearner.adapt`` (the same function training and evaluation use) and scores the catalogue
+for each. Fast weights exist only inside ``run``; the meta-parameters are only read.
+
+Padding makes batching invisible: a job padded to a longer support with masked entries adapts
+to the same fast weights as alone, so the answer does not depend on its neighbours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+from melu.checkpoint import Checkpoint
+from melu.config import to_dict
+from melu.features import USER_FIELDS
+from service.errors import FieldError, InputError
+from service.schemas import (
+    RATING_MAX,
+    RATING_MIN,
+    AdaptationInfo,
+    CatalogueItem,
+    Limits,
+    ModelDetails,
+    ModelInfo,
+    Rating,
+    RecommendRequest,
+    ScoredItem,
+    ScoreRequest,
+    UserFeatures,
+)
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Fields with a closed set of codes: an unseen value is a client error. Zip codes are open:
+# most new users' zips were never seen in training, so they fall back to the unknown embedding.
+CLOSED_USER_FIELDS: tuple[str, ...] = ("gender", "age", "occupation")
+# Report at most this many errors of one list, so 5000 bad ids do not make a 5000-line answer.
+MAX_ERRORS_PER_LIST = 20
+# Items per chunk when the encoder adapts and each user needs its own item embeddings.
+PREDICT_CHUNK = 65_536
+
+
+class TopK(NamedTuple):
+    """The ``k`` best items of ``pool`` (rows in item-id order; ``None``: the whole catalogue)
+    minus the ``exclude`` rows."""
+
+    k: int
+    pool: tuple[int, ...] | None
+    exclude: tuple[int, ...]
+
+
+class Pick(NamedTuple):
+    """Scores of exactly these rows, in this order."""
+
+    rows: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request, encoded: everything :meth:`Recommender.run` needs and nothing else."""
+
+    user: tuple[int, ...]
+    rows: tuple[int, ...]
+    ratings: tuple[float, ...]
+    select: TopK | Pick
+    unknown_user_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    items: list[tuple[int, float]]  # (row, clipped score)
+    loss_before: float
+    loss_after: float
+
+
+def _finite_or_none(value: Any) -> Any:
+    """Metrics as JSON: NaN and infinities (a diverged epoch) become null instead of a 500."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _finite_or_none(value.tolist())
+    return value
+
+
+def parameters_sha256(module: torch.nn.Module) -> str:
+    """Hash of every tensor in the state dict, by name: equal iff the weights are byte-equal."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _code_order(token: str) -> tuple[int, int | str]:
+    return (0, int(token)) if token.isdigit() else (1, token)
+
+
+class Recommender:
+    """A loaded checkpoint, ready to adapt and score. :meth:`run` is not thread-safe: the
+    batcher calls it from a single worker thread."""
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, local_steps: int | None):
+        self.checkpoint = checkpoint
+        self.device = device
+        self.catalogue = checkpoint.catalogue
+        self.encoder = checkpoint.encoder
+        self.learner = checkpoint.learner(device)
+        self.steps = checkpoint.meta.local_steps if local_steps is None else local_steps
+        self.dtype = next(self.learner.parameters()).dtype
+        self.table = self.catalogue.table.to(device)
+        self.features: torch.Tensor | None = None
+        if self.learner.head_only:
+            # Items embed the same way for every user when only the head adapts: embed the
+            # catalogue once here and let each request run the head only.
+            with torch.no_grad():
+                self.features = self.learner.item_features(self.table)
+        else:
+            log.warning("the encoder adapts per user: every request embeds the whole catalogue")
+
+        self.item_ids: list[int] = [int(i) for i in self.catalogue.item_ids.tolist()]
+        self.titles: list[str] = list(self.catalogue.titles)
+        self.rows: dict[int, int] = self.catalogue.rows
+        # Ties are broken by item id: the stable sort in _top keeps this order among equals.
+        by_id = sorted(range(1, len(self.item_ids)), key=lambda r: self.item_ids[r])
+        self._by_id = torch.tensor(by_id, dtype=torch.long)
+        self._lower_titles = [t.lower() for t in self.titles]
+
+        self.user_values: dict[str, list[str]] = {
+            f: sorted(self.encoder.user_vocab[f].tokens, key=_code_order)
+            for f in CLOSED_USER_FIELDS
+        }
+        # Codes match case- and space-insensitively ("f" is "F"), then use the vocabulary token.
+        self._canonical = {
+            f: {t.strip().lower(): t for t in self.encoder.user_vocab[f].tokens}
+            for f in CLOSED_USER_FIELDS
+        }
+        self.sha256 = parameters_sha256(self.learner)
+        metrics = checkpoint.metrics
+        best_mae = _finite_or_none(metrics.get("best_val_mae"))
+        best_epoch = metrics.get("best_epoch")
+        self.info = ModelInfo(
+            version=checkpoint.versions.get("melu", "unknown"),
+            best_val_mae=float(best_mae) if best_mae is not None else None,
+            best_epoch=int(best_epoch) if best_epoch is not None else None,
+            parameters_sha256=self.sha256,
+            versions=dict(checkpoint.versions),
+        )
+
+    def __len__(self) -> int:
+        return len(self.item_ids) - 1
+
+    # --- requests -> jobs (event loop; pure Python, no torch) --------------------------------
+
+    def _item_rows(
+        self, ids: Sequence[int], loc: tuple[str | int, ...], errors: list[FieldError]
+    ) -> list[int]:
+        rows, found = [], 0
+        for i, item_id in enumerate(ids):
+            row = self.rows.get(item_id)
+            if row is None:
+                found += 1
+                if found <= MAX_ERRORS_PER_LIST:
+                    errors.append(
+                        FieldError((*loc, i), f"unknown item id {item_id}", "unknown_item")
+                    )
+                continue
+            rows.append(row)
+        if found > MAX_ERRORS_PER_LIST:
+            errors.append(
+                FieldError(loc, f"{found} unknown item ids in all", "unknown_item"),
+            )
+        return rows
+
+    def _support(
+        self, ratings: list[Rating], settings: Settings, errors: list[FieldError]
+    ) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        if len(ratings) > settings.max_ratings:
+            errors.append(
+                FieldError(
+                    ("body", "ratings"),
+                    f"at most {settings.max_ratings} ratings are allowed, got {len(ratings)}",
+                    "too_long",
+                )
+            )
+            return (), ()
+        rows: list[int] = []
+        values: list[float] = []
+        first: dict[int, int] = {}
+        reported = 0
+        for i, rating in enumerate(ratings):
+            loc = ("body", "ratings", i, "item_id")
+            row = self.rows.get(rating.item_id)
+            if row is None:
+                problem = FieldError(loc, f"unknown item id {rating.item_id}", "unknown_item")
+            elif rating.item_id in first:
+                problem = FieldError(
+                    loc,
+                    f"duplicate item id {rating.item_id} (also ratings[{first[rating.item_id]}])",
+                    "duplicate_item",
+                )
+            else:
+                first[rating.item_id] = i
+                rows.append(row)
+                values.append(rating.rating)
+                continue
+            reported += 1
+            if reported <= MAX_ERRORS_PER_LIST:
+                errors.append(problem)
+        if reported > MAX_ERRORS_PER_LIST:
+            errors.append(FieldError(("body", "ratings"), f"{reported} bad ratings in all"))
+        return tuple(rows), tuple(values)
+
+    def _user(
+        self, user: UserFeatures | None, errors: list[FieldError]
+    ) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        values: dict[str, str | None] = {}
+        given = user.model_dump() if user is not None else {}
+        for field in USER_FIELDS:
+            raw = given.get(field)
+            value = raw.strip() if isinstance(raw, str) else None
+            if not value:
+                continue
+            if field in self._canonical:
+                token = self._canonical[field].get(value.lower())
+                if token is None:
+                    allowed = ", ".join(self.user_values[field])
+                    errors.append(
+                        FieldError(
+                            ("body", "user", field),
+                            f"unknown value {value!r}; allowed: {allowed}",
+                            "unknown_value",
+                        )
+                    )
+                    continue
+                value = token
+            values[field] = value
+        unknown = tuple(self.encoder.unknown_user_values(values))
+        return tuple(self.encoder.encode_user(values)), unknown
+
+    def recommend_job(self, request: RecommendRequest, settings: Settings) -> Job:
+        errors: list[FieldError] = []
+        rows, ratings = self._support(request.ratings, settings, errors)
+        user, unknown = self._user(request.user, errors)
+        if request.k > settings.max_k:
+            errors.append(
+                FieldError(
+                    ("body", "k"),
+                    f"Input should be less than or equal to {settings.max_k}",
+                    "less_than_equal",
+                )
+            )
+        pool: tuple[int, ...] | None = None
+        if request.candidates is not None:
+            if len(request.candidates) > settings.max_candidates:
+                errors.append(
+                    FieldError(
+                        ("body", "candidates"),
+                        f"at most {settings.max_candidates} candidates are allowed, "
+                        f"got {len(request.candidates)}",
+                        "too_long",
+                    )
+                )
+            else:
+                found = self._item_rows(request.candidates, ("body", "candidates"), errors)
+                rated = set(rows) if request.exclude_rated else set()
+                # Duplicates are harmless here: rank each candidate once.
+                unique = {r for r in found if r not in rated}
+                pool = tuple(sorted(unique, key=lambda r: self.item_ids[r]))
+        if errors:
+            raise InputError(errors)
+        exclude = rows if request.exclude_rated and pool is None else ()
+        return Job(user, rows, ratings, TopK(request.k, pool, exclude), unknown)
+
+    def score_job(self, request: ScoreRequest, settings: Settings) -> Job:
+        errors: list[FieldError] = []
+        rows, ratings = self._support(request.ratings, settings, errors)
+        user, unknown = self._user(request.user, errors)
+        picked: list[int] = []
+        if len(request.item_ids) > settings.max_candidates:
+            errors.append(
+                FieldError(
+                    ("body", "item_ids"),
+                    f"at most {settings.max_candidates} item ids are allowed, "
+                    f"got {len(request.item_ids)}",
+                    "too_long",
+                )
+            )
+        else:
+            picked = self._item_rows(request.item_ids, ("body", "item_ids"), errors)
+        if errors:
+            raise InputError(errors)
+        return Job(user, rows, ratings, Pick(tuple(picked)), unknown)
+
+    # --- jobs -> outcomes (the worker thread; all the torch work) ----------------------------
+
+    def run(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """Adapt every job in one ``adapt`` call and score the catalogue for each."""
+        width = max(len(job.rows) for job in jobs)
+        rows = [list(j.rows) + [0] * (width - len(j.rows)) for j in jobs]
+        ratings = [list(j.ratings) + [0.0] * (width - len(j.ratings)) for j in jobs]
+        mask = [[True] * len(j.rows) + [False] * (width - len(j.rows)) for j in jobs]
+        # no_grad, not inference_mode: torch.func.grad takes the inner gradients either way,
+        # and no_grad is what melu's own evaluation runs under.
+        with torch.no_grad():
+            users = torch.tensor([j.user for j in jobs], dtype=torch.long, device=self.device)
+            x_spt = self.table[torch.tensor(rows, dtype=torch.long, device=self.device)]
+            y_spt = torch.tensor(ratings, dtype=self.dtype, device=self.device)
+            mask_spt = torch.tensor(mask, dtype=torch.bool, device=self.device)
+            adaptation = self.learner.adapt(users, x_spt, y_spt, mask_spt, steps=self.steps)
+            pred = self._predict(adaptation, users).cpu()  # [B, n_items + 1]
+            before = adaptation.loss_before.tolist()
+            after = adaptation.loss_after.tolist()
+            return [
+                Outcome(self._select(pred[i], job.select), before[i], after[i])
+                for i, job in enumerate(jobs)
+            ]
+
+    def _predict(self, adaptation: Any, users: torch.Tensor) -> torch.Tensor:
+        if self.features is not None:
+            return self.learner.predict_from_features(adaptation, users, self.features)
+        batch = users.shape[0]
+        step = max(1, PREDICT_CHUNK // batch)
+        parts = [
+            self.learner.predict(
+                adaptation, users, self.table[start : start + step].expand(batch, -1, -1)
+            )
+            for start in range(0, self.table.shape[0], step)
+        ]
+        return torch.cat(parts, dim=1)
+
+    def _select(self, pred: torch.Tensor, select: TopK | Pick) -> list[tuple[int, float]]:
+        if isinstance(select, Pick):
+            rows = list(select.rows)
+            picked = pred[rows].clamp(RATING_MIN, RATING_MAX).tolist()
+            return list(zip(rows, picked, strict=True))
+        if select.pool is not None:
+            pool = torch.tensor(select.pool, dtype=torch.long)
+        elif select.exclude:
+            keep = torch.ones(pred.shape[0], dtype=torch.bool)
+            keep[list(select.exclude)] = False
+            pool = self._by_id[keep[self._by_id]]
+        else:
+            pool = self._by_id
+        if pool.numel() == 0:
+            return []
+        scores = pred[pool]
+        # Rank by the unclipped prediction: clipping would tie every item above 5 and hand the
+        # top of the list to the lowest item ids. Exact ties keep item-id order (stable sort).
+        k = min(select.k, scores.numel())
+        if k < scores.numel():
+            # Sorting a whole catalogue per request costs more than the rest of the selection:
+            # keep every item tied with the k-th best, then sort only those few.
+            kth = torch.topk(scores, k, sorted=False).values.min()
+            near = torch.nonzero(scores >= kth).squeeze(1)  # ascending: item-id order
+            order = near[torch.sort(scores[near], descending=True, stable=True).indices[:k]]
+        else:
+            order = torch.sort(scores, descending=True, stable=True).indices
+        top = scores[order].clamp(RATING_MIN, RATING_MAX).tolist()
+        return list(zip(pool[order].tolist(), top, strict=True))
+
+    # --- outcomes -> responses ---------------------------------------------------------------
+
+    def scored(self, outcome: Outcome) -> list[ScoredItem]:
+        return [
+            ScoredItem(item_id=self.item_ids[row], title=self.titles[row], score=score)
+            for row, score in outcome.items
+        ]
+
+    def adaptation_info(self, job: Job, outcome: Outcome) -> AdaptationInfo:
+        return AdaptationInfo(
+            steps=self.steps,
+            support_loss_before=outcome.loss_before,
+            support_loss_after=outcome.loss_after,
+            unknown_user_fields=list(job.unknown_user_fields),
+        )
+
+    # --- catalogue and metadata --------------------------------------------------------------
+
+    def search(self, query: str, limit: int) -> tuple[list[CatalogueItem], int]:
+        """Titles containing ``query`` (case-insensitive): exact, then prefix, then the rest,
+        each by item id."""
+        needle = query.strip().lower()
+        titles = self._lower_titles
+        hits = [r for r in range(1, len(titles)) if needle in titles[r]]
+
+        def rank(row: int) -> tuple[int, int]:
+            title = titles[row]
+            kind = 0 if title == needle else 1 if title.startswith(needle) else 2
+            return kind, self.item_ids[row]
+
+        hits.sort(key=rank)
+        items = [CatalogueItem(item_id=self.item_ids[r], title=self.titles[r]) for r in hits]
+        return items[:limit], len(hits)
+
+    def details(self, settings: Settings, sha256_now: str) -> ModelDetails:
+        ck = self.checkpoint
+        return ModelDetails(
+            info=self.info,
+            parameters_sha256_now=sha256_now,
+            items=len(self),
+            local_steps=self.steps,
+            head_only=self.learner.head_only,
+            precomputed_item_features=self.features is not None,
+            user_values=self.user_values,
+            configs={
+                "data": to_dict(ck.data),
+                "model": to_dict(ck.model),
+                "meta": to_dict(ck.meta),
+                "train": to_dict(ck.train),
+            },
+            metrics=_finite_or_none(ck.metrics),
+            limits=Limits(
+                max_ratings=settings.max_ratings,
+                max_k=settings.max_k,
+                max_candidates=settings.max_candidates,
+                max_body_bytes=settings.max_body_bytes,
+            ),
+        )

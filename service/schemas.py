@@ -1,0 +1,195 @@
+"""Request and response models of the HTTP API.
+
+Limits that do not depend on the deployment (the 1..5 rating scale, non-empty lists) live here
+as ``Field`` constraints; limits that do (``MELU_MAX_RATINGS``, ``MELU_MAX_K``,
+``MELU_MAX_CANDIDATES``) and checks against the model (known items, known user values) are
+applied by :mod:`service.recommender` and reported in the same error shape.
+
+Ids and ratings are strict: ``true`` or ``"5"`` is a client bug worth reporting, not coercing.
+Request models forbid unknown fields so that a typo (``"raitings"``, ``"sex"``) is an error
+instead of a silently ignored input.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+RATING_MIN, RATING_MAX = 1.0, 5.0
+# Hard caps independent of the settings, so that a huge list is rejected while it is parsed.
+HARD_MAX_LIST = 100_000
+
+
+def _code(value: Any) -> Any:
+    """Age and occupation are codes that clients send as numbers or strings: keep strings."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError("expected an integer or a string code")
+
+
+Code = Annotated[str | None, BeforeValidator(_code), Field(max_length=16)]
+ItemId = Annotated[int, Field(strict=True, description="MovieLens movie id")]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Rating(_Request):
+    item_id: ItemId
+    rating: float = Field(
+        ge=RATING_MIN, le=RATING_MAX, allow_inf_nan=False, strict=True, examples=[5]
+    )
+
+
+class UserFeatures(_Request):
+    """Demographics of the user; every field is optional (missing -> the unknown embedding).
+
+    ``GET /model`` lists the accepted values. A zip code that training never saw is accepted and
+    mapped to the unknown embedding, because most new users' zip codes are unseen.
+    """
+
+    gender: str | None = Field(default=None, max_length=16, examples=["F"])
+    age: Code = Field(default=None, examples=[25])
+    occupation: Code = Field(default=None, examples=[4])
+    zip: str | None = Field(default=None, max_length=16, examples=["48067"])
+
+
+class _Adapted(_Request):
+    ratings: list[Rating] = Field(
+        min_length=1,
+        max_length=HARD_MAX_LIST,
+        description="the user's ratings: the support set the model adapts to",
+    )
+    user: UserFeatures | None = None
+
+
+class RecommendRequest(_Adapted):
+    k: int = Field(
+        default=10, ge=1, strict=True, description="number of items (at most MELU_MAX_K)"
+    )
+    exclude_rated: bool = True
+    candidates: list[ItemId] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=HARD_MAX_LIST,
+        description="rank only these items (at most MELU_MAX_CANDIDATES)",
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "ratings": [
+                        {"item_id": 1193, "rating": 5},
+                        {"item_id": 661, "rating": 3},
+                        {"item_id": 914, "rating": 4},
+                    ],
+                    "user": {"gender": "F", "age": 25, "occupation": 4, "zip": "48067"},
+                    "k": 10,
+                }
+            ]
+        }
+    )
+
+
+class ScoreRequest(_Adapted):
+    item_ids: list[ItemId] = Field(
+        min_length=1,
+        max_length=HARD_MAX_LIST,
+        description="items to score, answered in this order (at most MELU_MAX_CANDIDATES)",
+    )
+
+
+class ScoredItem(BaseModel):
+    item_id: int
+    title: str
+    score: float = Field(description="predicted rating after adaptation, clipped to 1..5")
+
+
+class AdaptationInfo(BaseModel):
+    steps: int
+    support_loss_before: float = Field(description="support MSE under the meta-parameters")
+    support_loss_after: float = Field(description="support MSE after the local steps")
+    unknown_user_fields: list[str] = Field(
+        default_factory=list,
+        description="user fields given but unseen in training (mapped to the unknown embedding)",
+    )
+
+
+class ModelInfo(BaseModel):
+    version: str = Field(description="melu version that trained the checkpoint")
+    best_val_mae: float | None
+    best_epoch: int | None
+    parameters_sha256: str = Field(description="hash of the meta-parameters as loaded")
+    versions: dict[str, str]
+
+
+class RecommendResponse(BaseModel):
+    items: list[ScoredItem]
+    model: ModelInfo
+    adaptation: AdaptationInfo
+
+
+class ScoreResponse(BaseModel):
+    items: list[ScoredItem]
+    model: ModelInfo
+    adaptation: AdaptationInfo
+
+
+class CatalogueItem(BaseModel):
+    item_id: int
+    title: str
+
+
+class ItemsResponse(BaseModel):
+    items: list[CatalogueItem]
+    total: int = Field(description="number of matches before the limit")
+
+
+class HealthResponse(BaseModel):
+    status: str
+    items: int
+    device: str
+    micro_batching: bool
+    requests: int = Field(description="adaptation requests served since start")
+    batches: int = Field(description="adapt calls they took")
+    max_batch: int = Field(description="largest batch so far")
+
+
+class Limits(BaseModel):
+    max_ratings: int
+    max_k: int
+    max_candidates: int
+    max_body_bytes: int
+
+
+class ModelDetails(BaseModel):
+    info: ModelInfo
+    parameters_sha256_now: str = Field(
+        description="hash of the meta-parameters now; equal to info's unless they changed"
+    )
+    items: int
+    local_steps: int
+    head_only: bool
+    precomputed_item_features: bool
+    user_values: dict[str, list[str]] = Field(
+        description="accepted values of gender, age and occupation (zip: any string)"
+    )
+    configs: dict[str, dict[str, Any]]
+    metrics: dict[str, Any]
+    limits: Limits
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    field: str = Field(description="the offending field, e.g. ratings[2].item_id")
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: list[ErrorItem]

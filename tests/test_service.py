@@ -1,0 +1,601 @@
+"""The HTTP service, through a real uvicorn server on a loopback port.
+
+One small checkpoint is meta-trained for the module (a subset of the training tasks keeps it to
+seconds), then served twice: with micro-batching (the default) and without, so that batched
+answers can be compared with answers computed alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from fastapi import FastAPI
+
+from melu.checkpoint import Checkpoint, load
+from melu.config import MetaConfig, ModelConfig, TrainConfig
+from melu.data import ColdStartData
+from melu.errors import CheckpointError
+from melu.train import train
+from service.batcher import MicroBatcher
+from service.main import STATIC_DIR, create_app, example_curl
+from service.recommender import Job, Recommender, TopK
+from service.settings import Settings
+
+MAX_RATINGS = 100
+
+
+@dataclass
+class Running:
+    url: str
+    app: FastAPI
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def recommender(self) -> Recommender:
+        recommender: Recommender = self.app.state.recommender
+        return recommender
+
+    def health(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/health", timeout=10).json()
+
+
+def _start(app: FastAPI) -> Running:
+    # Bind first and hand the socket to uvicorn: no race for a "free" port.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("the service did not start", pytrace=False)
+        time.sleep(0.02)
+    return Running(f"http://127.0.0.1:{port}", app, server, thread)
+
+
+def _stop(running: Running) -> None:
+    running.server.should_exit = True
+    running.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory: pytest.TempPathFactory, melu_data: ColdStartData) -> Path:
+    # A few hundred tasks train in seconds; the service does not care how good the model is.
+    tasks = dict(melu_data.tasks)
+    tasks["warm"] = tasks["warm"].subset(np.arange(64))
+    tasks["validation"] = tasks["validation"].subset(np.arange(16))
+    small = replace(melu_data, tasks=tasks)
+    run_dir = tmp_path_factory.mktemp("service_run")
+    train(
+        small,
+        run_dir,
+        ModelConfig(),
+        MetaConfig(),
+        TrainConfig(epochs=1, device="cpu"),
+        progress=False,
+    )
+    return run_dir / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def ckpt(checkpoint_path: Path) -> Checkpoint:
+    return load(checkpoint_path)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint_path: Path) -> Iterator[Running]:
+    running = _start(create_app(Settings(checkpoint=checkpoint_path, max_ratings=MAX_RATINGS)))
+    yield running
+    _stop(running)
+
+
+@pytest.fixture(scope="module")
+def unbatched(checkpoint_path: Path) -> Iterator[Running]:
+    running = _start(create_app(Settings(checkpoint=checkpoint_path, micro_batching=False)))
+    yield running
+    _stop(running)
+
+
+@pytest.fixture(scope="module")
+def client(server: Running) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def item_ids(ckpt: Checkpoint) -> list[int]:
+    return [int(i) for i in ckpt.catalogue.item_ids[1:]]
+
+
+def _request(item_ids: list[int], seed: int, n: int = 5, **extra: Any) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(item_ids, size=n, replace=False)
+    genders, ages = ["F", "M"], [1, 18, 25, 35, 45, 50, 56]
+    return {
+        "ratings": [
+            {"item_id": int(i), "rating": int(r)}
+            for i, r in zip(chosen, rng.integers(1, 6, size=n), strict=True)
+        ],
+        "user": {
+            "gender": genders[seed % 2],
+            "age": ages[seed % len(ages)],
+            "occupation": seed % 21,
+            "zip": "55455",
+        },
+        **extra,
+    }
+
+
+def _errors(response: httpx.Response) -> list[dict[str, Any]]:
+    body = response.json()
+    assert isinstance(body["detail"], list) and body["detail"], body
+    for entry in body["detail"]:
+        assert set(entry) >= {"loc", "field", "msg", "type"}, entry
+    return body["detail"]
+
+
+# --- good requests ---------------------------------------------------------------------------
+
+
+def test_recommend_top_k(client: httpx.Client, item_ids: list[int], ckpt: Checkpoint) -> None:
+    payload = _request(item_ids, seed=1, k=10)
+    response = client.post("/recommend", json=payload)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    items = body["items"]
+    assert len(items) == 10
+    rated = {r["item_id"] for r in payload["ratings"]}
+    assert not rated & {it["item_id"] for it in items}
+    scores = [it["score"] for it in items]
+    assert all(1.0 <= s <= 5.0 for s in scores)
+    assert scores == sorted(scores, reverse=True)
+    assert all(it["title"] for it in items)
+    assert body["model"]["best_epoch"] == ckpt.metrics["best_epoch"]
+    assert body["model"]["versions"]["melu"] == ckpt.versions["melu"]
+    adaptation = body["adaptation"]
+    assert adaptation["steps"] == ckpt.meta.local_steps
+    assert math.isfinite(adaptation["support_loss_before"])
+    assert math.isfinite(adaptation["support_loss_after"])
+    assert adaptation["unknown_user_fields"] == []
+
+
+def test_candidates_and_exclude_rated(client: httpx.Client, item_ids: list[int]) -> None:
+    payload = _request(item_ids, seed=2)
+    rated = [r["item_id"] for r in payload["ratings"]]
+    others = [i for i in item_ids[100:130] if i not in rated][:20]
+    candidates = rated + others
+    body = client.post("/recommend", json={**payload, "candidates": candidates, "k": 50}).json()
+    assert sorted(it["item_id"] for it in body["items"]) == sorted(others)
+
+    body = client.post(
+        "/recommend",
+        json={**payload, "candidates": candidates, "k": 50, "exclude_rated": False},
+    ).json()
+    assert sorted(it["item_id"] for it in body["items"]) == sorted(candidates)
+
+    # The ranking agrees with /score on the same items.
+    top = client.post("/recommend", json={**payload, "candidates": others, "k": 5}).json()
+    scored = client.post("/score", json={**payload, "item_ids": others}).json()["items"]
+    by_score = sorted(scored, key=lambda it: -it["score"])[:5]
+    assert [it["item_id"] for it in top["items"]] == [it["item_id"] for it in by_score]
+
+
+def test_whole_catalogue_equals_all_candidates(client: httpx.Client, item_ids: list[int]) -> None:
+    payload = _request(item_ids, seed=3, k=100)
+    for exclude in (True, False):
+        whole = client.post("/recommend", json={**payload, "exclude_rated": exclude})
+        listed = client.post(
+            "/recommend",
+            json={**payload, "candidates": item_ids[::-1], "exclude_rated": exclude},
+        )
+        assert whole.status_code == listed.status_code == 200
+        assert whole.json()["items"] == listed.json()["items"]
+
+
+def test_score(client: httpx.Client, item_ids: list[int]) -> None:
+    payload = _request(item_ids, seed=4)
+    wanted = [item_ids[7], item_ids[3], item_ids[7], payload["ratings"][0]["item_id"]]
+    response = client.post("/score", json={**payload, "item_ids": wanted})
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert [it["item_id"] for it in items] == wanted
+    assert items[0]["score"] == items[2]["score"]
+    assert all(1.0 <= it["score"] <= 5.0 for it in items)
+
+
+def test_user_values_and_unseen_zip(client: httpx.Client, item_ids: list[int]) -> None:
+    payload = _request(item_ids, seed=5)
+    as_ints = client.post("/recommend", json=payload).json()
+    user = payload["user"]
+    as_strings = {
+        **payload,
+        "user": {**user, "age": str(user["age"]), "occupation": str(user["occupation"])},
+    }
+    assert client.post("/recommend", json=as_strings).json()["items"] == as_ints["items"]
+
+    unseen = {**payload, "user": {**payload["user"], "zip": "00000-never"}}
+    body = client.post("/recommend", json=unseen).json()
+    assert body["adaptation"]["unknown_user_fields"] == ["zip"]
+    no_user = {"ratings": payload["ratings"]}
+    assert client.post("/recommend", json=no_user).status_code == 200
+
+
+def test_items_search(client: httpx.Client) -> None:
+    body = client.get("/items", params={"query": "STAR wars", "limit": 3}).json()
+    assert 1 <= len(body["items"]) <= 3
+    assert body["total"] >= len(body["items"])
+    assert all("star wars" in it["title"].lower() for it in body["items"])
+    assert len(client.get("/items").json()["items"]) == 20
+    assert client.get("/items", params={"query": "zzzz-no-such-film"}).json()["items"] == []
+    for limit in (0, 101):
+        response = client.get("/items", params={"limit": limit})
+        assert response.status_code == 422
+        assert _errors(response)[0]["field"] == "limit"
+
+
+def test_health_model_docs(client: httpx.Client, ckpt: Checkpoint) -> None:
+    health = client.get("/health").json()
+    assert health["status"] == "ok"
+    assert health["items"] == len(ckpt.catalogue)
+    model = client.get("/model").json()
+    assert model["items"] == len(ckpt.catalogue)
+    assert model["parameters_sha256_now"] == model["info"]["parameters_sha256"]
+    assert model["configs"]["meta"]["local_steps"] == ckpt.meta.local_steps
+    assert model["user_values"]["gender"] == ["F", "M"]
+    assert model["precomputed_item_features"] is True
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/recommend", "/score", "/items", "/health", "/model"} <= set(paths)
+
+
+def test_static_page(client: httpx.Client) -> None:
+    response = client.get("/")
+    if (STATIC_DIR / "index.html").is_file():
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/html")
+    else:
+        assert response.status_code == 404
+
+
+def test_startup_example_works(client: httpx.Client, server: Running) -> None:
+    command = shlex.split(example_curl(server.url, server.recommender))
+    body = json.loads(command[command.index("-d") + 1])
+    assert client.post("/recommend", json=body).status_code == 200
+
+
+def test_deterministic(client: httpx.Client, item_ids: list[int]) -> None:
+    payload = _request(item_ids, seed=6, k=20)
+    first = client.post("/recommend", json=payload).json()
+    second = client.post("/recommend", json=payload).json()
+    assert first == second
+
+
+# --- bad requests ----------------------------------------------------------------------------
+
+
+def _bad_cases(ids: list[int]) -> list[tuple[str, Any, str, str]]:
+    """(name, payload, field, words in the message) of requests that must give 422."""
+    ok = [{"item_id": ids[0], "rating": 4}, {"item_id": ids[1], "rating": 2}]
+    many = [{"item_id": i, "rating": 3} for i in ids[: MAX_RATINGS + 1]]
+    return [
+        (
+            "unknown item",
+            {"ratings": [*ok, {"item_id": 99_999_999, "rating": 3}]},
+            "ratings[2].item_id",
+            "99999999",
+        ),
+        ("rating high", {"ratings": [{"item_id": ids[0], "rating": 6}]}, "ratings[0].rating", "5"),
+        ("rating low", {"ratings": [{"item_id": ids[0], "rating": 0.5}]}, "ratings[0].rating", "1"),
+        (
+            "rating string",
+            {"ratings": [{"item_id": ids[0], "rating": "5"}]},
+            "ratings[0].rating",
+            "number",
+        ),
+        ("empty ratings", {"ratings": []}, "ratings", "at least 1"),
+        ("missing ratings", {"k": 3}, "ratings", "required"),
+        (
+            "duplicate",
+            {"ratings": [*ok, {"item_id": ids[0], "rating": 1}]},
+            "ratings[2].item_id",
+            "duplicate",
+        ),
+        ("too many", {"ratings": many}, "ratings", f"at most {MAX_RATINGS}"),
+        ("k zero", {"ratings": ok, "k": 0}, "k", "greater than or equal to 1"),
+        ("k large", {"ratings": ok, "k": 101}, "k", "less than or equal to 100"),
+        ("gender", {"ratings": ok, "user": {"gender": "X"}}, "user.gender", "allowed: F, M"),
+        ("age", {"ratings": ok, "user": {"age": 30}}, "user.age", "allowed: 1, 18"),
+        ("occupation", {"ratings": ok, "user": {"occupation": 99}}, "user.occupation", "allowed"),
+        ("age float", {"ratings": ok, "user": {"age": 2.5}}, "user.age", "integer or a string"),
+        ("user typo", {"ratings": ok, "user": {"sex": "F"}}, "user.sex", "not permitted"),
+        ("top-level typo", {"ratings": ok, "kk": 3}, "kk", "not permitted"),
+        (
+            "unknown candidate",
+            {"ratings": ok, "candidates": [ids[5], -4]},
+            "candidates[1]",
+            "unknown item id -4",
+        ),
+        ("empty candidates", {"ratings": ok, "candidates": []}, "candidates", "at least 1"),
+        ("not an object", [1, 2], "body", "dictionary"),
+    ]
+
+
+def test_bad_inputs(client: httpx.Client, item_ids: list[int]) -> None:
+    for name, payload, field, words in _bad_cases(item_ids):
+        response = client.post("/recommend", json=payload)
+        assert response.status_code == 422, (name, response.text)
+        errors = _errors(response)
+        match = [e for e in errors if e["field"] == field]
+        assert match, (name, errors)
+        assert words in match[0]["msg"] and match[0]["msg"].startswith(field), (name, match)
+
+
+def test_bad_score_inputs(client: httpx.Client, item_ids: list[int]) -> None:
+    ok = [{"item_id": item_ids[0], "rating": 4}]
+    for payload, field in [
+        ({"ratings": ok, "item_ids": []}, "item_ids"),
+        ({"ratings": ok, "item_ids": [item_ids[1], 0]}, "item_ids[1]"),
+        ({"ratings": ok}, "item_ids"),
+        ({"ratings": [], "item_ids": [item_ids[1]]}, "ratings"),
+    ]:
+        response = client.post("/score", json=payload)
+        assert response.status_code == 422, response.text
+        assert field in [e["field"] for e in _errors(response)]
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_rating(client: httpx.Client, item_ids: list[int], token: str) -> None:
+    # Python's json module reads these tokens; they must not reach the model (or a 500).
+    raw = f'{{"ratings": [{{"item_id": {item_ids[0]}, "rating": {token}}}]}}'
+    response = client.post("/recommend", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert _errors(response)[0]["field"] == "ratings[0].rating"
+
+
+def test_malformed_body(client: httpx.Client) -> None:
+    headers = {"content-type": "application/json"}
+    response = client.post("/recommend", content='{"ratings": [', headers=headers)
+    assert response.status_code == 422
+    assert "invalid JSON" in _errors(response)[0]["msg"]
+    response = client.post("/recommend", headers=headers)
+    assert response.status_code == 422
+    assert _errors(response)[0]["field"] == "body"
+    deep = '{"ratings": ' + "[" * 20_000 + "]" * 20_000 + "}"
+    response = client.post("/recommend", content=deep, headers=headers)
+    assert response.status_code == 400
+    assert _errors(response)[0]["field"] == "body"
+    response = client.post("/recommend", content=b'{"ratings": "\xff"}', headers=headers)
+    assert 400 <= response.status_code < 500
+
+
+def test_wrong_content_type(client: httpx.Client, item_ids: list[int]) -> None:
+    raw = json.dumps({"ratings": [{"item_id": item_ids[0], "rating": 4}]})
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        response = client.post("/recommend", content=raw, headers={"content-type": content_type})
+        assert response.status_code == 415, response.text
+        assert "application/json" in _errors(response)[0]["msg"]
+    ok = client.post(
+        "/recommend", content=raw, headers={"content-type": "application/json; charset=utf-8"}
+    )
+    assert ok.status_code == 200
+
+
+def test_body_too_large(server: Running, item_ids: list[int]) -> None:
+    limit = server.app.state.settings.max_body_bytes
+    big = json.dumps({"ratings": [{"item_id": item_ids[0], "rating": 4}], "pad": "x" * limit})
+    headers = {"content-type": "application/json"}
+    # With a Content-Length, and streamed in chunks without one (the guard counts the bytes).
+    response = httpx.post(f"{server.url}/recommend", content=big, headers=headers, timeout=30)
+    assert response.status_code == 413
+    assert str(limit) in _errors(response)[0]["msg"]
+
+    def chunks() -> Iterator[bytes]:
+        data = big.encode()
+        for start in range(0, len(data), 16_384):
+            yield data[start : start + 16_384]
+
+    response = httpx.post(f"{server.url}/recommend", content=chunks(), headers=headers, timeout=30)
+    assert response.status_code == 413
+    # The server is still fine afterwards.
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+def test_unknown_route(client: httpx.Client) -> None:
+    response = client.get("/nope")
+    assert response.status_code == 404
+    assert _errors(response)[0]["msg"] == "Not Found"
+
+
+# --- the model is never changed; batching changes nothing ------------------------------------
+
+
+def test_meta_parameters_unchanged(
+    server: Running, client: httpx.Client, item_ids: list[int]
+) -> None:
+    learner = server.recommender.learner
+    before = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+
+    async def hundred() -> list[int]:
+        limits = httpx.Limits(max_connections=10)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as c:
+            calls = []
+            for seed in range(100):
+                payload = _request(item_ids, seed=100 + seed, n=1 + seed % 20)
+                if seed % 4 == 0:
+                    calls.append(c.post("/score", json={**payload, "item_ids": item_ids[:50]}))
+                else:
+                    calls.append(c.post("/recommend", json=payload))
+            return [r.status_code for r in await asyncio.gather(*calls)]
+
+    assert asyncio.run(hundred()) == [200] * 100
+    after = learner.state_dict()
+    assert before.keys() == after.keys()
+    for name, tensor in before.items():
+        assert torch.equal(tensor, after[name]), name
+    model = client.get("/model").json()
+    assert model["parameters_sha256_now"] == model["info"]["parameters_sha256"]
+
+
+async def _concurrently(url: str, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    limits = httpx.Limits(max_connections=len(payloads))
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
+        responses = await asyncio.gather(*(c.post("/recommend", json=p) for p in payloads))
+    assert all(r.status_code == 200 for r in responses)
+    return [r.json() for r in responses]
+
+
+def _assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert [it["item_id"] for it in a["items"]] == [it["item_id"] for it in b["items"]]
+    for x, y in zip(a["items"], b["items"], strict=True):
+        assert x["score"] == pytest.approx(y["score"], abs=1e-5)
+    for key in ("support_loss_before", "support_loss_after"):
+        assert a["adaptation"][key] == pytest.approx(b["adaptation"][key], abs=1e-5)
+
+
+def test_concurrent_equals_sequential(
+    server: Running, unbatched: Running, item_ids: list[int]
+) -> None:
+    # Different support sizes, so batched requests are padded and masked.
+    payloads = [_request(item_ids, seed=500 + i, n=1 + (i * 7) % 30, k=10) for i in range(32)]
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        alone = [c.post("/recommend", json=p).json() for p in payloads]
+    before = server.health()
+    together = asyncio.run(_concurrently(server.url, payloads))
+    after = server.health()
+    for a, b in zip(alone, together, strict=True):
+        _assert_same(a, b)
+    batches = after["batches"] - before["batches"]
+    assert after["requests"] - before["requests"] == 32
+    assert batches < 32, "concurrent requests were never batched"
+
+    # Without micro-batching: every request alone, and the same answers.
+    separate = asyncio.run(_concurrently(unbatched.url, payloads))
+    health = unbatched.health()
+    assert health["micro_batching"] is False and health["max_batch"] == 1
+    for a, b in zip(alone, separate, strict=True):
+        _assert_same(a, b)
+
+
+def test_batched_run_equals_alone(server: Running, item_ids: list[int]) -> None:
+    """The recommender itself: one padded batch gives each job's answer alone."""
+    rec = server.recommender
+    rng = np.random.default_rng(0)
+    jobs = []
+    for n in (1, 3, 17, 40):
+        rows = tuple(int(r) for r in rng.choice(np.arange(1, len(rec) + 1), n, replace=False))
+        ratings = tuple(float(r) for r in rng.integers(1, 6, n))
+        jobs.append(Job((1, 2, 3, 0), rows, ratings, TopK(25, None, rows)))
+    together = rec.run(jobs)
+    for job, batched in zip(jobs, together, strict=True):
+        (single,) = rec.run([job])
+        assert [r for r, _ in single.items] == [r for r, _ in batched.items]
+        np.testing.assert_allclose(
+            [s for _, s in single.items], [s for _, s in batched.items], atol=1e-5
+        )
+        assert single.loss_after == pytest.approx(batched.loss_after, abs=1e-5)
+
+
+def test_batcher_sizes_and_errors() -> None:
+    seen: list[int] = []
+
+    def process(jobs: Any) -> list[int]:
+        seen.append(len(jobs))
+        if any(j < 0 for j in jobs):
+            raise ValueError("negative")
+        return [2 * j for j in jobs]
+
+    async def scenario(max_size: int) -> list[Any]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(process, max_size=max_size, max_wait_s=0.05)
+        await batcher.start()
+        try:
+            return await asyncio.gather(
+                *(batcher.submit(j) for j in range(10)), return_exceptions=True
+            )
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario(4)) == [2 * j for j in range(10)]
+    assert max(seen) == 4 and sum(seen) == 10
+    seen.clear()
+    assert asyncio.run(scenario(1)) == [2 * j for j in range(10)]
+    assert seen == [1] * 10
+
+    async def failing() -> list[Any]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(process, max_size=8, max_wait_s=0.05)
+        await batcher.start()
+        try:
+            return list(
+                await asyncio.gather(batcher.submit(1), batcher.submit(-1), return_exceptions=True)
+            )
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(failing())
+    assert all(isinstance(r, ValueError) for r in results)
+
+
+def test_missing_checkpoint_fails_startup(tmp_path: Path) -> None:
+    app = create_app(Settings(checkpoint=tmp_path / "missing.pt"))
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(CheckpointError, match="not found"):
+        asyncio.run(start())
+
+
+def test_ranking_ties_by_item_id(server: Running) -> None:
+    rec = server.recommender
+    n = len(rec)
+    rng = np.random.default_rng(1)
+    # Few distinct values, so that many items tie, also across the k-th place.
+    pred = torch.from_numpy(rng.integers(0, 4, n + 1).astype(np.float32))
+    by_id = sorted(range(1, n + 1), key=lambda r: rec.item_ids[r])
+    expected = sorted(by_id, key=lambda r: -float(pred[r]))  # stable: ties by item id
+    for k in (1, 10, 500, n, n + 5):
+        got = rec._select(pred, TopK(k, None, ()))
+        assert [r for r, _ in got] == expected[:k]
+    excluded = tuple(expected[:3])
+    got = rec._select(pred, TopK(5, None, excluded))
+    assert [r for r, _ in got] == expected[3:8]
+    pool = tuple(sorted(expected[100:140], key=lambda r: rec.item_ids[r]))
+    got = rec._select(pred, TopK(7, pool, ()))
+    assert [r for r, _ in got] == [r for r in expected if r in set(pool)][:7]
+
+
+def test_encoder_adapting_checkpoint_falls_back(ckpt: Checkpoint) -> None:
+    """Without precomputed item features (the encoder adapts) the answers are the same when
+    nothing adapts (0 steps), and the path works with steps."""
+    all_adapt = replace(ckpt, meta=replace(ckpt.meta, adapt="all"))
+    cpu = torch.device("cpu")
+    rows = (3, 30, 300)
+    job = Job((1, 1, 1, 0), rows, (5.0, 1.0, 4.0), TopK(20, None, rows))
+    head = Recommender(ckpt, cpu, local_steps=0).run([job])[0]
+    fallback = Recommender(all_adapt, cpu, local_steps=0)
+    assert fallback.features is None
+    (full,) = fallback.run([job])
+    assert [r for r, _ in full.items] == [r for r, _ in head.items]
+    np.testing.assert_allclose([s for _, s in full.items], [s for _, s in head.items], atol=1e-5)
+    adapted = Recommender(all_adapt, cpu, local_steps=2).run([job, job])
+    assert all(len(o.items) == 20 and math.isfinite(o.loss_after) for o in adapted)
