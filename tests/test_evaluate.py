@@ -1,0 +1,304 @@
+"""Evaluation: metrics against sklearn and by hand, the bootstrap, support buckets, the simple
+baselines on a hand-made case, and an end-to-end evaluation of a one-epoch checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import ndcg_score
+
+from melu import checkpoint as ckpt
+from melu.cli import main
+from melu.config import MetaConfig, ModelConfig, TrainConfig
+from melu.data import ColdStartData
+from melu.errors import CheckpointError, MeluError
+from melu.evaluate import (
+    ALL_SUPPORT,
+    EVAL_SCENARIOS,
+    METHODS,
+    METRICS,
+    Predictions,
+    RatingStats,
+    Report,
+    bootstrap_ci,
+    evaluate_checkpoint,
+    evaluate_command,
+    exp_gain,
+    ndcg_at_k,
+    per_user_metrics,
+    score,
+    simple_baselines,
+    summarise,
+    support_bucket,
+)
+from melu.tasks import TaskBatch, TaskSet
+from melu.train import train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    # On a CPU shared with other jobs, two OpenMP threads waiting on each other made the
+    # end-to-end test tens of times slower; one thread costs little when the CPU is free.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def test_exp_gain() -> None:
+    assert exp_gain(np.array([1, 2, 3, 4, 5])).tolist() == [1, 3, 7, 15, 31]
+
+
+def _cases(rng: np.random.Generator, n: int = 300, q: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Integer ratings (ties in the truth) and scores: continuous, coarse (ties), constant."""
+    ratings = rng.integers(1, 6, size=(n, q)).astype(np.float64)
+    scores = rng.normal(size=(n, q))
+    third = n // 3
+    scores[third : 2 * third] = np.round(scores[third : 2 * third])  # many ties
+    scores[2 * third :: 7] = 3.5  # a constant predictor
+    return ratings, scores
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_ndcg_matches_sklearn(k: int) -> None:
+    ratings, scores = _cases(np.random.default_rng(k))
+    gains = exp_gain(ratings)
+    ours = ndcg_at_k(gains, scores, k)
+    # sklearn's gains are linear in y_true, so it gets the transformed relevance 2^r - 1.
+    theirs = np.array([ndcg_score(gains[i : i + 1], scores[i : i + 1], k=k) for i in range(300)])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert ours.mean() == pytest.approx(ndcg_score(gains, scores, k=k), abs=1e-12)
+
+
+def test_ndcg_by_hand() -> None:
+    ratings = np.array([[5.0, 3.0, 1.0]])
+    scores = np.array([[0.1, 0.9, 0.5]])  # ranks the 3, then the 1, then the 5
+    dcg = 7 + 1 / math.log2(3) + 31 / 2
+    ideal = 31 + 7 / math.log2(3) + 1 / 2
+    gains = exp_gain(ratings)
+    assert ndcg_at_k(gains, scores, 3)[0] == pytest.approx(dcg / ideal)
+    assert ndcg_at_k(gains, scores, 1)[0] == pytest.approx(7 / 31)
+    # Ranking by the truth itself is ideal, ties in the truth included.
+    tied = np.array([[4.0, 4.0, 2.0, 5.0]])
+    assert ndcg_at_k(exp_gain(tied), tied, 2)[0] == pytest.approx(1.0)
+    # A constant score gets the tie-averaged (expected) value: mean gain times the discounts.
+    flat = ndcg_at_k(gains, np.zeros_like(scores), 1)[0]
+    assert flat == pytest.approx(((7 + 1 + 31) / 3) / 31)
+
+
+def test_mae_and_rmse_by_hand() -> None:
+    y = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 5.0]])
+    pred = np.array([[2.0, 2.0, 1.0], [4.0, 3.5, 5.0]])
+    per_user = per_user_metrics(y, pred)
+    np.testing.assert_allclose(per_user["mae"], [1.0, 0.5])
+    np.testing.assert_allclose(per_user["rmse"], [5 / 3, 0.75])  # per-user squared error
+    assert summarise("mae", per_user["mae"]) == pytest.approx(0.75)
+    # Every user has the same query size, so the mean over users is the mean over ratings.
+    assert summarise("rmse", per_user["rmse"]) == pytest.approx(math.sqrt((1 + 4 + 2.25) / 6))
+    ranking_only = per_user_metrics(y, None, scores=pred)
+    assert "mae" not in ranking_only and "ndcg@3" in ranking_only
+
+
+# --- bootstrap and buckets ----------------------------------------------------------------------
+
+
+def test_bootstrap_interval_contains_the_estimate_and_is_seeded() -> None:
+    values = np.random.default_rng(0).gamma(2.0, 0.4, size=500)
+    low, high = bootstrap_ci(values, "mae", resamples=1000, seed=7)
+    assert low < values.mean() < high
+    assert bootstrap_ci(values, "mae", resamples=1000, seed=7) == (low, high)
+    assert bootstrap_ci(values, "mae", resamples=1000, seed=8) != (low, high)
+    rmse_low, rmse_high = bootstrap_ci(values, "rmse", resamples=1000, seed=7)
+    assert rmse_low < math.sqrt(values.mean()) < rmse_high
+    # A quarter of the users gives a wider interval.
+    small_low, small_high = bootstrap_ci(values[:125], "mae", resamples=1000, seed=7)
+    assert small_high - small_low > high - low
+
+
+def test_support_buckets() -> None:
+    sizes = np.array([2, 3, 5, 6, 10, 11, 20, 21, 50, 51, 90])
+    labels = ["", "3-5", "3-5", "6-10", "6-10", "11-20", "11-20", "21-50", "21-50", "51+", "51+"]
+    assert support_bucket(sizes).tolist() == labels
+
+
+def _predictions(n: int = 120) -> Predictions:
+    rng = np.random.default_rng(3)
+    y = rng.integers(1, 6, size=(n, 10)).astype(np.float64)
+    good = np.clip(y + rng.normal(0, 0.7, size=y.shape), 1, 5)
+    flat = np.full_like(y, 3.5)
+    return Predictions(
+        scenario="new_user",
+        y_true=y,
+        support_sizes=rng.integers(3, 91, size=n),
+        methods={
+            "melu": (good, good),
+            "global_mean": (flat, flat),
+            "random": (None, rng.random(y.shape)),
+        },
+    )
+
+
+def test_score_intervals_buckets_and_paired_differences() -> None:
+    rows, comparisons = score(_predictions(), bootstrap=300, seed=0)
+    frame = Report(tuple(rows), tuple(comparisons), {}).to_frame()
+    assert set(frame["support"]) == {ALL_SUPPORT, "3-5", "6-10", "11-20", "21-50", "51+"}
+    rated = frame.dropna(subset=["value"])
+    assert (rated["ci_low"] <= rated["value"] + 1e-12).all()
+    assert (rated["value"] <= rated["ci_high"] + 1e-12).all()
+    random_mae = frame[(frame["method"] == "random") & (frame["metric"] == "mae")]
+    assert random_mae["value"].isna().all() and len(random_mae) == 6
+    overall = frame[frame["support"] == ALL_SUPPORT]
+    assert overall.groupby("method")["n_tasks"].max().tolist() == [120, 120, 120]
+    by_bucket = frame[(frame["support"] != ALL_SUPPORT) & (frame["method"] == "melu")]
+    assert by_bucket[by_bucket["metric"] == "mae"]["n_tasks"].sum() == 120
+    comp = {(c.baseline, c.metric): c for c in comparisons}
+    mae = comp[("global_mean", "mae")]
+    assert mae.diff == pytest.approx(mae.melu - mae.other)
+    assert mae.melu_better and mae.significant and mae.ci_high is not None and mae.ci_high < 0
+    assert ("random", "mae") not in comp and comp[("random", "ndcg@3")].melu_better
+    # The same seed gives the same numbers.
+    again, _ = score(_predictions(), bootstrap=300, seed=0)
+    assert again == rows
+
+
+# --- baselines ----------------------------------------------------------------------------------
+
+
+def _tiny_tasks() -> TaskSet:
+    """Two users; catalogue rows 1..5 are raw items 101..105 (105 never rated in training)."""
+    batch = TaskBatch(
+        users=torch.tensor([1, 2]),
+        x_spt=torch.tensor([[1, 2, 3], [2, 4, 0]]),
+        y_spt=torch.tensor([[5.0, 3.0, 4.0], [2.0, 1.0, 0.0]]),
+        mask_spt=torch.tensor([[True, True, True], [True, True, False]]),
+        x_qry=torch.tensor([[4, 5], [1, 5]]),
+        y_qry=torch.tensor([[3.0, 4.0], [5.0, 2.0]]),
+        mask_qry=torch.ones(2, 2, dtype=torch.bool),
+    )
+    return TaskSet("new_user", np.array([20, 21]), batch, np.array([3, 2]))
+
+
+def test_simple_baselines_by_hand() -> None:
+    train_ratings = pd.DataFrame(
+        {
+            "user_id": [10, 10, 11, 11, 11],
+            "item_id": [101, 102, 101, 102, 104],
+            "rating": [5.0, 3.0, 4.0, 1.0, 2.0],
+        }
+    )
+    rows = {101 + i: 1 + i for i in range(5)}
+    stats = RatingStats.fit(train_ratings, rows, n_rows=6, damping=0.0)
+    assert stats.global_mean == pytest.approx(3.0)
+    np.testing.assert_allclose(stats.item_mean[1:], [4.5, 2.0, 3.0, 2.0, 3.0])
+    # Item 101: (5 - 4) and (4 - 7/3) around each rater's mean, averaged.
+    assert stats.item_bias[1] == pytest.approx((1 + 5 / 3) / 2)
+    assert stats.item_bias[4] == pytest.approx(2 - 7 / 3) and stats.item_bias[5] == 0
+
+    out = simple_baselines(_tiny_tasks(), stats, np.random.default_rng(0))
+    assert out["random"][0] is None  # a random order predicts no ratings
+    pred = {name: p for name, (p, _) in out.items() if p is not None}
+    np.testing.assert_allclose(pred["user_mean"], [[4.0, 4.0], [1.5, 1.5]])
+    np.testing.assert_allclose(pred["global_mean"], [[3.0, 3.0], [3.0, 3.0]])
+    np.testing.assert_allclose(pred["item_mean"], [[2.0, 3.0], [4.5, 3.0]])
+    np.testing.assert_allclose(
+        pred["user_item_bias"], [[4.0 + (2 - 7 / 3), 4.0], [1.5 + (1 + 5 / 3) / 2, 1.5]]
+    )
+    again = simple_baselines(_tiny_tasks(), stats, np.random.default_rng(0))
+    np.testing.assert_array_equal(out["random"][1], again["random"][1])
+    damped = RatingStats.fit(train_ratings, rows, n_rows=6, damping=10.0)
+    assert abs(damped.item_bias[1]) < abs(stats.item_bias[1])
+
+
+# --- end to end on the real data ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_epoch(melu_data: ColdStartData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("evaluate-run")
+    cfg = TrainConfig(epochs=1, device="cpu", seed=0)
+    train(melu_data, run, ModelConfig(), MetaConfig(), cfg, progress=False)
+    return run / "checkpoint.pt"
+
+
+def test_evaluate_end_to_end(one_epoch: Path, shared_data: Path, tmp_path: Path) -> None:
+    json_out, md_out = tmp_path / "out" / "report.json", tmp_path / "out" / "report.md"
+    code = evaluate_command(
+        checkpoint=one_epoch,
+        data_dir=shared_data,
+        json_out=json_out,
+        markdown_out=md_out,
+        include_warm=True,
+        device="cpu",
+        bootstrap=200,
+        max_tasks=300,  # validation (265 tasks) stays whole
+        regression_epochs=1,
+    )
+    assert code == 0
+    report = Report.from_dict(json.loads(json_out.read_text()))
+    frame = report.to_frame()
+    overall = frame[frame["support"] == ALL_SUPPORT]
+    scenarios = ["warm", *EVAL_SCENARIOS]
+    assert list(dict.fromkeys(overall["scenario"])) == scenarios
+    assert len(overall) == len(scenarios) * len(METHODS) * len(METRICS)
+    assert set(overall["method"]) == set(METHODS)
+    applicable = overall.dropna(subset=["value"])
+    assert len(applicable) == len(overall) - 2 * len(scenarios)  # random has no MAE or RMSE
+    assert (applicable["ci_low"] <= applicable["value"] + 1e-9).all()
+    assert (applicable["value"] <= applicable["ci_high"] + 1e-9).all()
+    assert set(frame["support"]) > {ALL_SUPPORT, "3-5", "51+"}
+
+    # MeLU's validation MAE is what training measured on the same tasks.
+    best = ckpt.load(one_epoch).metrics["best_val_mae"]
+    assert report.value("validation", "melu", "mae") == pytest.approx(best, abs=1e-5)
+    info = report.info["scenarios"]
+    assert info["validation"]["tasks"] == 265 and info["new_item"]["tasks"] == 300
+    # New-item queries have no training ratings: the item mean is the global mean there.
+    assert info["new_item"]["unseen_query_items"] == 1.0
+    assert report.value("new_item", "item_mean", "mae") == report.value(
+        "new_item", "global_mean", "mae"
+    )
+
+    def value(scenario: str, method: str, metric: str) -> float:
+        found = report.value(scenario, method, metric)
+        assert found is not None
+        return found
+
+    for scenario in EVAL_SCENARIOS:
+        assert value(scenario, "user_mean", "mae") < value(scenario, "global_mean", "mae")
+        assert value(scenario, "melu", "ndcg@3") > value(scenario, "random", "ndcg@3")
+    assert report.info["regression"]["epochs"] == 1
+
+    text = md_out.read_text()
+    for heading in ("# Cold-start evaluation", "### new_user_new_item", "## By support size"):
+        assert heading in text
+    assert "| melu |" in text and "regression_finetuned" in text
+
+
+def test_evaluate_rejects_bad_paths(one_epoch: Path, shared_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError):
+        evaluate_checkpoint(tmp_path / "missing.pt", shared_data)
+    with pytest.raises(MeluError, match="data folder not found"):
+        evaluate_checkpoint(one_epoch, tmp_path / "no-data")
+    with pytest.raises(MeluError, match="unknown scenarios"):
+        evaluate_checkpoint(one_epoch, shared_data, scenarios=["cold"])
+
+
+def test_cli_reports_a_missing_checkpoint_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--data-dir", str(tmp_path)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "checkpoint not found" in err

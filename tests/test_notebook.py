@@ -1,0 +1,50 @@
+"""The cold-start metrics notebook runs headless, start to finish, in its small configuration."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "cold_start_metrics.ipynb"
+KERNEL = "python3"
+
+
+def _ensure_kernel() -> None:
+    """Register this interpreter's ipykernel inside the venv when no python3 kernel exists."""
+    if KERNEL in KernelSpecManager().find_kernel_specs():
+        return
+    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix"], check=True)
+
+
+def test_notebook_executes(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _ensure_kernel()
+    # The kernel inherits this environment: small mode, the test data, no checkpoint (so the
+    # notebook trains its own one-epoch model), and one OpenMP thread, which on a CPU shared
+    # with other jobs is many times faster than two threads waiting on each other.
+    monkeypatch.setenv("MELU_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("MELU_SHARED_DATA", str(shared_data))
+    monkeypatch.delenv("MELU_CHECKPOINT", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name=KERNEL,
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    )
+    client.execute()  # raises CellExecutionError on the first failing cell
+
+    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
+    assert not [out for out in outputs if out.output_type == "error"]
+    images = [out for out in outputs if "image/png" in out.get("data", {})]
+    assert len(images) == 2  # the per-scenario bars and the support-size curves
+    text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+    assert "small mode: True" in text
