@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from melu import movielens
-from melu.config import DataConfig
+from melu.config import DataConfig, MetaConfig, ModelConfig, TrainConfig
 from melu.data import ColdStartData, prepare
+from melu.train import train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,3 +47,18 @@ def melu_frames(shared_data: Path) -> movielens.MovieLens:
 def melu_data(shared_data: Path) -> ColdStartData:
     """MeLU's release prepared with the default config (a few seconds, so once per session)."""
     return prepare(shared_data, DataConfig(dataset="melu"))
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory: pytest.TempPathFactory, melu_data: ColdStartData) -> Path:
+    """One epoch on 160 real training users (seconds), with the full catalogue.
+
+    For tests of serving and the page, which need a real checkpoint but not a good model.
+    """
+    tasks = dict(melu_data.tasks)
+    tasks["warm"] = tasks["warm"].subset(np.arange(160))
+    tasks["validation"] = tasks["validation"].subset(np.arange(32))
+    run = tmp_path_factory.mktemp("small-run")
+    config = TrainConfig(epochs=1, device="cpu")
+    train(replace(melu_data, tasks=tasks), run, ModelConfig(), MetaConfig(), config, progress=False)
+    return run / "checkpoint.pt"

@@ -22,16 +22,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-
-from melu.config import MetaConfig, ModelConfig, TrainConfig
-from melu.data import ColdStartData
-from melu.train import train
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -65,24 +59,8 @@ def _get_json(url: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory, melu_data: ColdStartData) -> Path:
-    """One epoch on a few hundred of the real users: seconds, and the full catalogue to search.
-
-    What the page shows need not be good, so the run trains on a subset of the tasks.
-    """
-    tasks = dict(melu_data.tasks)
-    tasks["warm"] = tasks["warm"].subset(np.arange(160))
-    tasks["validation"] = tasks["validation"].subset(np.arange(32))
-    run = tmp_path_factory.mktemp("page-run")
-    train(
-        replace(melu_data, tasks=tasks),
-        run,
-        ModelConfig(),
-        MetaConfig(),
-        TrainConfig(epochs=1, device="cpu"),
-        progress=False,
-    )
-    return run / "checkpoint.pt"
+def checkpoint(small_checkpoint: Path) -> Path:
+    return small_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from melu.checkpoint import Checkpoint, load
-from melu.config import MetaConfig, ModelConfig, TrainConfig
-from melu.data import ColdStartData
 from melu.errors import CheckpointError
-from melu.train import train
 from service.batcher import MicroBatcher
 from service.main import STATIC_DIR, create_app, example_curl
 from service.recommender import Job, Recommender, TopK
@@ -78,22 +75,8 @@ def _stop(running: Running) -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint_path(tmp_path_factory: pytest.TempPathFactory, melu_data: ColdStartData) -> Path:
-    # A few hundred tasks train in seconds; the service does not care how good the model is.
-    tasks = dict(melu_data.tasks)
-    tasks["warm"] = tasks["warm"].subset(np.arange(64))
-    tasks["validation"] = tasks["validation"].subset(np.arange(16))
-    small = replace(melu_data, tasks=tasks)
-    run_dir = tmp_path_factory.mktemp("service_run")
-    train(
-        small,
-        run_dir,
-        ModelConfig(),
-        MetaConfig(),
-        TrainConfig(epochs=1, device="cpu"),
-        progress=False,
-    )
-    return run_dir / "checkpoint.pt"
+def checkpoint_path(small_checkpoint: Path) -> Path:
+    return small_checkpoint
 
 
 @pytest.fixture(scope="module")
