@@ -1,7 +1,8 @@
 """Meta-training on a small real subset, for ``test_distributed`` to run under torchrun.
 
 Usage: ``torchrun --nproc_per_node=N tests/ddp_worker.py OUT_DIR`` (or plain ``python`` for one
-process); dropout is off so that every process count computes the same function.
+process); dropout (of embeddings and of item ids) is off so that every process count
+computes the same function.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from melu.config import DataConfig, MetaConfig, ModelConfig, TrainConfig
 from melu.data import ColdStartData, prepare
 from melu.train import train
 
-MODEL = ModelConfig(embedding_dropout=0.0)
+# No randomness in the forward pass: ranks draw dropout masks from their own generators.
+MODEL = ModelConfig(embedding_dropout=0.0, item_id_dropout=0.0)
 TRAIN = TrainConfig(epochs=2, batch_size=32, device="cpu", seed=5, dtype="float64", patience=10)
 
 
