@@ -75,6 +75,12 @@ def _add_data_args(p: argparse.ArgumentParser, dataset: bool = True) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="melu", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--threads",
+        type=_positive,
+        help="torch CPU threads (default: one per core; 1 is faster when other jobs share the "
+        "cores, since OpenMP threads then wait on each other)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     data = sub.add_parser("data", help="download or summarise MovieLens data")
@@ -229,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return COMMANDS[args.command](args)
     except MeluError as exc:

@@ -130,6 +130,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["serve", "--checkpoint", "/nonexistent.pt"], "checkpoint not found"),
         (["data", "summary", "--data-dir", "/nonexistent"], "file not found"),
         (["frobnicate"], "invalid choice"),
+        (["--threads", "0", "train", "--out", "x"], "--threads: expected a positive integer"),
     ],
 )
 def test_cli_errors_are_one_line_without_traceback(args: list[str], message: str) -> None:
@@ -144,7 +145,9 @@ def test_cli_errors_are_one_line_without_traceback(args: list[str], message: str
 def test_cli_trains_and_resumes(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     common = ["--data-dir", str(shared_data), "--out", str(out), "--no-progress", "--epochs", "1"]
-    result = run_cli("train", *common, "--local-steps", "1", "--batch-size", "256")
+    result = run_cli(
+        "--threads", "1", "train", *common, "--local-steps", "1", "--batch-size", "256"
+    )
     assert result.returncode == 0, result.stderr
     assert "best validation MAE" in result.stderr
     saved = ckpt.load(out / "checkpoint.pt")
