@@ -646,15 +646,6 @@ def score(
     return rows, comparisons
 
 
-def _subset(tasks: TaskSet, index: np.ndarray) -> TaskSet:
-    return TaskSet(
-        name=tasks.name,
-        user_ids=tasks.user_ids[index],
-        batch_all=tasks.batch(index, trim=True),
-        support_sizes=tasks.support_sizes[index],
-    )
-
-
 def predict_scenario(
     tasks: TaskSet,
     models: dict[str, tuple[MetaLearner, int | None]],
@@ -752,7 +743,7 @@ def evaluate_checkpoint(
             continue
         if max_tasks is not None and len(tasks) > max_tasks:
             pick = np.random.default_rng([seed, key, 1000]).choice(len(tasks), max_tasks, False)
-            tasks = _subset(tasks, np.sort(pick))
+            tasks = tasks.subset(np.sort(pick))
         log.info("evaluating %s (%d tasks)", name, len(tasks))
         preds = predict_scenario(
             tasks.to(device),

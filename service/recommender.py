@@ -167,6 +167,22 @@ class Recommender:
 
     # --- requests -> jobs (event loop; pure Python, no torch) --------------------------------
 
+    @staticmethod
+    def _within(
+        ids: Sequence[int], field: str, noun: str, settings: Settings, errors: list[FieldError]
+    ) -> bool:
+        """Whether a list of item ids fits ``max_candidates``; records the error if not."""
+        if len(ids) <= settings.max_candidates:
+            return True
+        errors.append(
+            FieldError(
+                ("body", field),
+                f"at most {settings.max_candidates} {noun} are allowed, got {len(ids)}",
+                "too_long",
+            )
+        )
+        return False
+
     def _item_rows(
         self, ids: Sequence[int], loc: tuple[str | int, ...], errors: list[FieldError]
     ) -> list[int]:
@@ -266,22 +282,15 @@ class Recommender:
                 )
             )
         pool: tuple[int, ...] | None = None
-        if request.candidates is not None:
-            if len(request.candidates) > settings.max_candidates:
-                errors.append(
-                    FieldError(
-                        ("body", "candidates"),
-                        f"at most {settings.max_candidates} candidates are allowed, "
-                        f"got {len(request.candidates)}",
-                        "too_long",
-                    )
-                )
-            else:
-                found = self._item_rows(request.candidates, ("body", "candidates"), errors)
-                rated = set(rows) if request.exclude_rated else set()
-                # Duplicates are harmless here: rank each candidate once.
-                unique = {r for r in found if r not in rated}
-                pool = tuple(sorted(unique, key=lambda r: self.item_ids[r]))
+        candidates = request.candidates
+        if candidates is not None and self._within(
+            candidates, "candidates", "candidates", settings, errors
+        ):
+            found = self._item_rows(candidates, ("body", "candidates"), errors)
+            rated = set(rows) if request.exclude_rated else set()
+            # Duplicates are harmless here: rank each candidate once.
+            unique = {r for r in found if r not in rated}
+            pool = tuple(sorted(unique, key=lambda r: self.item_ids[r]))
         if errors:
             raise InputError(errors)
         exclude = rows if request.exclude_rated and pool is None else ()
@@ -292,16 +301,7 @@ class Recommender:
         rows, ratings = self._support(request.ratings, settings, errors)
         user, unknown = self._user(request.user, errors)
         picked: list[int] = []
-        if len(request.item_ids) > settings.max_candidates:
-            errors.append(
-                FieldError(
-                    ("body", "item_ids"),
-                    f"at most {settings.max_candidates} item ids are allowed, "
-                    f"got {len(request.item_ids)}",
-                    "too_long",
-                )
-            )
-        else:
+        if self._within(request.item_ids, "item_ids", "item ids", settings, errors):
             picked = self._item_rows(request.item_ids, ("body", "item_ids"), errors)
         if errors:
             raise InputError(errors)
