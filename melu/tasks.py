@@ -203,8 +203,9 @@ class TaskSet:
             support_sizes=self.support_sizes[idx],
         )
 
-    def to(self, device: torch.device | str) -> TaskSet:
-        return replace(self, batch_all=self.batch_all.to(device))
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TaskSet:
+        """On ``device``; ``dtype`` converts the ratings (ids and masks keep theirs)."""
+        return replace(self, batch_all=self.batch_all.to(device, dtype))
 
 
 def build_tasks(

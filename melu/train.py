@@ -3,7 +3,6 @@ checkpoints every epoch, exact resume, and data parallelism under ``torchrun``."
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -140,8 +139,9 @@ def train(
         )
     user_table = data.user_table.to(device)
     item_table = data.catalogue.table.to(device)
-    train_tasks = data.tasks["warm"].to(device)
-    val_tasks = data.tasks["validation"].to(device)
+    # Ratings in the training dtype once here, not per step.
+    train_tasks = data.tasks["warm"].to(device, dtype)
+    val_tasks = data.tasks["validation"].to(device, dtype)
     if len(train_tasks) == 0 or len(val_tasks) == 0:
         raise MeluError("no training or validation tasks: is the dataset complete?")
     # A compiled meta-loss gives the same gradients (tested); it pays off on GPUs.
@@ -161,11 +161,7 @@ def train(
             leave=False,
         )
         for step, batch in enumerate(bar):
-            f = gather(batch, user_table, item_table)
-            f = TaskFeatures(
-                *f[:2], f.y_spt.to(dtype), f.mask_spt, f.x_qry, f.y_qry.to(dtype), f.mask_qry
-            )
-            losses = loss_fn(_shard(f, world))
+            losses = loss_fn(_shard(gather(batch, user_table, item_table), world))
             # Sum over this rank's tasks / global batch size, times the world size that
             # DDP's gradient averaging divides by: the gradient of the global mean loss.
             loss = losses.sum() * world.size / len(batch)
@@ -243,4 +239,4 @@ def train(
 
 
 def _cpu_state(learner: MetaLearner) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in copy.copy(learner.state_dict()).items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in learner.state_dict().items()}
