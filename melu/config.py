@@ -85,6 +85,10 @@ class MetaConfig:
     adapt: Literal["head", "all"] = "head"
     first_order: bool = False
     learn_local_lr: bool = False
+    # How the local steps run over a batch of tasks. "auto": the closed-form head update
+    # (melu.closed_form) whenever it applies (head only, fixed rate), else "vmap":
+    # torch.func.grad per task, vmapped. Both compute the same function (tested).
+    local_update: Literal["auto", "vmap"] = "auto"
 
 
 @dataclass(frozen=True)

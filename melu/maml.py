@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from melu import closed_form
 from melu.config import MetaConfig
-from melu.model import ADAPTED_ALL, ADAPTED_BY_DEFAULT, MeLUNet, adapted_names
+from melu.model import ADAPTED_ALL, ADAPTED_BY_DEFAULT, MeLUNet, adapted_names, batched_head
 from melu.tasks import TaskBatch
 
 Params = dict[str, torch.Tensor]
@@ -63,12 +64,12 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 
 def support_stats(y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked mean and the context vector (mean, std, log(1 + n)) of one support set."""
+    """Masked mean and the context vector (mean, std, log(1 + n)) of support sets ``[..., S]``."""
     weight = mask.to(y.dtype)
-    n = weight.sum()
-    mean = (y * weight).sum() / n.clamp(min=1.0)
-    var = (((y - mean) ** 2) * weight).sum() / n.clamp(min=1.0)
-    context = torch.stack([mean, var.clamp(min=1e-12).sqrt(), torch.log1p(n)])
+    n = weight.sum(-1)
+    mean = (y * weight).sum(-1) / n.clamp(min=1.0)
+    var = (((y - mean.unsqueeze(-1)) ** 2) * weight).sum(-1) / n.clamp(min=1.0)
+    context = torch.stack([mean, var.clamp(min=1e-12).sqrt(), torch.log1p(n)], dim=-1)
     return mean, context
 
 
@@ -92,6 +93,8 @@ class MetaLearner(nn.Module):
         children = ADAPTED_BY_DEFAULT if cfg.adapt == "head" else ADAPTED_ALL
         self.adapted = adapted_names(net, children)
         self.head_only = all(n.startswith("head.") for n in self.adapted)
+        # The closed form needs one fixed rate and a frozen encoder (see melu.closed_form).
+        self.closed_form = self.head_only and not cfg.learn_local_lr and cfg.local_update == "auto"
         self.local_lr = nn.ParameterDict()
         if cfg.learn_local_lr:
             # Meta-SGD: one rate per adapted weight, clamped at 0 when used (a negative rate
@@ -220,8 +223,40 @@ class MetaLearner(nn.Module):
     def _steps(self, steps: int | None) -> int:
         return self.cfg.local_steps if steps is None else steps
 
+    def _encode_batch(
+        self,
+        users: torch.Tensor,
+        x_spt: torch.Tensor,
+        y_spt: torch.Tensor,
+        mask_spt: torch.Tensor,
+        x_qry: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Task features, support and query item features and the offset of a batch of tasks,
+        embedded in one encoder call (the closed form's encoder never adapts)."""
+        mean, context = support_stats(y_spt, mask_spt)
+        offset = mean if self.net.cfg.residual else torch.zeros_like(mean)
+        items = x_spt if x_qry is None else torch.cat([x_spt, x_qry], dim=1)
+        task, features = self.net.encoder(users, items, context)
+        support, query = features[:, : x_spt.shape[1]], features[:, x_spt.shape[1] :]
+        return task, support, None if x_qry is None else query, offset
+
+    def _closed_form_losses(self, batch: TaskFeatures, steps: int) -> torch.Tensor:
+        task, support, query, offset = self._encode_batch(
+            batch.users, batch.x_spt, batch.y_spt, batch.mask_spt, batch.x_qry
+        )
+        assert query is not None
+        params, lr, first = self.meta_params(), self.cfg.local_lr, self.cfg.first_order
+        state = closed_form.local_steps(
+            params, task, support, batch.y_spt, batch.mask_spt, offset, lr, steps, first
+        )
+        pred = closed_form.predict(params, state, task, support, query, offset, lr, first)
+        weight = batch.mask_qry.to(pred.dtype)
+        return ((pred - batch.y_qry) ** 2 * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)
+
     def task_losses(self, batch: TaskFeatures, steps: int | None = None) -> torch.Tensor:
         """Query loss of every task ``[B]``, differentiable w.r.t. the meta-parameters."""
+        if self.closed_form:
+            return self._closed_form_losses(batch, self._steps(steps))
         fn = vmap(
             self.query_loss_task,
             in_dims=(None, None, 0, 0, 0, 0, 0, 0, 0, None, None),
@@ -248,6 +283,8 @@ class MetaLearner(nn.Module):
         steps: int | None = None,
     ) -> Adaptation:
         """Fast weights for a batch of tasks (leading dim B); meta-parameters stay untouched."""
+        if self.closed_form:
+            return self._closed_form_adapt(users, x_spt, y_spt, mask_spt, self._steps(steps))
         fn = vmap(
             self.adapt_task, in_dims=(None, None, 0, 0, 0, 0, None, None), randomness="different"
         )
@@ -261,6 +298,24 @@ class MetaLearner(nn.Module):
             self._steps(steps),
             True,
         )
+
+    def _closed_form_adapt(
+        self,
+        users: torch.Tensor,
+        x_spt: torch.Tensor,
+        y_spt: torch.Tensor,
+        mask_spt: torch.Tensor,
+        steps: int,
+    ) -> Adaptation:
+        params, lr = self.meta_params(), self.cfg.local_lr
+        mean, context = support_stats(y_spt, mask_spt)
+        offset = mean if self.net.cfg.residual else torch.zeros_like(mean)
+        task, support = self.net.encoder(users, x_spt, context)
+        state = closed_form.local_steps(
+            params, task, support, y_spt, mask_spt, offset, lr, steps, first_order=True
+        )
+        fast = closed_form.fast_weights(params, state, task, support, lr)
+        return Adaptation(fast, offset, context, state.loss_before, state.loss_after)
 
     def item_features(self, items: torch.Tensor) -> torch.Tensor:
         """Embedded items ``[N, Di]`` under the meta-parameters, for scoring a whole catalogue.
@@ -278,6 +333,12 @@ class MetaLearner(nn.Module):
         self, adaptation: Adaptation, users: torch.Tensor, item_features: torch.Tensor
     ) -> torch.Tensor:
         """Predicted ratings ``[B, N]`` of the same ``N`` items (``[N, Di]``) for each task."""
+        if self.head_only:
+            task = self.net.encoder.user(users)
+            if self.net.cfg.task_context:
+                task = torch.cat([task, adaptation.context], dim=-1)
+            head = _strip(adaptation.fast, "head.")
+            return batched_head(head, task, item_features) + adaptation.offset.unsqueeze(-1)
         fn = vmap(self.predict_task_from_features, in_dims=(None, 0, 0, None))
         return fn(self.meta_params(), adaptation, users, item_features)
 
@@ -285,5 +346,10 @@ class MetaLearner(nn.Module):
         self, adaptation: Adaptation, users: torch.Tensor, items: torch.Tensor
     ) -> torch.Tensor:
         """Predicted ratings ``[B, N]`` of items ``[B, N, W]`` after :meth:`adapt`."""
+        if self.head_only:
+            # The encoder is shared by all tasks: embed once for the batch, no vmap.
+            task, features = self.net.encoder(users, items, adaptation.context)
+            head = _strip(adaptation.fast, "head.")
+            return batched_head(head, task, features) + adaptation.offset.unsqueeze(-1)
         fn = vmap(self.predict_task, in_dims=(None, 0, 0, 0), randomness="different")
         return fn(self.meta_params(), adaptation, users, items)

@@ -164,6 +164,33 @@ class MeLUNet(nn.Module):
         return self.head(*self.encoder(users, items, context))
 
 
+def batched_head(
+    weights: dict[str, torch.Tensor], task: torch.Tensor, items: torch.Tensor
+) -> torch.Tensor:
+    """:class:`Head` with a different set of weights per task, for a batch of tasks at once.
+
+    ``weights`` maps ``layers.{i}.weight``/``bias`` to ``[B, out, in]``/``[B, out]``;
+    ``task [B, Dt]``; ``items [B, N, Di]`` per task, or ``[N, Di]`` shared by all tasks (a
+    catalogue), scored with one matrix product for the whole batch. Returns ``[B, N]``.
+    """
+    n_layers = sum(1 for k in weights if k.endswith(".weight"))
+    w, b = weights["layers.0.weight"], weights["layers.0.bias"]
+    batch, hidden, task_dim = w.shape[0], w.shape[1], task.shape[-1]
+    per_task = torch.baddbmm(
+        b.unsqueeze(1), task.unsqueeze(1), w[:, :, :task_dim].transpose(1, 2)
+    )  # [B, 1, H]
+    w_items = w[:, :, task_dim:]
+    if items.dim() == 2:
+        x = (items @ w_items.reshape(batch * hidden, -1).t()).reshape(-1, batch, hidden)
+        x = x.transpose(0, 1) + per_task
+    else:
+        x = torch.baddbmm(per_task, items, w_items.transpose(1, 2))
+    for i in range(1, n_layers):
+        w, b = weights[f"layers.{i}.weight"], weights[f"layers.{i}.bias"]
+        x = torch.baddbmm(b.unsqueeze(1), torch.relu(x), w.transpose(1, 2))
+    return x.squeeze(-1)
+
+
 def adapted_names(model: nn.Module, children: Sequence[str]) -> list[str]:
     """Names of the parameters that adapt per user, in a fixed order."""
     prefixes = tuple(f"{c}." for c in children)

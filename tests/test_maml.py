@@ -105,6 +105,63 @@ def test_vmapped_meta_gradient_equals_per_task_loop(
         torch.testing.assert_close(batched[name], looped[name], rtol=1e-10, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize(
+    ("hidden", "residual", "context"),
+    [((8, 8), True, True), ((8,), False, False), ((), True, False), ((6, 5, 4), False, True)],
+)
+def test_closed_form_equals_vmapped_autograd(
+    first_order: bool, hidden: tuple[int, ...], residual: bool, context: bool
+) -> None:
+    """The closed-form local update (melu.closed_form) against torch.func.grad under vmap."""
+    closed = make_learner(hidden, residual, context, first_order=first_order)
+    generic = make_learner(hidden, residual, context, first_order=first_order, local_update="vmap")
+    assert closed.closed_form and not generic.closed_form
+    batch = make_batch()
+    torch.testing.assert_close(
+        closed.task_losses(batch), generic.task_losses(batch), rtol=1e-12, atol=1e-12
+    )
+    expected = meta_grads(generic, batch)
+    got = meta_grads(closed, batch)
+    assert got.keys() == expected.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("steps", [0, 1, 4])
+def test_closed_form_adapt_gives_the_vmapped_fast_weights(steps: int) -> None:
+    closed = make_learner(context=True).eval()
+    generic = make_learner(context=True, local_update="vmap").eval()
+    batch = make_batch()
+    args = (batch.users, batch.x_spt, batch.y_spt, batch.mask_spt)
+    with torch.no_grad():
+        got, expected = closed.adapt(*args, steps=steps), generic.adapt(*args, steps=steps)
+    assert got.fast.keys() == expected.fast.keys()
+    for name in got.fast:
+        torch.testing.assert_close(got.fast[name], expected.fast[name], msg=name)
+    for field in ("offset", "context", "loss_before", "loss_after"):
+        torch.testing.assert_close(getattr(got, field), getattr(expected, field), msg=field)
+
+
+def test_batched_prediction_equals_vmapped_per_task_prediction() -> None:
+    learner = make_learner(context=True).eval()
+    batch = make_batch()
+    catalogue = batch.x_qry.reshape(-1, ITEM_WIDTH)
+    params = learner.meta_params()
+    with torch.no_grad():
+        adaptation = learner.adapt(batch.users, batch.x_spt, batch.y_spt, batch.mask_spt)
+        expected = torch.vmap(learner.predict_task, in_dims=(None, 0, 0, 0))(
+            params, adaptation, batch.users, batch.x_qry
+        )
+        torch.testing.assert_close(learner.predict(adaptation, batch.users, batch.x_qry), expected)
+        features = learner.item_features(catalogue)
+        expected = torch.vmap(learner.predict_task_from_features, in_dims=(None, 0, 0, None))(
+            params, adaptation, batch.users, features
+        )
+        got = learner.predict_from_features(adaptation, batch.users, features)
+        torch.testing.assert_close(got, expected)
+
+
 def hand_derived_grads(
     learner: MetaLearner, batch: TaskFeatures, first_order: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
