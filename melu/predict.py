@@ -18,7 +18,7 @@ def predict_queries(
     user_table: torch.Tensor,
     item_table: torch.Tensor,
     steps: int | None = None,
-    batch_size: int = 256,
+    batch_size: int = 64,
 ) -> np.ndarray:
     """Predicted query ratings ``[n_tasks, Q]`` in task order, clipped to the rating scale.
 
@@ -27,16 +27,19 @@ def predict_queries(
     """
     was_training = learner.training
     learner.eval()
-    out = []
+    # Tasks sorted by support size, so that each trimmed batch carries little padding.
+    order = np.argsort(tasks.support_sizes, kind="stable")
+    out = np.zeros(tuple(tasks.batch_all.y_qry.shape), dtype=np.float32)
     try:
-        for batch in tasks.batches(batch_size, trim=True):
-            f = gather(batch, user_table, item_table)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            f = gather(tasks.batch(index, trim=True), user_table, item_table)
             adaptation = learner.adapt(f.users, f.x_spt, f.y_spt, f.mask_spt, steps=steps)
             pred = learner.predict(adaptation, f.users, f.x_qry)
-            out.append(pred.clamp(RATING_MIN, RATING_MAX).float().cpu())
+            out[index] = pred.clamp(RATING_MIN, RATING_MAX).float().cpu().numpy()
     finally:
         learner.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+    return out
 
 
 def query_mae(
