@@ -16,7 +16,8 @@ from melu import checkpoint as ckpt
 from melu.config import MetaConfig, ModelConfig, TrainConfig
 from melu.data import ColdStartData
 from melu.errors import CheckpointError
-from melu.predict import query_mae
+from melu.maml import gather
+from melu.predict import predict_queries, query_mae
 from melu.train import train
 
 SMALL = TrainConfig(epochs=3, batch_size=32, device="cpu", patience=10, seed=3)
@@ -51,6 +52,23 @@ def test_training_lowers_validation_error(melu_data: ColdStartData, tmp_path: Pa
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_predictions_come_back_in_task_order(melu_data: ColdStartData) -> None:
+    """Tasks are batched by support size; each row must still land at its own task."""
+    torch.manual_seed(0)
+    learner = ckpt.build_learner(melu_data.encoder, ModelConfig(), MetaConfig())
+    val = melu_data.tasks["validation"]
+    tables = (melu_data.user_table, melu_data.catalogue.table)
+    batched = predict_queries(learner, val, *tables, batch_size=64)
+    # The reference: every task in one batch, in its own order, no sorting.
+    learner.eval()
+    with torch.no_grad():
+        f = gather(val.batch(np.arange(len(val)), trim=False), *tables)
+        adaptation = learner.adapt(f.users, f.x_spt, f.y_spt, f.mask_spt)
+        expected = learner.predict(adaptation, f.users, f.x_qry).clamp(1.0, 5.0).numpy()
+    assert batched.shape == expected.shape
+    np.testing.assert_allclose(batched, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_checkpoint_round_trips(small_data: ColdStartData, tmp_path: Path) -> None:
