@@ -45,6 +45,18 @@ class LocalState(NamedTuple):
     loss_after: torch.Tensor  # [B] support loss after the local steps
 
 
+class Kernel(NamedTuple):
+    """A batch's adaptation in kernel form: with the meta-parameters, all :func:`predict` needs.
+
+    Scoring a catalogue this way costs ``N x S`` per task in the first layer instead of the
+    ``N x Di x H`` that explicit fast weights cost, since only ``S`` support items moved it.
+    """
+
+    task: torch.Tensor  # [B, Dt]
+    support: torch.Tensor  # [B, S, Di]
+    state: LocalState
+
+
 def n_layers(params: Params) -> int:
     return sum(1 for k in params if k.startswith("head.layers.") and k.endswith(".weight"))
 
@@ -163,14 +175,20 @@ def predict(
     lr: float,
     first_order: bool,
 ) -> torch.Tensor:
-    """Predicted ratings ``[B, N]`` of items ``[B, N, Di]`` with the fast weights of ``state``."""
+    """Predicted ratings ``[B, N]`` of items ``[B, N, Di]`` with the fast weights of ``state``;
+    items ``[N, Di]`` are shared by every task (a catalogue)."""
     pre1 = first_layer(params, task, items)
     if state.first_grads.shape[1]:
         # First order: the update is a constant in the support's features, not in the query's.
         support_k = support.detach() if first_order else support
         task_k = task.detach() if first_order else task
-        shared = (task * task_k).sum(-1) + 1.0
-        kernel = torch.baddbmm(shared[:, None, None], items, support_k.transpose(1, 2))
+        shared = ((task * task_k).sum(-1) + 1.0)[:, None, None]
+        if items.dim() == 2:
+            batch, size, width = support_k.shape
+            dots = items @ support_k.reshape(batch * size, width).t()  # one GEMM for all tasks
+            kernel = dots.reshape(-1, batch, size).transpose(0, 1) + shared
+        else:
+            kernel = torch.baddbmm(shared, items, support_k.transpose(1, 2))
         pre1 = torch.baddbmm(pre1, kernel, state.first_grads, alpha=-lr)
     return _forward(pre1, state.layers)[1] + offset.unsqueeze(-1)
 

@@ -30,6 +30,15 @@ class Adaptation(NamedTuple):
     context: torch.Tensor  # support mean, std, log(1 + n)
     loss_before: torch.Tensor
     loss_after: torch.Tensor
+    # The same fast weights in kernel form, when the closed form made them: a cheaper way to
+    # score a whole catalogue (see closed_form.Kernel).
+    kernel: closed_form.Kernel | None = None
+
+
+# Catalogue scoring works on [tasks, items, hidden] blocks of about this many floats (1 MiB).
+SCORE_CHUNK_FLOATS = 1 << 16
+# vmap's dims for a batch of adaptations: every tensor batched, no kernel (vmap takes no None).
+BATCHED = Adaptation(0, 0, 0, 0, 0, None)  # type: ignore[arg-type]
 
 
 class TaskFeatures(NamedTuple):
@@ -285,19 +294,17 @@ class MetaLearner(nn.Module):
         """Fast weights for a batch of tasks (leading dim B); meta-parameters stay untouched."""
         if self.closed_form:
             return self._closed_form_adapt(users, x_spt, y_spt, mask_spt, self._steps(steps))
+
         fn = vmap(
-            self.adapt_task, in_dims=(None, None, 0, 0, 0, 0, None, None), randomness="different"
+            self.adapt_task,
+            in_dims=(None, None, 0, 0, 0, 0, None, None),
+            out_dims=BATCHED,  # type: ignore[arg-type]  # a pytree of dims, as vmap allows
+            randomness="different",
         )
         return fn(
-            self.meta_params(),
-            self.rates(),
-            users,
-            x_spt,
-            y_spt,
-            mask_spt,
-            self._steps(steps),
-            True,
-        )
+            self.meta_params(), self.rates(), users, x_spt, y_spt, mask_spt,
+            self._steps(steps), True,
+        )  # fmt: skip
 
     def _closed_form_adapt(
         self,
@@ -315,7 +322,8 @@ class MetaLearner(nn.Module):
             params, task, support, y_spt, mask_spt, offset, lr, steps, first_order=True
         )
         fast = closed_form.fast_weights(params, state, task, support, lr)
-        return Adaptation(fast, offset, context, state.loss_before, state.loss_after)
+        kernel = closed_form.Kernel(task, support, state)
+        return Adaptation(fast, offset, context, state.loss_before, state.loss_after, kernel)
 
     def item_features(self, items: torch.Tensor) -> torch.Tensor:
         """Embedded items ``[N, Di]`` under the meta-parameters, for scoring a whole catalogue.
@@ -333,14 +341,33 @@ class MetaLearner(nn.Module):
         self, adaptation: Adaptation, users: torch.Tensor, item_features: torch.Tensor
     ) -> torch.Tensor:
         """Predicted ratings ``[B, N]`` of the same ``N`` items (``[N, Di]``) for each task."""
-        if self.head_only:
-            task = self.net.encoder.user(users)
-            if self.net.cfg.task_context:
-                task = torch.cat([task, adaptation.context], dim=-1)
-            head = _strip(adaptation.fast, "head.")
-            return batched_head(head, task, item_features) + adaptation.offset.unsqueeze(-1)
-        fn = vmap(self.predict_task_from_features, in_dims=(None, 0, 0, None))
-        return fn(self.meta_params(), adaptation, users, item_features)
+        if adaptation.kernel is not None or self.head_only:
+            # Items in chunks whose [B, chunk, hidden] activations stay in cache: over a whole
+            # catalogue the elementwise steps are otherwise bound by memory bandwidth.
+            hidden = self.net.cfg.hidden[0] if self.net.cfg.hidden else 1
+            chunk = max(128, SCORE_CHUNK_FLOATS // (users.shape[0] * hidden))
+            parts = [
+                self._score_chunk(adaptation, users, item_features[start : start + chunk])
+                for start in range(0, item_features.shape[0], chunk)
+            ]
+            return torch.cat(parts, dim=1)
+        fn = vmap(self.predict_task_from_features, in_dims=(None, BATCHED, 0, None))
+        return fn(self.meta_params(), adaptation._replace(kernel=None), users, item_features)
+
+    def _score_chunk(
+        self, adaptation: Adaptation, users: torch.Tensor, item_features: torch.Tensor
+    ) -> torch.Tensor:
+        if adaptation.kernel is not None:
+            kernel = adaptation.kernel
+            return closed_form.predict(
+                self.meta_params(), kernel.state, kernel.task, kernel.support, item_features,
+                adaptation.offset, self.cfg.local_lr, first_order=True,
+            )  # fmt: skip
+        task = self.net.encoder.user(users)
+        if self.net.cfg.task_context:
+            task = torch.cat([task, adaptation.context], dim=-1)
+        head = _strip(adaptation.fast, "head.")
+        return batched_head(head, task, item_features) + adaptation.offset.unsqueeze(-1)
 
     def predict(
         self, adaptation: Adaptation, users: torch.Tensor, items: torch.Tensor
@@ -351,5 +378,5 @@ class MetaLearner(nn.Module):
             task, features = self.net.encoder(users, items, adaptation.context)
             head = _strip(adaptation.fast, "head.")
             return batched_head(head, task, features) + adaptation.offset.unsqueeze(-1)
-        fn = vmap(self.predict_task, in_dims=(None, 0, 0, 0), randomness="different")
-        return fn(self.meta_params(), adaptation, users, items)
+        fn = vmap(self.predict_task, in_dims=(None, BATCHED, 0, 0), randomness="different")
+        return fn(self.meta_params(), adaptation._replace(kernel=None), users, items)

@@ -158,7 +158,11 @@ def test_batched_prediction_equals_vmapped_per_task_prediction() -> None:
         expected = torch.vmap(learner.predict_task_from_features, in_dims=(None, 0, 0, None))(
             params, adaptation, batch.users, features
         )
+        assert adaptation.kernel is not None  # the closed form scores in kernel form...
         got = learner.predict_from_features(adaptation, batch.users, features)
+        torch.testing.assert_close(got, expected)
+        explicit = adaptation._replace(kernel=None)  # ...or with explicit fast weights
+        got = learner.predict_from_features(explicit, batch.users, features)
         torch.testing.assert_close(got, expected)
 
 
