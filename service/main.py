@@ -67,7 +67,7 @@ def _build(
     if checkpoint is None:
         checkpoint = load(settings.checkpoint)
     recommender = Recommender(checkpoint, device, settings.local_steps)
-    # The first adapt call pays torch.func's one-time setup: pay it before the first client.
+    # The first adapt call pays one-time setup (allocations, lazy inits): before any client.
     unknown_user = tuple(recommender.encoder.encode_user({}))
     recommender.run([Job(unknown_user, (1,), (3.0,), TopK(1, None, ()))])
     batched = settings.micro_batching

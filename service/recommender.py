@@ -315,8 +315,8 @@ class Recommender:
         rows = [list(j.rows) + [0] * (width - len(j.rows)) for j in jobs]
         ratings = [list(j.ratings) + [0.0] * (width - len(j.ratings)) for j in jobs]
         mask = [[True] * len(j.rows) + [False] * (width - len(j.rows)) for j in jobs]
-        # no_grad, not inference_mode: torch.func.grad takes the inner gradients either way,
-        # and no_grad is what melu's own evaluation runs under.
+        # no_grad, not inference_mode: the vmap path's torch.func.grad takes the inner
+        # gradients either way, and no_grad is what melu's own evaluation runs under.
         with torch.no_grad():
             users = torch.tensor([j.user for j in jobs], dtype=torch.long, device=self.device)
             x_spt = self.table[torch.tensor(rows, dtype=torch.long, device=self.device)]
