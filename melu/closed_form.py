@@ -130,7 +130,7 @@ def local_steps(
     support_k = support.detach() if first_order else support
     kernel = gram(task.detach() if first_order else task, support_k, support_k)
     first_grads: torch.Tensor | None = None
-    loss_before = n
+    loss_before = torch.zeros_like(n)  # set at step 0
     for step in range(steps + 1):
         pre1 = (
             pre1_meta
