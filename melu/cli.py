@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learn-local-lr", action="store_true", help="Meta-SGD style rates")
     train.add_argument("--adapt", choices=("head", "all"), help="parameters adapted per user")
     train.add_argument("--first-order", action="store_true")
+    train.add_argument(
+        "--local-update",
+        choices=("auto", "vmap"),
+        help="auto: the closed-form head update where it applies; vmap: torch.func per task",
+    )
     train.add_argument("--patience", type=_positive)
     train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -173,6 +178,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "adapt": args.adapt,
         "first_order": args.first_order or None,
         "learn_local_lr": args.learn_local_lr or None,
+        "local_update": args.local_update,
     }
     meta_cfg = replace(MetaConfig(), **{k: v for k, v in meta_over.items() if v is not None})
     train_over = {

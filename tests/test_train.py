@@ -164,12 +164,14 @@ def test_cli_trains_and_resumes(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     common = ["--data-dir", str(shared_data), "--out", str(out), "--no-progress", "--epochs", "1"]
     result = run_cli(
-        "--threads", "1", "train", *common, "--local-steps", "1", "--batch-size", "256"
-    )
+        "--threads", "1", "train", *common, "--local-steps", "1", "--batch-size", "256",
+        "--local-update", "vmap",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "best validation MAE" in result.stderr
     saved = ckpt.load(out / "checkpoint.pt")
     assert saved.meta.local_steps == 1 and saved.train.batch_size == 256
+    assert saved.meta.local_update == "vmap"  # the generic path, end to end
     again = run_cli("train", *common, "--resume")
     assert again.returncode == 0, again.stderr
     assert "resuming" in again.stderr
