@@ -35,7 +35,8 @@ class Adaptation(NamedTuple):
     kernel: closed_form.Kernel | None = None
 
 
-# Catalogue scoring works on [tasks, items, hidden] blocks of about this many floats (1 MiB).
+# Catalogue scoring works on [tasks, items, hidden] blocks of about this many floats (256 KiB,
+# so that they stay in a core's L2 cache).
 SCORE_CHUNK_FLOATS = 1 << 16
 # vmap's dims for a batch of adaptations: every tensor batched, no kernel (vmap takes no None).
 BATCHED = Adaptation(0, 0, 0, 0, 0, None)  # type: ignore[arg-type]
@@ -239,18 +240,18 @@ class MetaLearner(nn.Module):
         y_spt: torch.Tensor,
         mask_spt: torch.Tensor,
         x_qry: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Task features, support and query item features and the offset of a batch of tasks,
-        embedded in one encoder call (the closed form's encoder never adapts)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Task features, support and query item features, offset and context of a batch of
+        tasks, embedded in one encoder call (the closed form's encoder never adapts)."""
         mean, context = support_stats(y_spt, mask_spt)
         offset = mean if self.net.cfg.residual else torch.zeros_like(mean)
         items = x_spt if x_qry is None else torch.cat([x_spt, x_qry], dim=1)
         task, features = self.net.encoder(users, items, context)
         support, query = features[:, : x_spt.shape[1]], features[:, x_spt.shape[1] :]
-        return task, support, None if x_qry is None else query, offset
+        return task, support, None if x_qry is None else query, offset, context
 
     def _closed_form_losses(self, batch: TaskFeatures, steps: int) -> torch.Tensor:
-        task, support, query, offset = self._encode_batch(
+        task, support, query, offset, _ = self._encode_batch(
             batch.users, batch.x_spt, batch.y_spt, batch.mask_spt, batch.x_qry
         )
         assert query is not None
@@ -315,9 +316,7 @@ class MetaLearner(nn.Module):
         steps: int,
     ) -> Adaptation:
         params, lr = self.meta_params(), self.cfg.local_lr
-        mean, context = support_stats(y_spt, mask_spt)
-        offset = mean if self.net.cfg.residual else torch.zeros_like(mean)
-        task, support = self.net.encoder(users, x_spt, context)
+        task, support, _, offset, context = self._encode_batch(users, x_spt, y_spt, mask_spt)
         state = closed_form.local_steps(
             params, task, support, y_spt, mask_spt, offset, lr, steps, first_order=True
         )
