@@ -105,6 +105,21 @@ class TaskBatch:
             mask_spt=pad(self.mask_spt, (0, extra)),
         )
 
+    def pad_tasks(self, count: int) -> TaskBatch:
+        """The same tasks followed by empty ones (every entry masked) up to ``count`` tasks.
+
+        An empty task's query loss and its gradient are exactly 0, so a compiled meta-loss can
+        take every batch of an epoch at one shape.
+        """
+        extra = count - len(self)
+        if extra < 0:
+            raise ValueError("cannot pad to fewer tasks than the batch has")
+
+        def grow(values: torch.Tensor) -> torch.Tensor:
+            return torch.cat([values, values.new_zeros((extra, *values.shape[1:]))])
+
+        return TaskBatch(**{f.name: grow(getattr(self, f.name)) for f in fields(self)})
+
 
 @dataclass(frozen=True)
 class TaskSet:

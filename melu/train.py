@@ -150,9 +150,9 @@ def train(
         raise MeluError("no training or validation tasks: is the dataset complete?")
     # A compiled meta-loss gives the same gradients (tested); it pays off on GPUs, where CUDA
     # graphs ("reduce-overhead") remove the launch cost of its many small kernels. Every batch
-    # is padded to the longest support, so two shapes (full batches and the last one) cover an
-    # epoch: on a GPU padding costs next to nothing, each new shape a compilation. (Dynamic
-    # shapes failed to compile with torch 2.11's inductor on CUDA.)
+    # is padded to the longest support and the last one with empty tasks (loss and gradient
+    # exactly 0), so one shape covers an epoch: on a GPU padding costs next to nothing, each
+    # new shape a compilation. (Dynamic shapes failed to compile with torch 2.11's inductor.)
     loss_fn = (
         torch.compile(
             model, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else "default"
@@ -176,15 +176,16 @@ def train(
             leave=False,
         )
         for step, batch in enumerate(bar):
+            size = len(batch)
             if train_cfg.compile:
-                batch = batch.pad_support(full_width)
+                batch = batch.pad_support(full_width).pad_tasks(train_cfg.batch_size)
                 if device.type == "cuda":
                     # A new iteration: CUDA graphs may reuse the last one's output memory.
                     torch.compiler.cudagraph_mark_step_begin()
             losses = loss_fn(_shard(gather(batch, user_table, item_table), world))
             # Sum over this rank's tasks / global batch size, times the world size that
             # DDP's gradient averaging divides by: the gradient of the global mean loss.
-            loss = losses.sum() * world.size / len(batch)
+            loss = losses.sum() * world.size / size
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if train_cfg.grad_clip > 0:
@@ -192,7 +193,7 @@ def train(
             optimizer.step()
             total += losses.detach().sum()
             if progress and world.is_main and step % 10 == 0:
-                bar.set_postfix(loss=f"{total.item() / ((step + 1) * len(batch)):.4f}")
+                bar.set_postfix(loss=f"{total.item() / ((step + 1) * size):.4f}")
         if scheduler is not None:
             scheduler.step()
         if world.enabled:

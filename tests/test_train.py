@@ -18,6 +18,7 @@ from melu.data import ColdStartData
 from melu.errors import CheckpointError
 from melu.maml import gather
 from melu.predict import predict_queries, query_mae
+from melu.tasks import TaskBatch
 from melu.train import train
 
 SMALL = TrainConfig(epochs=3, batch_size=32, device="cpu", patience=10, seed=3)
@@ -69,6 +70,30 @@ def test_predictions_come_back_in_task_order(melu_data: ColdStartData) -> None:
         expected = learner.predict(adaptation, f.users, f.x_qry).clamp(1.0, 5.0).numpy()
     assert batched.shape == expected.shape
     np.testing.assert_allclose(batched, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_padding_tasks_change_no_loss_or_gradient(melu_data: ColdStartData) -> None:
+    """--compile pads the last batch of an epoch with empty tasks to keep one shape."""
+    torch.manual_seed(0)
+    learner = ckpt.build_learner(melu_data.encoder, ModelConfig(), MetaConfig()).double().eval()
+    tasks = melu_data.tasks["warm"].to("cpu", torch.float64)
+    tables = (melu_data.user_table, melu_data.catalogue.table)
+    batch = tasks.batch(np.arange(8))
+
+    def losses_and_grads(b: TaskBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        learner.zero_grad(set_to_none=True)
+        losses = learner.task_losses(gather(b, *tables))
+        losses.sum().backward()
+        return losses.detach(), [p.grad.clone() for p in learner.parameters()]  # type: ignore[union-attr]
+
+    losses, grads = losses_and_grads(batch)
+    padded = batch.pad_tasks(12)
+    assert len(padded) == 12 and not padded.mask_spt[8:].any() and not padded.mask_qry[8:].any()
+    padded_losses, padded_grads = losses_and_grads(padded)
+    assert torch.equal(padded_losses[8:], torch.zeros(4, dtype=torch.float64))
+    torch.testing.assert_close(padded_losses[:8], losses, rtol=1e-12, atol=1e-12)
+    for got, expected in zip(padded_grads, grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_checkpoint_round_trips(small_data: ColdStartData, tmp_path: Path) -> None:
