@@ -68,9 +68,9 @@ def gather(batch: TaskBatch, user_table: torch.Tensor, item_table: torch.Tensor)
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the real (unmasked) entries only."""
+    """Mean squared error over the real (unmasked) entries of the last dim (``[..., N]``)."""
     weight = mask.to(pred.dtype)
-    return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
+    return ((pred - target) ** 2 * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)
 
 
 def support_stats(y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,8 +260,7 @@ class MetaLearner(nn.Module):
             params, task, support, batch.y_spt, batch.mask_spt, offset, lr, steps, first
         )
         pred = closed_form.predict(params, state, task, support, query, offset, lr, first)
-        weight = batch.mask_qry.to(pred.dtype)
-        return ((pred - batch.y_qry) ** 2 * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)
+        return masked_mse(pred, batch.y_qry, batch.mask_qry)
 
     def task_losses(self, batch: TaskFeatures, steps: int | None = None) -> torch.Tensor:
         """Query loss of every task ``[B]``, differentiable w.r.t. the meta-parameters."""
@@ -343,30 +342,32 @@ class MetaLearner(nn.Module):
         if adaptation.kernel is not None or self.head_only:
             # Items in chunks whose [B, chunk, hidden] activations stay in cache: over a whole
             # catalogue the elementwise steps are otherwise bound by memory bandwidth.
+            score = self._catalogue_scorer(adaptation, users)
             hidden = self.net.cfg.hidden[0] if self.net.cfg.hidden else 1
             chunk = max(128, SCORE_CHUNK_FLOATS // (users.shape[0] * hidden))
             parts = [
-                self._score_chunk(adaptation, users, item_features[start : start + chunk])
+                score(item_features[start : start + chunk])
                 for start in range(0, item_features.shape[0], chunk)
             ]
             return torch.cat(parts, dim=1)
         fn = vmap(self.predict_task_from_features, in_dims=(None, BATCHED, 0, None))
         return fn(self.meta_params(), adaptation._replace(kernel=None), users, item_features)
 
-    def _score_chunk(
-        self, adaptation: Adaptation, users: torch.Tensor, item_features: torch.Tensor
-    ) -> torch.Tensor:
+    def _catalogue_scorer(
+        self, adaptation: Adaptation, users: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Scores ``[B, n]`` of item features ``[n, Di]``; per-batch work done once, here."""
         if adaptation.kernel is not None:
-            kernel = adaptation.kernel
-            return closed_form.predict(
-                self.meta_params(), kernel.state, kernel.task, kernel.support, item_features,
-                adaptation.offset, self.cfg.local_lr, first_order=True,
+            kernel, params, lr = adaptation.kernel, self.meta_params(), self.cfg.local_lr
+            return lambda items: closed_form.predict(
+                params, kernel.state, kernel.task, kernel.support, items, adaptation.offset, lr,
+                first_order=True,
             )  # fmt: skip
         task = self.net.encoder.user(users)
         if self.net.cfg.task_context:
             task = torch.cat([task, adaptation.context], dim=-1)
-        head = _strip(adaptation.fast, "head.")
-        return batched_head(head, task, item_features) + adaptation.offset.unsqueeze(-1)
+        head, offset = _strip(adaptation.fast, "head."), adaptation.offset.unsqueeze(-1)
+        return lambda items: batched_head(head, task, items) + offset
 
     def predict(
         self, adaptation: Adaptation, users: torch.Tensor, items: torch.Tensor
