@@ -353,6 +353,16 @@ class MetaLearner(nn.Module):
         fn = vmap(self.predict_task_from_features, in_dims=(None, BATCHED, 0, None))
         return fn(self.meta_params(), adaptation._replace(kernel=None), users, item_features)
 
+    def rank_scores(
+        self, adaptation: Adaptation, users: torch.Tensor, item_features: torch.Tensor
+    ) -> torch.Tensor:
+        """The score ``[B, N]`` that ranks a catalogue for each task: higher is better.
+
+        ``/recommend`` and the catalogue evaluation both rank by this, so what is evaluated is
+        what is served. For a pure rating model it is the predicted rating.
+        """
+        return self.predict_from_features(adaptation, users, item_features)
+
     def _catalogue_scorer(
         self, adaptation: Adaptation, users: torch.Tensor
     ) -> Callable[[torch.Tensor], torch.Tensor]:
