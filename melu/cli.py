@@ -122,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--no-progress", action="store_true")
 
-    evaluate = sub.add_parser("evaluate", help="cold-start metrics and baselines")
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="cold-start metrics and baselines",
+        description="Both protocols: the catalogue ranking a new user gets from 3, 5, 10, 20 "
+        "ratings (against popularity, EASE, ALS, item kNN, ...), and MeLU's 10-item protocol.",
+    )
     evaluate.add_argument("--checkpoint", type=Path, required=True)
     _add_data_args(evaluate, dataset=False)
     evaluate.add_argument("--json", type=Path, dest="json_out", help="write the report as JSON")
@@ -134,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative,
         default=1000,
         help="bootstrap resamples for confidence intervals",
+    )
+    evaluate.add_argument(
+        "--seed", type=int, default=0, help="support draws, bootstrap and baselines' seed"
     )
 
     serve = sub.add_parser("serve", help="run the recommendation service")
@@ -212,7 +220,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from melu.evaluate import evaluate_command
+    from melu.evaluation import evaluate_command
 
     return evaluate_command(
         checkpoint=args.checkpoint,
@@ -222,6 +230,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         include_warm=args.warm,
         device=args.device,
         bootstrap=args.bootstrap,
+        seed=args.seed,
     )
 
 

@@ -23,6 +23,7 @@ import torch
 from melu.checkpoint import Checkpoint
 from melu.config import to_dict
 from melu.features import USER_FIELDS
+from melu.ranking import catalogue_scores, top_k_row
 from service.errors import FieldError, InputError
 from service.schemas import (
     RATING_MAX,
@@ -47,8 +48,6 @@ log = logging.getLogger(__name__)
 CLOSED_USER_FIELDS: tuple[str, ...] = ("gender", "age", "occupation")
 # Report at most this many errors of one list, so 5000 bad ids do not make a 5000-line answer.
 MAX_ERRORS_PER_LIST = 20
-# Items per chunk when the encoder adapts and each user needs its own item embeddings.
-PREDICT_CHUNK = 65_536
 
 
 class TopK(NamedTuple):
@@ -323,26 +322,15 @@ class Recommender:
             y_spt = torch.tensor(ratings, dtype=self.dtype, device=self.device)
             mask_spt = torch.tensor(mask, dtype=torch.bool, device=self.device)
             adaptation = self.learner.adapt(users, x_spt, y_spt, mask_spt, steps=self.steps)
-            pred = self._predict(adaptation, users).cpu()  # [B, n_items + 1]
+            pred = catalogue_scores(
+                self.learner, adaptation, users, self.table, self.features
+            ).cpu()  # [B, n_items + 1]
             before = adaptation.loss_before.tolist()
             after = adaptation.loss_after.tolist()
             return [
                 Outcome(self._select(pred[i], job.select), before[i], after[i])
                 for i, job in enumerate(jobs)
             ]
-
-    def _predict(self, adaptation: Any, users: torch.Tensor) -> torch.Tensor:
-        if self.features is not None:
-            return self.learner.predict_from_features(adaptation, users, self.features)
-        batch = users.shape[0]
-        step = max(1, PREDICT_CHUNK // batch)
-        parts = [
-            self.learner.predict(
-                adaptation, users, self.table[start : start + step].expand(batch, -1, -1)
-            )
-            for start in range(0, self.table.shape[0], step)
-        ]
-        return torch.cat(parts, dim=1)
 
     def _select(self, pred: torch.Tensor, select: TopK | Pick) -> list[tuple[int, float]]:
         if isinstance(select, Pick):
@@ -359,20 +347,11 @@ class Recommender:
             pool = self._by_id
         if pool.numel() == 0:
             return []
-        scores = pred[pool]
-        # Rank by the unclipped prediction: clipping would tie every item above 5 and hand the
-        # top of the list to the lowest item ids. Exact ties keep item-id order (stable sort).
-        k = min(select.k, scores.numel())
-        if k < scores.numel():
-            # Sorting a whole catalogue per request costs more than the rest of the selection:
-            # keep every item tied with the k-th best, then sort only those few.
-            kth = torch.topk(scores, k, sorted=False).values.min()
-            near = torch.nonzero(scores >= kth).squeeze(1)  # ascending: item-id order
-            order = near[torch.sort(scores[near], descending=True, stable=True).indices[:k]]
-        else:
-            order = torch.sort(scores, descending=True, stable=True).indices
-        top = scores[order].clamp(RATING_MIN, RATING_MAX).tolist()
-        return list(zip(pool[order].tolist(), top, strict=True))
+        # Rank by the unclipped score: clipping would tie every item above 5 and hand the top
+        # of the list to the lowest item ids. The order is melu.ranking's, as in evaluation.
+        best = top_k_row(pred, pool, select.k)
+        top = pred[best].clamp(RATING_MIN, RATING_MAX).tolist()
+        return list(zip(best.tolist(), top, strict=True))
 
     # --- outcomes -> responses ---------------------------------------------------------------
 

@@ -19,24 +19,26 @@ from melu.cli import main
 from melu.config import MetaConfig, ModelConfig, TrainConfig
 from melu.data import ColdStartData
 from melu.errors import CheckpointError, MeluError
-from melu.evaluate import (
+from melu.evaluation import EVAL_SCENARIOS, Report, evaluate_checkpoint, evaluate_command
+from melu.evaluation.metrics import (
     ALL_SUPPORT,
-    EVAL_SCENARIOS,
-    METHODS,
     METRICS,
-    Predictions,
-    RatingStats,
-    Report,
+    RANKING_METRICS,
     bootstrap_ci,
-    evaluate_checkpoint,
-    evaluate_command,
     exp_gain,
     ndcg_at_k,
     per_user_metrics,
-    score,
-    simple_baselines,
     summarise,
     support_bucket,
+)
+from melu.evaluation.query import (
+    METHODS,
+    Predictions,
+    RatingStats,
+    content_bias,
+    content_matrix,
+    score,
+    simple_baselines,
 )
 from melu.tasks import TaskBatch, TaskSet
 from melu.train import train
@@ -204,7 +206,8 @@ def test_simple_baselines_by_hand() -> None:
     assert stats.item_bias[1] == pytest.approx((1 + 5 / 3) / 2)
     assert stats.item_bias[4] == pytest.approx(2 - 7 / 3) and stats.item_bias[5] == 0
 
-    out = simple_baselines(_tiny_tasks(), stats, np.random.default_rng(0))
+    content = np.zeros(6)
+    out = simple_baselines(_tiny_tasks(), stats, content, np.random.default_rng(0))
     assert out["random"][0] is None  # a random order predicts no ratings
     pred = {name: p for name, (p, _) in out.items() if p is not None}
     np.testing.assert_allclose(pred["user_mean"], [[4.0, 4.0], [1.5, 1.5]])
@@ -213,7 +216,8 @@ def test_simple_baselines_by_hand() -> None:
     np.testing.assert_allclose(
         pred["user_item_bias"], [[4.0 + (2 - 7 / 3), 4.0], [1.5 + (1 + 5 / 3) / 2, 1.5]]
     )
-    again = simple_baselines(_tiny_tasks(), stats, np.random.default_rng(0))
+    np.testing.assert_allclose(out["user_content_bias"][0], pred["user_mean"])
+    again = simple_baselines(_tiny_tasks(), stats, content, np.random.default_rng(0))
     np.testing.assert_array_equal(out["random"][1], again["random"][1])
     damped = RatingStats.fit(train_ratings, rows, n_rows=6, damping=10.0)
     assert abs(damped.item_bias[1]) < abs(stats.item_bias[1])
@@ -230,8 +234,22 @@ def one_epoch(melu_data: ColdStartData, tmp_path_factory: pytest.TempPathFactory
     return run / "checkpoint.pt"
 
 
+def test_content_bias_learns_a_bias_carried_by_content() -> None:
+    # Items 1-3 share token a (bias +1), items 4-6 token b (bias -1); item 7 is new, with a.
+    table = torch.tensor([[0, 0], [1, 1], [2, 1], [3, 1], [4, 2], [5, 2], [6, 2], [7, 1]])
+    spec = type("Spec", (), {"name": "genre", "start": 1, "width": 1, "vocab_size": 3})()
+    content = content_matrix(table, [spec])
+    assert content.shape == (8, 3) and content.sum() == 7
+    count = np.array([0, 5, 5, 5, 5, 5, 5, 0], dtype=float)
+    bias = np.array([0, 1, 1, 1, -1, -1, -1, 0], dtype=float)
+    stats = RatingStats(3.0, np.full(8, 3.0), bias, count)
+    predicted, info = content_bias(stats, content)
+    assert predicted[7] > 0.5 and predicted[4] < -0.5  # the new item gets its token's bias
+    assert info["alpha"] > 0
+
+
 def test_evaluate_end_to_end(one_epoch: Path, shared_data: Path, tmp_path: Path) -> None:
-    json_out, md_out = tmp_path / "out" / "report.json", tmp_path / "out" / "report.md"
+    json_out, md_out = tmp_path / "report.json", tmp_path / "report.md"
     code = evaluate_command(
         checkpoint=one_epoch,
         data_dir=shared_data,
@@ -241,6 +259,7 @@ def test_evaluate_end_to_end(one_epoch: Path, shared_data: Path, tmp_path: Path)
         device="cpu",
         bootstrap=200,
         max_tasks=300,  # validation (265 tasks) stays whole
+        max_users=80,
         regression_epochs=1,
     )
     assert code == 0
@@ -276,12 +295,62 @@ def test_evaluate_end_to_end(one_epoch: Path, shared_data: Path, tmp_path: Path)
     for scenario in EVAL_SCENARIOS:
         assert value(scenario, "user_mean", "mae") < value(scenario, "global_mean", "mae")
         assert value(scenario, "melu", "ndcg@3") > value(scenario, "random", "ndcg@3")
+    # New items: the content baseline predicts from content, not only the user's mean.
+    assert value("new_item", "user_content_bias", "mae") != value("new_item", "user_mean", "mae")
     assert report.info["regression"]["epochs"] == 1
+    rates = report.info["tuning"]["regression_finetuned rate (validation MAE)"]
+    assert str(report.info["regression"]["finetune_rate"]) == min(rates, key=rates.get)
+
+    # The catalogue protocol: every scenario and S, both relevance levels, every metric.
+    ranking = report.ranking_frame()
+    assert set(ranking["scenario"]) == {"validation", "new_user", "new_item", "new_user_new_item"}
+    assert set(ranking["support_size"]) == {3, 5, 10, 20}
+    assert set(ranking["metric"]) == set(RANKING_METRICS)
+    assert set(ranking["relevance"]) == {"liked", "watched"}
+    catalogue_methods = set(ranking[ranking.scenario == "new_user"]["method"])
+    assert catalogue_methods == {
+        "melu", "melu_no_adapt", "popularity", "item_mean", "ease", "als", "item_knn", "random",
+    }  # fmt: skip
+    assert set(ranking[ranking.scenario == "new_item"]["method"]) == {
+        "melu", "melu_no_adapt", "content_knn", "random",
+    }  # fmt: skip
+    assert (ranking["value"].between(0, 1)).all()
+    assert (ranking["ci_low"] <= ranking["value"] + 1e-9).all()
+    # The collaborative baselines know these users' tastes better than chance.
+    for method in ("popularity", "ease", "item_knn"):
+        assert report.ranking_value("new_user", method, 5) > report.ranking_value(
+            "new_user", "random", 5
+        )
+    lists = report.lists_frame()
+    assert (lists["coverage"].between(0, 1)).all()
+    assert (lists["popularity_percentile"].between(0, 100)).all()
+    popular = lists[(lists.method == "popularity") & (lists.scenario == "new_user")]
+    assert (popular["popularity_percentile"] > 99).all()
+    assert "ease" in report.info["tuning"]
+    genre = report.genre_frame()
+    assert len(genre) == 10 * len(set(genre["method"])) and genre["share"].between(0, 1).all()
 
     text = md_out.read_text()
-    for heading in ("# Cold-start evaluation", "### new_user_new_item", "## By support size"):
+    for heading in (
+        "# Cold-start evaluation",
+        "## Verdict",
+        "## Terms",
+        "## new_user (catalogue): liked Recall@10 by ratings given",
+        "## new_item (shelf): liked Recall@10 by ratings given",
+        "## Loved-genre test",
+        "### new_user_new_item",
+        "## MeLU's protocol by support size",
+    ):
         assert heading in text
     assert "| melu |" in text and "regression_finetuned" in text
+
+
+def test_evaluate_refuses_a_report_in_a_missing_folder(
+    one_epoch: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(MeluError, match="does not exist"):
+        evaluate_command(one_epoch, shared_data, json_out=tmp_path / "missing" / "r.json")
+    assert not (tmp_path / "missing").exists()
 
 
 def test_evaluate_rejects_bad_paths(one_epoch: Path, shared_data: Path, tmp_path: Path) -> None:

@@ -1,0 +1,301 @@
+"""Catalogue baselines: the recommenders people already use, folded in from a new user's support.
+
+Each ranker is fitted once on the training ratings (:class:`TrainingData`) and then scores
+every catalogue row for a batch of users from their support ratings alone (``[n, R]``; higher
+is better). Rankers with settings expose a grid; :func:`melu.evaluation.catalogue.tune`
+chooses a setting per number of ratings on validation users, as the model's own choices are
+made. Where a well-kept library does the job it is used: ``implicit`` for ALS (with its own
+least-squares fold-in of a new user) and item-item cosine kNN.
+
+- popularity: training counts;
+- item_mean: shrunk item mean, ``(sum + m * global mean) / (count + m)``;
+- ease: EASE (Steck 2019), closed form; all regularisers from one eigendecomposition;
+- als: ``implicit``'s ALS, the user's factors solved from the support (fold-in);
+- item_knn: ``implicit``'s cosine item-item kNN, scores summed over the support items;
+- content_knn: similarity of genre, director, actors, rate and year to the support items,
+  weighted by each rating's distance from the user's mean (new items have no ratings);
+- random.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.preprocessing import normalize
+from threadpoolctl import threadpool_limits
+
+log = logging.getLogger(__name__)
+
+Setting = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Training ratings as the baselines need them, indexed by catalogue row."""
+
+    matrix: sparse.csr_matrix  # [training users, R] binary: who rated what
+    counts: np.ndarray  # [R] ratings per row
+    sums: np.ndarray  # [R] sum of ratings per row
+    global_mean: float
+    content: sparse.csr_matrix  # [R, tokens] 0/1 content of every row
+
+    @classmethod
+    def build(
+        cls,
+        ratings: pd.DataFrame,
+        item_rows: dict[int, int],
+        n_rows: int,
+        content: sparse.csr_matrix,
+    ) -> TrainingData:
+        rows = ratings["item_id"].map(item_rows).to_numpy(dtype=np.int64)
+        users = pd.factorize(ratings["user_id"])[0]
+        values = ratings["rating"].to_numpy(dtype=np.float64)
+        matrix = sparse.csr_matrix(
+            (np.ones(len(rows), dtype=np.float32), (users, rows)),
+            shape=(int(users.max()) + 1, n_rows),
+        )
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return cls(
+            matrix=matrix,
+            counts=np.bincount(rows, minlength=n_rows).astype(np.float64),
+            sums=np.bincount(rows, weights=values, minlength=n_rows),
+            global_mean=float(values.mean()),
+            content=content,
+        )
+
+
+@dataclass(frozen=True)
+class Supports:
+    """A batch of users' supports: rows ``[n, S]`` (0 = padding) and ratings ``[n, S]``."""
+
+    rows: np.ndarray
+    ratings: np.ndarray
+
+    def matrix(self, n_rows: int, values: np.ndarray | None = None) -> sparse.csr_matrix:
+        """``[n, R]`` sparse: ``values`` (default 1) at each user's support rows."""
+        n, s = self.rows.shape
+        real = self.rows > 0
+        users = np.repeat(np.arange(n), s).reshape(n, s)[real]
+        data = np.ones(int(real.sum())) if values is None else values[real]
+        return sparse.csr_matrix((data, (users, self.rows[real])), shape=(n, n_rows))
+
+    def centred(self) -> np.ndarray:
+        """Ratings minus each user's mean support rating (padding 0)."""
+        real = self.rows > 0
+        mean = (self.ratings * real).sum(1) / np.maximum(real.sum(1), 1)
+        return np.where(real, self.ratings - mean[:, None], 0.0)
+
+
+class Ranker(Protocol):
+    """Fitted once; scores ``[n, R]`` every catalogue row for a batch of supports."""
+
+    name: str
+
+    def grid(self) -> list[Setting]: ...
+
+    def score(self, supports: Supports, setting: Setting) -> np.ndarray: ...
+
+
+class Popularity:
+    name = "popularity"
+
+    def __init__(self, data: TrainingData) -> None:
+        self.counts = data.counts
+
+    def grid(self) -> list[Setting]:
+        return [{}]
+
+    def score(self, supports: Supports, setting: Setting) -> np.ndarray:
+        return np.broadcast_to(self.counts, (len(supports.rows), len(self.counts))).copy()
+
+
+class ItemMean:
+    """Shrunk item mean: an item with few ratings is pulled towards the global mean."""
+
+    name = "item_mean"
+
+    def __init__(self, data: TrainingData) -> None:
+        self.data = data
+
+    def grid(self) -> list[Setting]:
+        return [{"shrinkage": m} for m in (1.0, 10.0, 50.0, 100.0, 250.0, 1000.0, 5000.0)]
+
+    def score(self, supports: Supports, setting: Setting) -> np.ndarray:
+        d, m = self.data, float(setting["shrinkage"])
+        mean = (d.sums + m * d.global_mean) / (d.counts + m)
+        return np.broadcast_to(mean, (len(supports.rows), len(mean))).copy()
+
+
+class Ease:
+    """EASE (Steck 2019): ``B = I - P diag(1 / diag P)``, ``P = (X^T X + lambda I)^-1``.
+
+    One eigendecomposition of ``X^T X`` over the rated rows serves every regulariser:
+    ``P = V diag(1 / (e + lambda)) V^T``, so a score ``x B = x - (x P) / diag P`` costs two
+    products per regulariser instead of an inverse each.
+    """
+
+    name = "ease"
+    REGULARISERS: tuple[float, ...] = (
+        10.0, 50.0, 100.0, 200.0, 500.0, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 1e6,
+    )  # fmt: skip
+
+    def __init__(self, data: TrainingData) -> None:
+        self.n_rows = data.matrix.shape[1]
+        self.rated = np.flatnonzero(data.counts > 0)
+        x = data.matrix[:, self.rated]
+        gram = (x.T @ x).toarray().astype(np.float64)
+        self.eigenvalues, self.eigenvectors = np.linalg.eigh(gram)
+
+    def grid(self) -> list[Setting]:
+        return [{"l2": value} for value in self.REGULARISERS]
+
+    def score(self, supports: Supports, setting: Setting) -> np.ndarray:
+        weights = 1.0 / (self.eigenvalues + float(setting["l2"]))
+        v = self.eigenvectors
+        diag = (v * v) @ weights
+        x = supports.matrix(self.n_rows)[:, self.rated]
+        xp = ((x @ v) * weights) @ v.T
+        out = np.zeros((len(supports.rows), self.n_rows))
+        # x B = x - (x P) diag(1 / diag P), with B's diagonal forced to 0 as in the paper.
+        out[:, self.rated] = np.asarray(x.toarray() - xp / diag)
+        return out
+
+
+class Als:
+    """``implicit``'s ALS; a new user's factors come from the library's own least-squares
+    fold-in (``recalculate_user``) of the support."""
+
+    name = "als"
+
+    def __init__(self, data: TrainingData, seed: int = 0) -> None:
+        self.data = data
+        self.seed = seed
+        self._models: dict[tuple[int, float, float], Any] = {}
+
+    def grid(self) -> list[Setting]:
+        return [
+            {"factors": f, "regularization": r, "alpha": a}
+            for f in (8, 16, 32, 64, 128)
+            for r in (1.0, 10.0, 100.0, 1000.0)
+            for a in (1.0, 10.0)
+        ]
+
+    def _model(self, setting: Setting) -> Any:
+        from implicit.als import AlternatingLeastSquares
+
+        key = (int(setting["factors"]), float(setting["regularization"]), float(setting["alpha"]))
+        if key not in self._models:
+            # implicit parallelises itself; BLAS threads underneath it only contend (and it
+            # warns about them when the model is built).
+            with threadpool_limits(1, "blas"):
+                model = AlternatingLeastSquares(
+                    factors=key[0],
+                    regularization=key[1],
+                    alpha=key[2],
+                    iterations=15,
+                    random_state=self.seed,
+                    num_threads=1,
+                )
+                model.fit(self.data.matrix, show_progress=False)
+            self._models[key] = model
+        return self._models[key]
+
+    def score(self, supports: Supports, setting: Setting) -> np.ndarray:
+        model = self._model(setting)
+        x = supports.matrix(self.data.matrix.shape[1]).astype(np.float32)
+        factors = model.recalculate_user(np.arange(x.shape[0]), x)
+        return np.asarray(factors @ model.item_factors.T, dtype=np.float64)
+
+
+class ItemKnn:
+    """``implicit``'s cosine item-item kNN: the support items' neighbour similarities summed."""
+
+    name = "item_knn"
+
+    def __init__(self, data: TrainingData) -> None:
+        self.data = data
+        self._similarity: dict[int, sparse.csr_matrix] = {}
+
+    def grid(self) -> list[Setting]:
+        return [{"neighbours": k} for k in (10, 25, 50, 100, 200, 400, 1000, 4000)]
+
+    def score(self, supports: Supports, setting: Setting) -> np.ndarray:
+        from implicit.nearest_neighbours import CosineRecommender
+
+        k = int(setting["neighbours"])
+        if k not in self._similarity:
+            model = CosineRecommender(K=k, num_threads=1)
+            with warnings.catch_warnings():
+                # implicit transposes our CSR matrix itself and then warns about its own COO.
+                warnings.filterwarnings("ignore", message="Method expects CSR input")
+                model.fit(self.data.matrix, show_progress=False)
+            self._similarity[k] = model.similarity.tocsr()
+        x = supports.matrix(self.data.matrix.shape[1])
+        return np.asarray((x @ self._similarity[k]).toarray(), dtype=np.float64)
+
+
+class ContentKnn:
+    """Content similarity (TF-IDF cosine over genre, director, actors, rate, year) to each
+    support item, weighted by the rating's distance from the user's mean; a user whose
+    ratings are all equal weighs every support item 1."""
+
+    name = "content_knn"
+
+    def __init__(self, data: TrainingData) -> None:
+        tfidf = TfidfTransformer().fit_transform(data.content)
+        self.vectors = normalize(sparse.csr_matrix(tfidf))
+
+    def grid(self) -> list[Setting]:
+        return [{}]
+
+    def score(self, supports: Supports, setting: Setting) -> np.ndarray:
+        weights = supports.centred()
+        flat = np.all(np.abs(weights) < 1e-9, axis=1)
+        weights[flat] = (supports.rows[flat] > 0).astype(np.float64)
+        x = supports.matrix(self.vectors.shape[0], weights)
+        return np.asarray((x @ self.vectors @ self.vectors.T).toarray(), dtype=np.float64)
+
+
+class RandomRanker:
+    name = "random"
+
+    def __init__(self, n_rows: int, seed: int) -> None:
+        self.n_rows = n_rows
+        self.seed = seed
+
+    def grid(self) -> list[Setting]:
+        return [{}]
+
+    def score(self, supports: Supports, setting: Setting) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, len(supports.rows), int(supports.rows.sum())])
+        return rng.random((len(supports.rows), self.n_rows))
+
+
+def catalogue_baselines(data: TrainingData, seed: int) -> list[Ranker]:
+    """The baselines of the catalogue protocol, fitted."""
+    return [
+        Popularity(data),
+        ItemMean(data),
+        Ease(data),
+        Als(data, seed),
+        ItemKnn(data),
+        RandomRanker(data.matrix.shape[1], seed),
+    ]
+
+
+def shelf_baselines(data: TrainingData, seed: int) -> list[Ranker]:
+    """The baselines of the new-item shelf: nothing collaborative knows a new item."""
+    return [ContentKnn(data), RandomRanker(data.matrix.shape[1], seed)]
+
+
+def describe(rankers: Sequence[Ranker]) -> dict[str, str]:
+    return {r.name: (type(r).__doc__ or "").strip().split("\n")[0] for r in rankers}

@@ -1,0 +1,85 @@
+"""Rank a catalogue for adapted users: what the service serves is what evaluation measures.
+
+``/recommend`` and the catalogue protocol of :mod:`melu.evaluation` both go through these
+functions, so that what is evaluated is exactly what is served:
+
+- :func:`catalogue_scores` turns a batch of adaptations into ranking scores ``[B, R]`` over
+  every catalogue row (row 0, the padding item, included so that rows index it directly);
+- :func:`rank` orders allowed rows by score, best first, ties broken by row. Catalogue rows are
+  in item-id order (:meth:`melu.data.Catalogue.build` sorts them), so ties go to the smaller
+  item id and the same scores always give the same list;
+- :func:`top_k_row` is the same order for one user, cheaper when ``k`` is small.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from melu.maml import Adaptation, MetaLearner
+
+# Items per chunk when the encoder adapts and each user needs its own item embeddings.
+PREDICT_CHUNK = 65_536
+
+
+def catalogue_scores(
+    learner: MetaLearner,
+    adaptation: Adaptation,
+    users: torch.Tensor,
+    table: torch.Tensor,
+    features: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Ranking scores ``[B, R]`` of every row of ``table`` (``[R, W]`` feature ids).
+
+    ``features`` (``learner.item_features(table)``, computed once) is the fast path when only
+    the head adapts; without it, or when the encoder adapts, items are embedded per user in
+    chunks. Call under ``torch.no_grad()`` in eval mode.
+    """
+    if features is not None:
+        return learner.rank_scores(adaptation, users, features)
+    if learner.head_only:
+        return learner.rank_scores(adaptation, users, learner.item_features(table))
+    batch = users.shape[0]
+    step = max(1, PREDICT_CHUNK // batch)
+    parts = [
+        learner.predict(adaptation, users, table[start : start + step].expand(batch, -1, -1))
+        for start in range(0, table.shape[0], step)
+    ]
+    return torch.cat(parts, dim=1)
+
+
+def rank(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of each user ordered best first: ``(order [B, R], n_allowed [B])``.
+
+    ``allowed`` (``[B, R]`` or ``[R]``, bool) says which rows may be recommended; the first
+    ``n_allowed[b]`` entries of ``order[b]`` are exactly those rows, by descending score, ties
+    by row; the rest are the disallowed rows. NaN scores rank last among the allowed rows.
+    """
+    allowed = allowed.expand_as(scores)
+    keyed = torch.where(torch.isnan(scores), torch.full_like(scores, -torch.inf), scores)
+    # Disallowed rows go below every allowed one, whatever their score; a stable sort of the
+    # pair (allowed, score) keeps row order among equal keys.
+    keyed = torch.where(allowed, keyed, torch.full_like(keyed, -torch.inf))
+    order = torch.sort(keyed, dim=1, descending=True, stable=True).indices
+    order = order.gather(1, torch.sort(~allowed.gather(1, order), dim=1, stable=True).indices)
+    return order, allowed.sum(1)
+
+
+def top_k_row(scores: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` best rows of ``pool`` (ascending rows) for one user's ``scores`` ``[R]``.
+
+    The same order as :func:`rank`: descending score, ties by row. Sorting a whole catalogue
+    per request costs more than the rest of the selection, so only the rows tied with or above
+    the k-th best are sorted.
+    """
+    if pool.numel() == 0 or k <= 0:
+        return pool[:0]
+    values = scores[pool]
+    values = torch.where(torch.isnan(values), torch.full_like(values, -torch.inf), values)
+    k = min(k, values.numel())
+    if k < values.numel():
+        kth = torch.topk(values, k, sorted=False).values.min()
+        near = torch.nonzero(values >= kth).squeeze(1)  # ascending: row order
+        order = near[torch.sort(values[near], descending=True, stable=True).indices[:k]]
+    else:
+        order = torch.sort(values, descending=True, stable=True).indices
+    return pool[order]

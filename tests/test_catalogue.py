@@ -1,0 +1,208 @@
+"""The catalogue protocol: ranking metrics by hand, the shared ranking order, support draws,
+the baselines against their definitions, and that rated items never reach a list."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import sparse
+
+from melu import checkpoint as ckpt
+from melu.data import ColdStartData
+from melu.evaluation import catalogue as C
+from melu.evaluation.metrics import coverage, popularity_percentile, ranking_metrics
+from melu.evaluation.rankers import Ease, ItemKnn, Popularity, Supports, TrainingData
+from melu.ranking import rank, top_k_row
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- metrics by hand ----------------------------------------------------------------------------
+
+
+def test_ranking_metrics_by_hand() -> None:
+    hits = np.zeros((3, 20), dtype=bool)
+    hits[0, [0, 2]] = True  # 2 relevant, both in the top 3
+    hits[1, [12]] = True  # 4 relevant, one at rank 13
+    # user 2: 1 relevant, ranked 40th (outside the list)
+    out = ranking_metrics(hits, np.array([2, 4, 1]), np.array([1, 13, 40]))
+    np.testing.assert_allclose(out["recall@10"], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(out["recall@20"], [1.0, 0.25, 0.0])
+    ideal0 = 1 + 1 / np.log2(3)
+    np.testing.assert_allclose(out["ndcg@10"], [(1 + 1 / np.log2(4)) / ideal0, 0.0, 0.0])
+    np.testing.assert_allclose(out["hitrate@10"], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(out["mrr"], [1.0, 1 / 13, 1 / 40])
+
+    # Recall divides by min(k, relevant): 12 relevant, 5 of them in the top 10 -> 0.5.
+    many = np.zeros((1, 20), dtype=bool)
+    many[0, :5] = True
+    assert ranking_metrics(many, np.array([12]), np.array([1]))["recall@10"][0] == 0.5
+    with pytest.raises(ValueError, match="relevant"):
+        ranking_metrics(many, np.array([0]), np.array([1]))
+
+
+def test_coverage_and_popularity_percentile() -> None:
+    assert coverage(np.array([[1, 2], [2, 3]]), 6) == pytest.approx(0.5)
+    counts = np.array([0.0, 10, 20, 20, 40])
+    pct = popularity_percentile(counts, np.array([1, 2, 3, 4]))
+    np.testing.assert_allclose(pct, [0, 12.5, 50, 50, 87.5])
+
+
+# --- the one ranking order ----------------------------------------------------------------------
+
+
+def test_rank_orders_by_score_then_item_and_puts_disallowed_last() -> None:
+    scores = torch.tensor([[0.0, 3.0, 1.0, 3.0, float("nan"), 2.0]])
+    allowed = torch.tensor([False, True, True, True, True, False])
+    order, n = rank(scores, allowed)
+    assert int(n[0]) == 4
+    assert order[0, :4].tolist() == [1, 3, 2, 4]  # 3.0 tie: row 1 first; NaN last
+    assert set(order[0, 4:].tolist()) == {0, 5}
+
+
+def test_top_k_row_is_the_batched_order() -> None:
+    rng = np.random.default_rng(0)
+    # Coarse scores so that many items tie, as identical ratings do.
+    scores = torch.from_numpy(rng.integers(0, 5, size=(4, 300)).astype(np.float64))
+    allowed = torch.from_numpy(rng.random((4, 300)) > 0.2)
+    allowed[:, 0] = False
+    order, n = rank(scores, allowed)
+    for b in range(4):
+        pool = torch.nonzero(allowed[b]).squeeze(1)
+        for k in (1, 10, 37, 400):
+            expected = order[b, : min(k, int(n[b]))]
+            assert top_k_row(scores[b], pool, k).tolist() == expected.tolist()
+
+
+# --- support draws ------------------------------------------------------------------------------
+
+
+def test_cases_draw_seeded_supports_and_hold_out_the_rest(melu_data: ColdStartData) -> None:
+    cases = C.build_cases(melu_data, "new_user", 5, seed=0)
+    again = C.build_cases(melu_data, "new_user", 5, seed=0)
+    other = C.build_cases(melu_data, "new_user", 5, seed=1)
+    np.testing.assert_array_equal(cases.supports.rows, again.supports.rows)
+    assert not np.array_equal(cases.supports.rows, other.supports.rows)
+    assert cases.supports.rows.shape == (len(cases), 5) and len(cases) > 600
+    ratings = melu_data.ratings[melu_data.ratings["split"] == "new_user"]
+    for i in (0, 17, len(cases) - 1):
+        history = ratings[ratings["user_id"] == cases.user_ids[i]]
+        rows = set(history["item_id"].map(melu_data.catalogue.rows))
+        support = set(cases.supports.rows[i].tolist())
+        held = set(cases.heldout_rows[i][cases.heldout_rows[i] > 0].tolist())
+        assert support | held == rows and not support & held
+        assert melu_data.user_rows[int(cases.user_ids[i])] == cases.user_rows[i]
+    # Relevant items are held out, candidates, and (liked) rated >= 4.
+    liked = cases.relevant("liked")
+    assert not liked[np.arange(len(cases))[:, None], cases.supports.rows].any()
+    assert liked.sum() < cases.relevant("watched").sum()
+
+
+def test_shelf_draws_new_items_only(melu_data: ColdStartData) -> None:
+    cases = C.build_cases(melu_data, "new_item", 5, seed=0, protocol="shelf")
+    counts = C.training_counts(melu_data)
+    assert (counts[cases.supports.rows] == 0).all()
+    assert (counts[cases.candidates] == 0).all() and cases.candidates.sum() == 740
+    held = cases.heldout_rows[cases.heldout_rows > 0]
+    assert (counts[held] == 0).all()
+
+
+# --- baselines against their definitions --------------------------------------------------------
+
+
+def _toy_training() -> TrainingData:
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(60):
+        for item in rng.choice(np.arange(1, 13), size=rng.integers(2, 8), replace=False):
+            rows.append((user, int(item), float(rng.integers(1, 6))))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating"])
+    content = sparse.csr_matrix(np.eye(13))
+    return TrainingData.build(frame, {i: i for i in range(1, 13)}, 13, content)
+
+
+def test_ease_scores_match_the_closed_form() -> None:
+    data = _toy_training()
+    x = data.matrix.toarray()[:, 1:]
+    l2 = 7.0
+    p = np.linalg.inv(x.T @ x + l2 * np.eye(x.shape[1]))
+    b = np.eye(x.shape[1]) - p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    supports = Supports(np.array([[1, 4, 0], [2, 3, 12]]), np.array([[5.0, 1, 0], [3, 4, 2]]))
+    want = supports.matrix(13).toarray()[:, 1:] @ b
+    got = Ease(data).score(supports, {"l2": l2})
+    np.testing.assert_allclose(got[:, 1:], want, atol=1e-9)
+    assert (got[:, 0] == 0).all()
+
+
+def test_item_knn_and_popularity_use_the_training_matrix() -> None:
+    data = _toy_training()
+    supports = Supports(np.array([[1, 2]]), np.array([[5.0, 4.0]]))
+    np.testing.assert_array_equal(Popularity(data).score(supports, {})[0], data.counts)
+    knn = ItemKnn(data).score(supports, {"neighbours": 100})
+    norm = data.matrix.toarray() / np.maximum(np.linalg.norm(data.matrix.toarray(), axis=0), 1e-12)
+    cosine = norm.T @ norm
+    want = cosine[1] + cosine[2]
+    # implicit drops each item's similarity to itself; compare elsewhere.
+    mask = np.ones(13, dtype=bool)
+    mask[[0, 1, 2]] = False
+    np.testing.assert_allclose(knn[0, mask], want[mask], rtol=1e-5)
+
+
+def test_tune_picks_the_best_setting_on_validation(melu_data: ColdStartData) -> None:
+    counts = C.training_counts(melu_data)
+    cases = C.build_cases(melu_data, "validation", 5, seed=0)
+    cases = cases.subset(np.arange(80))
+    content = sparse.csr_matrix((len(counts), 1))
+    data = TrainingData.build(
+        melu_data.train_ratings, melu_data.catalogue.rows, len(counts), content
+    )
+    ease = Ease(data)
+    setting, tried = C.tune(ease, cases, counts)
+    assert setting == max(tried, key=lambda t: t[1])[0]
+    assert len(tried) == len(ease.grid())
+    assert max(v for _, v in tried) > min(v for _, v in tried)
+
+
+# --- what is served is what is evaluated --------------------------------------------------------
+
+
+def test_model_lists_never_hold_a_rated_item(
+    small_checkpoint: Path, melu_data: ColdStartData
+) -> None:
+    ck = ckpt.load(small_checkpoint)
+    learner = ck.learner("cpu")
+    cases = C.build_cases(melu_data, "new_user", 5, seed=0).subset(np.arange(40))
+    counts = C.training_counts(melu_data)
+    scores = C.model_scores(
+        learner, melu_data.user_table, melu_data.catalogue.table, cases.user_rows, cases.supports
+    )
+    # Give every rated item the best score: the ranking must still leave it out.
+    np.put_along_axis(scores, cases.supports.rows, 1e9, axis=1)
+    result = C.judge(cases, scores, counts)
+    for i in range(len(cases)):
+        assert not set(result.top[i].tolist()) & set(cases.supports.rows[i].tolist())
+        assert cases.candidates[result.top[i]].all()
+
+
+def test_genre_cases_follow_their_definition(melu_data: ColdStartData) -> None:
+    counts = C.training_counts(melu_data)
+    genres = C.item_genres(melu_data)
+    cases = C.genre_cases(melu_data, counts)
+    assert len(cases) == 10 and len({c.loved for c in cases}) == 10
+    for case in cases:
+        rows, ratings = case.supports.rows[0], case.supports.ratings[0]
+        assert ratings.tolist() == [5.0] * 5 + [1.0] * 3
+        assert all(case.loved in genres[r] and case.far not in genres[r] for r in rows[:5])
+        assert all(case.far in genres[r] and case.loved not in genres[r] for r in rows[5:])
