@@ -61,6 +61,8 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
     resume: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=versions)
+    # The onboarding lists (melu.onboarding): strategy -> item ids, and how they were made.
+    onboarding: dict[str, Any] = field(default_factory=dict)
 
     def learner(self, device: torch.device | str = "cpu") -> MetaLearner:
         """The meta-learner with the best weights, in eval mode, on ``device``."""
@@ -84,6 +86,7 @@ class Checkpoint:
             "metrics": self.metrics,
             "resume": self.resume,
             "versions": self.versions,
+            "onboarding": self.onboarding,
         }
 
     @classmethod
@@ -100,6 +103,7 @@ class Checkpoint:
             metrics=raw.get("metrics", {}),
             resume=raw.get("resume", {}),
             versions=raw.get("versions", {}),
+            onboarding=raw.get("onboarding", {}),
         )
 
 

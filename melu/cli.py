@@ -1,4 +1,5 @@
-"""Command line: ``melu data``, ``melu train``, ``melu evaluate``, ``melu serve``.
+"""Command line: ``melu data``, ``melu train``, ``melu evaluate``, ``melu onboarding``,
+``melu serve``.
 
 Every user error ends in one line on stderr and a non-zero exit, never a traceback.
 """
@@ -13,10 +14,13 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from melu.config import DATASETS, PRESETS, DataConfig, MetaConfig, TrainConfig
 from melu.errors import MeluError
+
+if TYPE_CHECKING:
+    from melu.checkpoint import Checkpoint
 
 log = logging.getLogger("melu")
 
@@ -121,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--compile", action="store_true", help="torch.compile the meta-loss")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument(
+        "--no-onboarding",
+        action="store_true",
+        help="skip computing the onboarding lists stored in the checkpoint (melu onboarding)",
+    )
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -143,6 +152,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--seed", type=int, default=0, help="support draws, bootstrap and baselines' seed"
     )
+
+    onboarding = sub.add_parser(
+        "onboarding",
+        help="which movies to ask a new user to rate first",
+        description="Print an onboarding list. With --data-dir (or when the checkpoint has "
+        "none stored) the lists are computed from the training ratings: MeLU's evidence "
+        "score, popularity, popularity x rating entropy, and a diverse re-ordering.",
+    )
+    onboarding.add_argument("--checkpoint", type=Path, required=True)
+    onboarding.add_argument(
+        "--data-dir", type=Path, help="recompute the lists from this data folder"
+    )
+    onboarding.add_argument("--top", type=_positive, default=20, help="items to print")
+    onboarding.add_argument(
+        "--strategy",
+        choices=("evidence", "popularity", "entropy", "diverse"),
+        default="diverse",
+    )
+    onboarding.add_argument(
+        "--save", action="store_true", help="store the computed lists in the checkpoint"
+    )
+    onboarding.add_argument("--json", action="store_true", help="print JSON")
 
     serve = sub.add_parser("serve", help="run the recommendation service")
     serve.add_argument("--checkpoint", type=Path, required=True)
@@ -216,6 +247,59 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result.metrics["best_epoch"],
         args.out / "checkpoint.pt",
     )
+    if not args.no_onboarding and int(os.environ.get("RANK", "0")) == 0:
+        from melu import checkpoint as ckpt
+
+        path = args.out / "checkpoint.pt"
+        ck = ckpt.load(path)
+        ck.onboarding = _onboarding_lists(ck, None, data)
+        ckpt.save(path, ck)
+    return 0
+
+
+def _onboarding_lists(ck: Checkpoint, data_dir: Path | None, data: object = None) -> dict[str, Any]:
+    """Compute a checkpoint's onboarding lists from the training ratings (a few seconds)."""
+    import torch
+
+    from melu.data import ColdStartData, prepare
+    from melu.evaluation.onboarding import choose_lists
+    from melu.onboarding import to_checkpoint
+
+    if not isinstance(data, ColdStartData):
+        if data_dir is None:
+            raise MeluError("give --data-dir: the onboarding lists come from the training ratings")
+        data = prepare(data_dir, ck.data, ck.encoder)
+    with torch.no_grad():
+        lists, _ = choose_lists(ck.learner("cpu"), data)
+    log.info("onboarding lists computed (evidence scores in %.1fs)", lists.info["evidence_seconds"])
+    return to_checkpoint(lists, ck.catalogue.item_ids)
+
+
+def _cmd_onboarding(args: argparse.Namespace) -> int:
+    from melu import checkpoint as ckpt
+
+    path = args.checkpoint / "checkpoint.pt" if args.checkpoint.is_dir() else args.checkpoint
+    ck = ckpt.load(path)
+    lists = ck.onboarding
+    if args.data_dir is not None or not lists:
+        if args.data_dir is None:
+            raise MeluError(
+                f"{path}: no onboarding lists stored; give --data-dir to compute them "
+                "(--save stores them)"
+            )
+        lists = _onboarding_lists(ck, args.data_dir)
+        if args.save:
+            ck.onboarding = lists
+            ckpt.save(path, ck)
+            log.info("stored the onboarding lists in %s", path)
+    ids = lists["lists"][args.strategy][: args.top]
+    rows = ck.catalogue.rows
+    items = [{"item_id": i, "title": ck.catalogue.titles[rows[i]]} for i in ids]
+    if args.json:
+        sys.stdout.write(json.dumps({"strategy": args.strategy, "items": items}, indent=2) + "\n")
+    else:
+        for rank, item in enumerate(items, 1):
+            sys.stdout.write(f"{rank:>3}. {item['title']} ({item['item_id']})\n")
     return 0
 
 
@@ -241,7 +325,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"data": _cmd_data, "train": _cmd_train, "evaluate": _cmd_evaluate, "serve": _cmd_serve}
+COMMANDS = {
+    "data": _cmd_data,
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "onboarding": _cmd_onboarding,
+    "serve": _cmd_serve,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
