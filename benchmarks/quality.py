@@ -221,6 +221,54 @@ def _frames(runs: list[dict[str, Any]], kind: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def onboarding_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """The onboarding simulation of the first preset's model, every seed."""
+    first = runs[0]["preset"]
+    frames = [
+        Report.from_dict(r["report"]).onboarding_frame().assign(seed=r["seed"])
+        for r in runs
+        if r["preset"] == first
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def onboarding_goal(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Issue 13's goal per scenario: the best strategy (by mean Recall@10) beats popularity on
+    Recall@10 with non-overlapping intervals in every seed, showing no more items."""
+    out: list[dict[str, Any]] = []
+    if frame.empty:
+        return out
+    strategies = [s for s in dict.fromkeys(frame["strategy"]) if s not in ("random_ratings",)]
+    for scenario in dict.fromkeys(frame["scenario"]):
+        sel = frame[frame["scenario"] == scenario]
+        recall = sel[sel["metric"] == "recall@10"]
+        means = recall.groupby("strategy")["value"].mean()
+        best = max((s for s in strategies if s != "popularity"), key=lambda s: means[s])
+        outside, cheaper = True, True
+        for _, seed_rows in sel.groupby("seed"):
+            r = seed_rows.set_index(["strategy", "metric"])
+            ci_low = r.loc[(best, "recall@10"), "ci_low"]
+            ci_high_pop = r.loc[("popularity", "recall@10"), "ci_high"]
+            outside &= bool(pd.notna(ci_low) and ci_low > ci_high_pop)
+            cheaper &= bool(
+                r.loc[(best, "items_shown"), "value"]
+                <= r.loc[("popularity", "items_shown"), "value"]
+            )
+        shown = sel[sel["metric"] == "items_shown"].groupby("strategy")["value"].mean()
+        out.append(
+            {
+                "goal": f"{scenario}: the best onboarding strategy beats popularity on "
+                "Recall@10 (intervals apart in every seed) showing no more items",
+                "measured": f"best {best} {means[best]:.3f} ({shown[best]:.1f} items shown) "
+                f"vs popularity {means['popularity']:.3f} ({shown['popularity']:.1f}); "
+                f"evidence {means.get('evidence', float('nan')):.3f}; random ratings "
+                f"{means.get('random_ratings', float('nan')):.3f}",
+                "met": outside and cheaper,
+            }
+        )
+    return out
+
+
 def aggregate(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """MeLU's protocol: mean, sample std, min and max over seeds of every
     (scenario, method, support, metric)."""
@@ -588,6 +636,37 @@ def markdown(
         "",
     ]
     out += _catalogue_markdown(result, ranking, lists, genre, verdicts)
+    onboard = pd.DataFrame(result["onboarding"])
+    if len(onboard):
+        out += [
+            "## Onboarding (simulated with real histories)",
+            "",
+            "Each validation and new user walks down a strategy's list (`melu onboarding`), "
+            "rating what is in their history and skipping the rest, until 5 ratings (or the "
+            "200-item list ends); the default model adapts on those and ranks the catalogue. "
+            "`random_ratings`: 5 random ratings of the same users. Mean ± std over seeds.",
+            "",
+        ]
+        body = []
+        metrics = ["items_shown", "reached_5", "recall@10", "ndcg@10"]
+        agg_on = onboard.groupby(["scenario", "strategy", "metric"], sort=False)["value"].agg(
+            ["mean", "std", "count"]
+        )
+        stats = {key: row for key, row in agg_on.iterrows()}
+        for scenario, strategy in dict.fromkeys(
+            zip(onboard["scenario"], onboard["strategy"], strict=True)
+        ):
+            cells = []
+            for metric in metrics:
+                row = stats.get((scenario, strategy, metric))
+                cells.append("-" if row is None else _ms(row, digits=3))
+            body.append([scenario, strategy, *cells])
+        out += _table(["scenario", "strategy", *metrics], body)
+        info = runs[0]["report"]["info"].get("onboarding", {})
+        if info.get("first"):
+            out += ["", "First ten of each list (seed of the first run):", ""]
+            out += [f"- `{s}`: {', '.join(t)}" for s, t in info["first"].items()]
+        out.append("")
     out += [
         "## MeLU's protocol (10 query items per user)",
         "",
@@ -674,7 +753,12 @@ def main(argv: list[str] | None = None) -> int:
             "meta": to_dict(MetaConfig()),
             "train": to_dict(TrainConfig(epochs=args.epochs)),
         },
-        "goals": {model: goals(model, agg, ranking, genre, lists, verdicts) for model in models},
+        "goals": {
+            model: goals(model, agg, ranking, genre, lists, verdicts)
+            + (onboarding_goal(onboarding_frame(runs)) if model == MELU else [])
+            for model in models
+        },
+        "onboarding": onboarding_frame(runs).replace({np.nan: None}).to_dict(orient="records"),
         "paper_mae": PAPER_MAE,
         "significance": significance(runs).to_dict(orient="records"),
         "ranking_verdicts": verdicts.to_dict(orient="records"),

@@ -330,9 +330,19 @@ def test_evaluate_end_to_end(one_epoch: Path, shared_data: Path, tmp_path: Path)
     genre = report.genre_frame()
     assert len(genre) == 10 * len(set(genre["method"])) and genre["share"].between(0, 1).all()
 
+    onboarding = report.onboarding_frame()
+    assert set(onboarding["strategy"]) == {
+        "evidence", "popularity", "entropy", "diverse", "random_ratings",
+    }  # fmt: skip
+    assert set(onboarding["scenario"]) == {"validation", "new_user"}
+    shown = onboarding[onboarding.metric == "items_shown"].set_index(["scenario", "strategy"])
+    assert (shown.loc[(slice(None), "random_ratings"), "value"] == 5).all()
+    assert (shown["value"] >= 5).all()
+
     text = md_out.read_text()
     for heading in (
         "# Cold-start evaluation",
+        "## Onboarding (simulated with real histories)",
         "## Verdict",
         "## Terms",
         "## new_user (catalogue): liked Recall@10 by ratings given",

@@ -27,6 +27,7 @@ from melu.data import ColdStartData
 from melu.evaluation import catalogue as C
 from melu.evaluation import metrics as M
 from melu.evaluation.rankers import Supports
+from melu.evaluation.report import OnboardingRow
 from melu.maml import MetaLearner
 
 log = logging.getLogger(__name__)
@@ -135,19 +136,6 @@ def onboarding_cases(
     return cases, np.array(effort, dtype=np.float64)
 
 
-@dataclass(frozen=True)
-class OnboardingRow:
-    """One strategy's result on one scenario (metric: effort, reached, or a ranking metric)."""
-
-    scenario: str
-    strategy: str
-    metric: str
-    value: float
-    ci_low: float | None
-    ci_high: float | None
-    n_users: int
-
-
 def simulate(
     data: ColdStartData,
     lists: dict[str, np.ndarray],
@@ -156,6 +144,7 @@ def simulate(
     *,
     seed: int = 0,
     bootstrap: int = 1000,
+    max_users: int | None = None,
 ) -> list[OnboardingRow]:
     """Every strategy's walk and the resulting lists, plus random ratings, per scenario.
 
@@ -170,6 +159,12 @@ def simulate(
             cases, effort = onboarding_cases(data, scenario, ordered_rows, seed, candidates)
             if len(cases) == 0:
                 continue
+            if max_users is not None and len(cases) > max_users:
+                # The same seeded users for every strategy (cases are in user-id order).
+                pick = np.sort(
+                    np.random.default_rng([seed, 5000]).choice(len(cases), max_users, False)
+                )
+                cases, effort = cases.subset(pick), effort[pick]
             result = C.judge(cases, scores(cases.user_rows, cases.supports), counts)
             sizes = (cases.supports.rows > 0).sum(1)
             results[strategy] = (result, effort, sizes)

@@ -99,6 +99,20 @@ class ListRow:
 
 
 @dataclass(frozen=True)
+class OnboardingRow:
+    """One onboarding strategy on one scenario: effort (``items_shown``, ``reached_5``) or a
+    catalogue metric of the list after adapting on what the onboarding list got."""
+
+    scenario: str
+    strategy: str
+    metric: str
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    n_users: int
+
+
+@dataclass(frozen=True)
 class GenreRow:
     """The loved-genre test: share of the top 10 in the genre rated 5 (a far one rated 1)."""
 
@@ -119,6 +133,7 @@ class Report:
     ranking_comparisons: tuple[RankingComparison, ...] = ()
     lists: tuple[ListRow, ...] = ()
     genre: tuple[GenreRow, ...] = ()
+    onboarding: tuple[OnboardingRow, ...] = ()
 
     def to_frame(self) -> pd.DataFrame:
         """Columns: scenario, method, support, metric, value, ci_low, ci_high, n_tasks."""
@@ -153,6 +168,7 @@ class Report:
             "ranking_comparisons": [dataclasses.asdict(c) for c in self.ranking_comparisons],
             "lists": [dataclasses.asdict(r) for r in self.lists],
             "genre": [dataclasses.asdict(r) for r in self.genre],
+            "onboarding": [dataclasses.asdict(r) for r in self.onboarding],
         }
 
     def to_json(self) -> str:
@@ -170,6 +186,7 @@ class Report:
             ),
             lists=tuple(ListRow(**r) for r in raw.get("lists", [])),
             genre=tuple(GenreRow(**r) for r in raw.get("genre", [])),
+            onboarding=tuple(OnboardingRow(**r) for r in raw.get("onboarding", [])),
         )
 
     def ranking_frame(self) -> pd.DataFrame:
@@ -181,6 +198,11 @@ class Report:
     def lists_frame(self) -> pd.DataFrame:
         columns = [f.name for f in dataclasses.fields(ListRow)]
         return pd.DataFrame([dataclasses.asdict(r) for r in self.lists], columns=columns)
+
+    def onboarding_frame(self) -> pd.DataFrame:
+        """Onboarding simulation: scenario, strategy, metric, value, ci_low, ci_high, n_users."""
+        columns = [f.name for f in dataclasses.fields(OnboardingRow)]
+        return pd.DataFrame([dataclasses.asdict(r) for r in self.onboarding], columns=columns)
 
     def genre_frame(self) -> pd.DataFrame:
         columns = [f.name for f in dataclasses.fields(GenreRow)]
@@ -439,6 +461,34 @@ class Report:
             ]
             body.append(["**mean**", *(f"**{pivot[m].mean():.2f}**" for m in methods)])
             out += _md_table(["loved genre", *methods], body)
+            out.append("")
+        onboarding = self.onboarding_frame()
+        if len(onboarding):
+            out += [
+                "## Onboarding (simulated with real histories)",
+                "",
+                "Each user walks down a strategy's list, rating what is in their history and "
+                "skipping the rest, until 5 ratings; the model then adapts on those and ranks "
+                "the catalogue (liked held-out items are the hits). `random_ratings`: 5 random "
+                "ratings of the same users.",
+                "",
+            ]
+            shown = ("items_shown", "reached_5", "recall@10", "ndcg@10")
+            body = []
+            for key, group in onboarding.groupby(["scenario", "strategy"], sort=False):
+                cells = []
+                for metric in shown:
+                    hit = group[group.metric == metric]
+                    if hit.empty:
+                        cells.append("-")
+                        continue
+                    r = hit.iloc[0]
+                    text = f"{r.value:.3f}" if metric != "items_shown" else f"{r.value:.1f}"
+                    if pd.notna(r.ci_low):
+                        text += f" [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+                    cells.append(text)
+                body.append([str(key[0]), str(key[1]), *cells])
+            out += _md_table(["scenario", "strategy", *shown], body)
             out.append("")
         return out
 

@@ -30,6 +30,7 @@ from melu.errors import MeluError
 from melu.evaluation import catalogue as C
 from melu.evaluation import metrics as M
 from melu.evaluation import query as Q
+from melu.evaluation.onboarding import choose_lists, model_scorer, simulate
 from melu.evaluation.rankers import (
     Ranker,
     Setting,
@@ -44,6 +45,7 @@ from melu.evaluation.report import (
     GenreRow,
     ListRow,
     MetricRow,
+    OnboardingRow,
     RankingComparison,
     RankingRow,
     Report,
@@ -376,6 +378,7 @@ def evaluate_checkpoint(
     catalogue: bool = True,
     sizes: Sequence[int] = C.SUPPORT_SIZES,
     max_users: int | None = None,
+    onboarding: bool = True,
 ) -> Report:
     """Evaluate a checkpoint and every baseline under both protocols.
 
@@ -424,6 +427,18 @@ def evaluate_checkpoint(
             data, learner, sizes=sizes, bootstrap=bootstrap, seed=seed, device=device,
             max_users=max_users,
         )  # fmt: skip
+    onboarding_rows: list[OnboardingRow] = []
+    onboarding_info: dict[str, Any] = {}
+    if onboarding:
+        log.info("onboarding: scoring the catalogue and simulating each strategy")
+        with torch.no_grad():
+            chosen, _ = choose_lists(learner, data, seed)
+        onboarding_rows = simulate(
+            data, chosen.rows, model_scorer(learner, data), seed=seed, bootstrap=bootstrap,
+            max_users=max_users,
+        )  # fmt: skip
+        first = {s: [data.catalogue.titles[r] for r in o[:10]] for s, o in chosen.rows.items()}
+        onboarding_info = {**chosen.info, "first": first}
     rows, comparisons, query_info = evaluate_queries(
         data, ck, learner, names, bootstrap=bootstrap, seed=seed, device=device,
         max_tasks=max_tasks, regression_epochs=regression_epochs,
@@ -451,6 +466,7 @@ def evaluate_checkpoint(
         "versions": ck.versions,
         "train_ratings": len(data.train_ratings),
         "catalogue": catalogue_info,
+        "onboarding": onboarding_info,
         **{k: v for k, v in query_info.items() if k not in ("tuning", "methods")},
         "tuning": {**catalogue_info.get("tuning", {}), **query_info["tuning"]},
         "methods": {**catalogue_info.get("methods", {}), **query_info["methods"]},
@@ -464,6 +480,7 @@ def evaluate_checkpoint(
         tuple(ranking_comparisons),
         tuple(lists),
         tuple(genre),
+        tuple(onboarding_rows),
     )
 
 
