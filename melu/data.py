@@ -7,7 +7,7 @@ Data flows one way: files -> frames (:mod:`melu.movielens`) -> scenarios and tas
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,10 @@ class Catalogue:
     item_ids: np.ndarray  # raw id per row, -1 at row 0
     titles: list[str]
     table: torch.Tensor  # [n_items + 1, item_width] feature ids
+    # Shown beside recommendations: the release year ("" where unknown; two films share the
+    # title "Titanic") and the genres. Empty for checkpoints written before they were stored.
+    years: list[str] = field(default_factory=list)
+    genres: list[list[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         rows = {int(i): r for r, i in enumerate(self.item_ids.tolist()) if r > 0}
@@ -44,21 +48,44 @@ class Catalogue:
         """Number of real items (row 0 excluded)."""
         return len(self.item_ids) - 1
 
+    def year(self, row: int) -> int | None:
+        value = self.years[row] if row < len(self.years) else ""
+        return int(value) if value.isdigit() else None
+
+    def genres_of(self, row: int) -> list[str]:
+        return list(self.genres[row]) if row < len(self.genres) else []
+
     @classmethod
     def build(cls, items: pd.DataFrame, encoder: FeatureEncoder) -> Catalogue:
         items = items.sort_values("item_id", kind="stable")
         table = encoder.encode_items(items)
         padded = torch.cat([torch.zeros(1, table.shape[1], dtype=torch.long), table])
         ids = np.concatenate([[-1], items["item_id"].to_numpy(dtype=np.int64)])
-        return cls(item_ids=ids, titles=["", *items["title"].astype(str)], table=padded)
+        return cls(
+            item_ids=ids,
+            titles=["", *items["title"].astype(str)],
+            table=padded,
+            years=["", *items["year"].astype(str)],
+            genres=[[], *([str(g) for g in gs] for gs in items["genre"])],
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"item_ids": self.item_ids.tolist(), "titles": self.titles, "table": self.table}
+        return {
+            "item_ids": self.item_ids.tolist(),
+            "titles": self.titles,
+            "table": self.table,
+            "years": self.years,
+            "genres": self.genres,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Catalogue:
         return cls(
-            np.asarray(data["item_ids"], dtype=np.int64), list(data["titles"]), data["table"]
+            np.asarray(data["item_ids"], dtype=np.int64),
+            list(data["titles"]),
+            data["table"],
+            list(data.get("years", [])),
+            [list(g) for g in data.get("genres", [])],
         )
 
 
