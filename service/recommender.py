@@ -22,6 +22,7 @@ import torch
 
 from melu.checkpoint import Checkpoint
 from melu.config import to_dict
+from melu.errors import CheckpointError
 from melu.features import USER_FIELDS
 from service.errors import FieldError, InputError
 from service.schemas import (
@@ -49,6 +50,39 @@ CLOSED_USER_FIELDS: tuple[str, ...] = ("gender", "age", "occupation")
 MAX_ERRORS_PER_LIST = 20
 # Items per chunk when the encoder adapts and each user needs its own item embeddings.
 PREDICT_CHUNK = 65_536
+# Ranking grid (2**-12 of a rating point, exact in binary floating point). A job's predictions
+# differ by about 1e-6 between a batched and a solo run (padding changes the summation order),
+# which swapped near-tied items; rounding to this grid first turns such near ties into exact
+# ties, which item ids break. See ``batch_invariant``.
+RANK_GRID = 4096.0
+# Titles searches remembered (the page's search-as-you-type repeats them).
+SEARCH_CACHE = 1024
+
+
+class NonFiniteError(RuntimeError):
+    """The model produced NaN or an infinity (never expected from a checked checkpoint)."""
+
+
+def batch_invariant(pred: torch.Tensor) -> torch.Tensor:
+    """Predictions rounded to the :data:`RANK_GRID`, so that ranking and the returned scores do
+    not depend on which requests were batched together.
+
+    Float noise between a batched and a solo computation is about 1e-6, two orders below the
+    grid step (2.4e-4, far below a rating's precision), so two items keep their order unless
+    one of them lies within that noise of a grid boundary; items that round to the same value
+    tie exactly and are ordered by item id. (For the lead: this is the one function to move
+    into ``melu/ranking.py`` beside the tie-by-id top-k, applied before it.)
+    """
+    return torch.round(pred * RANK_GRID) / RANK_GRID
+
+
+def non_finite_parameters(module: torch.nn.Module) -> list[str]:
+    """Names of the weights holding NaN or an infinity."""
+    return [
+        name
+        for name, tensor in module.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
 
 
 class TopK(NamedTuple):
@@ -121,6 +155,17 @@ class Recommender:
         self.catalogue = checkpoint.catalogue
         self.encoder = checkpoint.encoder
         self.learner = checkpoint.learner(device)
+        broken = non_finite_parameters(self.learner)
+        if broken:
+            # A diverged or corrupted run would otherwise serve as healthy and answer with
+            # empty lists and null scores.
+            shown = ", ".join(broken[:3]) + (
+                f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+            )
+            raise CheckpointError(
+                f"the checkpoint's weights hold NaN or infinite values ({shown}); "
+                "refusing to serve it"
+            )
         self.steps = checkpoint.meta.local_steps if local_steps is None else local_steps
         self.dtype = next(self.learner.parameters()).dtype
         self.table = self.catalogue.table.to(device)
@@ -139,7 +184,9 @@ class Recommender:
         # Ties are broken by item id: the stable sort in _top keeps this order among equals.
         by_id = sorted(range(1, len(self.item_ids)), key=lambda r: self.item_ids[r])
         self._by_id = torch.tensor(by_id, dtype=torch.long)
+        self._rows_by_id = by_id
         self._lower_titles = [t.lower() for t in self.titles]
+        self._searches: dict[tuple[str, int], tuple[list[CatalogueItem], int]] = {}
 
         self.user_values: dict[str, list[str]] = {
             f: sorted(self.encoder.user_vocab[f].tokens, key=_code_order)
@@ -273,7 +320,15 @@ class Recommender:
         errors: list[FieldError] = []
         rows, ratings = self._support(request.ratings, settings, errors)
         user, unknown = self._user(request.user, errors)
-        if request.k > settings.max_k:
+        if request.k < 1:
+            errors.append(
+                FieldError(
+                    ("body", "k"),
+                    "Input should be greater than or equal to 1",
+                    "greater_than_equal",
+                )
+            )
+        elif request.k > settings.max_k:
             errors.append(
                 FieldError(
                     ("body", "k"),
@@ -323,9 +378,15 @@ class Recommender:
             y_spt = torch.tensor(ratings, dtype=self.dtype, device=self.device)
             mask_spt = torch.tensor(mask, dtype=torch.bool, device=self.device)
             adaptation = self.learner.adapt(users, x_spt, y_spt, mask_spt, steps=self.steps)
-            pred = self._predict(adaptation, users).cpu()  # [B, n_items + 1]
+            pred = batch_invariant(self._predict(adaptation, users).cpu())  # [B, n_items + 1]
             before = adaptation.loss_before.tolist()
             after = adaptation.loss_after.tolist()
+            # Row 0 is padding; a finite model on finite inputs never gets here.
+            if not (
+                bool(torch.isfinite(pred[:, 1:]).all())
+                and all(math.isfinite(v) for v in before + after)
+            ):
+                raise NonFiniteError("the model produced a non-finite prediction")
             return [
                 Outcome(self._select(pred[i], job.select), before[i], after[i])
                 for i, job in enumerate(jobs)
@@ -395,18 +456,33 @@ class Recommender:
     def search(self, query: str, limit: int) -> tuple[list[CatalogueItem], int]:
         """Titles containing ``query`` (case-insensitive): exact, then prefix, then the rest,
         each by item id."""
+        # This runs on the event loop, so it must stay cheap: no query lists the catalogue in
+        # id order without searching, only ``limit`` answers are built, and searches repeat
+        # (search-as-you-type), so recent ones are remembered.
         needle = query.strip().lower()
+        key = (needle, limit)
+        cached = self._searches.get(key)
+        if cached is not None:
+            return cached
         titles = self._lower_titles
-        hits = [r for r in range(1, len(titles)) if needle in titles[r]]
+        if not needle:
+            hits = self._rows_by_id
+        else:
+            hits = [r for r in range(1, len(titles)) if needle in titles[r]]
 
-        def rank(row: int) -> tuple[int, int]:
-            title = titles[row]
-            kind = 0 if title == needle else 1 if title.startswith(needle) else 2
-            return kind, self.item_ids[row]
+            def rank(row: int) -> tuple[int, int]:
+                title = titles[row]
+                kind = 0 if title == needle else 1 if title.startswith(needle) else 2
+                return kind, self.item_ids[row]
 
-        hits.sort(key=rank)
-        items = [CatalogueItem(item_id=self.item_ids[r], title=self.titles[r]) for r in hits]
-        return items[:limit], len(hits)
+            hits.sort(key=rank)
+        items = [
+            CatalogueItem(item_id=self.item_ids[r], title=self.titles[r]) for r in hits[:limit]
+        ]
+        if len(self._searches) >= SEARCH_CACHE:
+            self._searches.pop(next(iter(self._searches)))  # the oldest
+        self._searches[key] = (items, len(hits))
+        return items, len(hits)
 
     def details(self, settings: Settings, sha256_now: str) -> ModelDetails:
         ck = self.checkpoint

@@ -6,11 +6,15 @@ and tests build their own :class:`Settings` instead.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from melu.errors import MeluError
 
 
 class Settings(BaseSettings):
@@ -34,9 +38,41 @@ class Settings(BaseSettings):
     micro_batching: bool = True
     # None leaves torch's default (one thread per core).
     torch_threads: int | None = Field(default=None, ge=1, le=256)
+    # Overload: beyond this many adaptation requests waiting or running, answer 503 at once;
+    # a queue without a bound only turns overload into timeouts and memory.
+    max_queue: int = Field(default=256, ge=1, le=100_000)
+    # Seconds a request may wait for its adaptation; later it is dropped uncomputed (503).
+    request_timeout: float = Field(default=10.0, gt=0.0, le=3600.0)
+    # Seconds a client may take to send its headers, and again its body (slow clients hold
+    # a connection each: 408 and close).
+    read_timeout: float = Field(default=10.0, gt=0.0, le=3600.0)
+    # Request line plus headers; more is answered 431.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    # On SIGTERM: stop accepting, finish the requests in flight for at most this long.
+    shutdown_grace: float = Field(default=20.0, ge=0.0, le=3600.0)
+
+
+def settings_error(exc: ValidationError) -> str:
+    """One line naming each bad variable, e.g. ``MELU_MAX_K=abc: Input should be ...``."""
+    problems = []
+    for error in exc.errors():
+        name = "MELU_" + "_".join(str(p) for p in error.get("loc", ())).upper()
+        given = os.environ.get(name)
+        shown = f"{name}={given!r}" if given is not None else name
+        problems.append(f"{shown}: {error.get('msg', 'invalid value')}")
+    return "invalid setting: " + "; ".join(problems)
+
+
+def from_environment(**overrides: Any) -> Settings:
+    """Settings from ``MELU_*`` variables (``overrides`` win); a bad value raises a
+    :class:`melu.errors.MeluError` with one line instead of pydantic's report."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise MeluError(settings_error(exc)) from None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Settings from the environment, built once; a missing ``MELU_CHECKPOINT`` fails here."""
-    return Settings()  # type: ignore[call-arg]  # fields come from the environment
+    return from_environment()
