@@ -27,29 +27,59 @@ class Settings(BaseSettings):
     device: str = Field(default="cpu", description="cpu, cuda[:N] or auto")
     # None: the local steps the checkpoint was meta-trained with, so serving adapts exactly as
     # validation did.
-    local_steps: int | None = Field(default=None, ge=0, le=100)
-    max_ratings: int = Field(default=100, ge=1, le=10_000)
-    max_k: int = Field(default=100, ge=1, le=10_000)
-    max_candidates: int = Field(default=5_000, ge=1, le=100_000)
+    local_steps: int | None = Field(
+        default=None, ge=0, le=100, description="local steps per request (the checkpoint's)"
+    )
+    max_ratings: int = Field(default=100, ge=1, le=10_000, description="ratings per request")
+    max_k: int = Field(default=100, ge=1, le=10_000, description="largest k")
+    max_candidates: int = Field(
+        default=5_000, ge=1, le=100_000, description="candidates / item_ids per request"
+    )
     # 5000 candidate ids plus 100 ratings fit in about 60 KB of JSON.
-    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
-    batch_max_size: int = Field(default=32, ge=1, le=1024)
-    batch_max_wait_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
-    micro_batching: bool = True
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="request body limit")
+    batch_max_size: int = Field(
+        default=32, ge=1, le=1024, description="most requests adapted in one call"
+    )
+    batch_max_wait_ms: float = Field(
+        default=2.0, ge=0.0, le=1000.0, description="longest wait for a batch to fill"
+    )
+    micro_batching: bool = Field(default=True, description="adapt concurrent requests together")
     # None leaves torch's default (one thread per core).
-    torch_threads: int | None = Field(default=None, ge=1, le=256)
-    # Overload: beyond this many adaptation requests waiting or running, answer 503 at once;
-    # a queue without a bound only turns overload into timeouts and memory.
-    max_queue: int = Field(default=256, ge=1, le=100_000)
-    # Seconds a request may wait for its adaptation; later it is dropped uncomputed (503).
-    request_timeout: float = Field(default=10.0, gt=0.0, le=3600.0)
-    # Seconds a client may take to send its headers, and again its body (slow clients hold
-    # a connection each: 408 and close).
-    read_timeout: float = Field(default=10.0, gt=0.0, le=3600.0)
-    # Request line plus headers; more is answered 431.
-    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
-    # On SIGTERM: stop accepting, finish the requests in flight for at most this long.
-    shutdown_grace: float = Field(default=20.0, ge=0.0, le=3600.0)
+    torch_threads: int | None = Field(
+        default=None, ge=1, le=256, description="torch intra-op threads (torch's default)"
+    )
+    # A queue without a bound only turns overload into timeouts and memory.
+    max_queue: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="requests waiting or computing; more get 503 + Retry-After at once",
+    )
+    request_timeout: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=3600.0,
+        description="seconds a request may wait; then 503, and it is dropped uncomputed",
+    )
+    # Slow clients hold a connection each.
+    read_timeout: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=3600.0,
+        description="seconds to send the headers, and again the body; then 408",
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="request line plus headers; more get 431",
+    )
+    shutdown_grace: float = Field(
+        default=20.0,
+        ge=0.0,
+        le=3600.0,
+        description="on SIGTERM, seconds to finish the requests in flight",
+    )
 
 
 def settings_error(exc: ValidationError) -> str:
