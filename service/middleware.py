@@ -17,6 +17,8 @@ import logging
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.protocol import DRAINING
+
 log = logging.getLogger(__name__)
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
@@ -206,6 +208,8 @@ class ResponseGuard:
                 headers = list(message.get("headers", []))
                 headers.extend(_SECURITY_HEADERS)
                 headers.append((b"content-security-policy", csp.encode()))
+                if scope.get(DRAINING) and (b"connection", b"close") not in headers:
+                    headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
             await send(message)
 

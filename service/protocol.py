@@ -16,6 +16,7 @@ The body's own timeout is the body guard's (:mod:`service.middleware`), where th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -27,6 +28,12 @@ from uvicorn.server import ServerState
 # After an error answer, read and drop at most this much (or for this long) before closing.
 DRAIN_BYTES = 1024 * 1024
 DRAIN_SECONDS = 1.0
+# On shutdown, an idle keep-alive connection stays open this long: a request the client already
+# sent (in the socket buffer, not yet read) is served, instead of being reset with the socket.
+IDLE_LINGER_S = 0.5
+# Set in a request's scope while the server drains: ResponseGuard then answers with
+# ``Connection: close``, so that the client does not send its next request into a closing socket.
+DRAINING = "melu.draining"
 
 
 def error_body(status: int, msg: str, type_: str) -> bytes:
@@ -61,6 +68,7 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._drained = 0
         self._closing = False
+        self._draining = False
 
     # --- the header deadline ---------------------------------------------------------------
 
@@ -116,15 +124,41 @@ class GuardedH11Protocol(H11Protocol):
                 )
                 return
         super().data_received(data)
+        if self._draining:
+            self._finish_current()
         if self._waiting_for_head() and self.conn.trailing_data[0]:
             self._arm()
         elif not self._waiting_for_head():
             self._disarm()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # The next request's head is on the clock from the end of this response only once
-        # bytes of it arrive (data_received); an idle connection is the keep-alive timer's.
+    # --- graceful shutdown ------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """The server stops: finish the request in progress, answer it with
+        ``Connection: close``; an idle connection lingers briefly for a request in transit."""
+        self._draining = True
+        if self.cycle is None or self.cycle.response_complete:
+            self.loop.call_later(IDLE_LINGER_S, self._close_if_idle)
+        else:
+            self._finish_current()
+
+    def _finish_current(self) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+            self.cycle.scope[DRAINING] = True  # type: ignore[literal-required]
+
+    def _close_if_idle(self) -> None:
+        if self.transport.is_closing():
+            return
+        if (self.cycle is None or self.cycle.response_complete) and not (
+            self.conn.trailing_data[0]
+        ):
+            if self.conn.our_state is not h11.ERROR:
+                with contextlib.suppress(h11.LocalProtocolError):
+                    self.conn.send(h11.ConnectionClosed())
+            self.transport.close()
+        else:
+            self._finish_current()
 
     # --- error answers ---------------------------------------------------------------------
 
