@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 from service.batcher import MicroBatcher
 from service.recommender import Job, Outcome, Recommender, parameters_sha256
 from service.schemas import (
+    QUERY_INT,
     ErrorResponse,
     HealthResponse,
     ItemsResponse,
@@ -27,7 +28,6 @@ from service.schemas import (
     RecommendResponse,
     ScoreRequest,
     ScoreResponse,
-    StrictQueryInt,
 )
 from service.settings import Settings
 
@@ -170,7 +170,7 @@ async def score(
 async def items(
     recommender: RecommenderDep,
     query: Annotated[str, Query(max_length=200, description="part of the title")] = "",
-    limit: Annotated[StrictQueryInt, Query(ge=1, le=100)] = 20,
+    limit: Annotated[int, Query(ge=1, le=100), QUERY_INT] = 20,
 ) -> ItemsResponse:
     """Movies whose title contains ``query`` (case-insensitive); exact and prefix matches
     first."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 RATING_MIN, RATING_MAX = 1.0, 5.0
 # The one example request: the OpenAPI example, the startup log, the READMEs and the Makefile.
@@ -55,7 +55,15 @@ def _code(value: Any) -> Any:
 Code = Annotated[
     str | None,
     BeforeValidator(_code),
-    Field(json_schema_extra={"maxLength": MAX_CODE_CHARS}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer"},
+                {"type": "string", "maxLength": MAX_CODE_CHARS},
+                {"type": "null"},
+            ]
+        }
+    ),
 ]
 ItemId = Annotated[int, Field(strict=True, description="MovieLens movie id")]
 
@@ -69,7 +77,9 @@ def _query_int(value: Any) -> Any:
     return value
 
 
-StrictQueryInt = Annotated[int, BeforeValidator(_query_int)]
+# After the Query(...) in an Annotated parameter, so that FastAPI still writes its minimum and
+# maximum into the OpenAPI schema.
+QUERY_INT = BeforeValidator(_query_int)
 
 
 class _Request(BaseModel):

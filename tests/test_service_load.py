@@ -329,30 +329,43 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _melu(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "melu", "--threads", "1", *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _wait_until_up(process: subprocess.Popen[str], port: int) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None, "the server exited"
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.1)
 
 
-def test_sigterm_drains_requests_in_flight(checkpoint: Path, bodies: list[bytes]) -> None:
-    port = _free_port()
-    process = _melu("serve", "--checkpoint", str(checkpoint), "--port", str(port))
+def _melu(*args: str, log: Path | None = None) -> subprocess.Popen[str]:
+    """``melu --threads 1 ARGS``. A server's output goes to ``log``: a pipe nobody reads
+    fills up with access-log lines and then blocks the server."""
+    out = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "did not start"
-            time.sleep(0.1)
+        return subprocess.Popen(
+            [sys.executable, "-m", "melu", "--threads", "1", *args],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=out,
+            stderr=subprocess.STDOUT if log is not None else subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
+
+
+def test_sigterm_drains_requests_in_flight(checkpoint: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    process = _melu("serve", "--checkpoint", str(checkpoint), "--port", str(port), log=log)
+    try:
+        _wait_until_up(process, port)
 
         big = [_post("/recommend", b) for b in _bodies(checkpoint, 16, ratings=50)]
         ends: list[str] = []
