@@ -59,6 +59,7 @@ class MicroBatcher(Generic[J, R]):
         max_wait_s: float = 0.002,
         thread_name: str = "melu-torch",
         max_queue: int | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
@@ -68,6 +69,7 @@ class MicroBatcher(Generic[J, R]):
         self.max_size = max_size
         self.max_wait_s = max(0.0, max_wait_s)
         self.max_queue = max_queue
+        self._on_idle = on_idle
         self._thread_name = thread_name
         self._queue: asyncio.Queue[_Entry[J, R]] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -80,6 +82,7 @@ class MicroBatcher(Generic[J, R]):
         # Jobs whose caller still waits (queued or on the worker); a finished or cancelled
         # future frees its place at once, even while the entry still sits in the queue.
         self.outstanding = 0
+        self._idle_at = 0.0
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -192,3 +195,10 @@ class MicroBatcher(Generic[J, R]):
             for (_, future), result in zip(live, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+            if self._on_idle is not None and self._queue.empty():
+                # Between bursts, on the worker (it is free now): housekeeping such as
+                # returning freed memory. At most once a second.
+                now = loop.time()
+                if now - self._idle_at >= 1.0:
+                    self._idle_at = now
+                    await loop.run_in_executor(self._executor, self._on_idle)

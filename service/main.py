@@ -9,6 +9,7 @@ cheap and each app (a test's, a benchmark's) owns its model. Run with uvicorn's 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import json
 import logging
@@ -16,6 +17,7 @@ import math
 import os
 import shlex
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +29,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 from swagger_ui_bundle import swagger_ui_path
 from uvicorn.supervisors import Multiprocess
 
@@ -46,6 +49,7 @@ from service.settings import Settings, from_environment, get_settings
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+GIL_SWITCH_S = 5e-5
 DESCRIPTION = """Cold-start recommendations: give a few ratings, get movies.
 
 Each request adapts the meta-learned model to its ratings (a few gradient steps on the
@@ -94,7 +98,27 @@ def _batcher(settings: Settings, recommender: Recommender) -> MicroBatcher[Job, 
         max_size=settings.batch_max_size if batched else 1,
         max_wait_s=settings.batch_max_wait_ms / 1000.0 if batched else 0.0,
         max_queue=settings.max_queue,
+        on_idle=release_free_memory,
     )
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them: after a burst of large batches
+    the resident size stayed at its peak). A no-op where glibc is not the allocator."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _glibc()
 
 
 def create_app(
@@ -116,6 +140,12 @@ def create_app(
         if built is None:
             built = await asyncio.to_thread(build, settings, checkpoint)
         batcher = _batcher(settings, built)
+        # The event loop and the torch worker share the GIL. The worker releases it inside every
+        # torch op and must win it back after each; at Python's default 5 ms switch interval a
+        # loop busy with cheap requests (/items, /health floods) made every reacquisition wait,
+        # and /recommend fell to a sixth of its throughput. 0.05 ms keeps the worker's waits
+        # short (measured in docs/benchmarks.md, "Robustness").
+        sys.setswitchinterval(GIL_SWITCH_S)
         await batcher.start()
         app.state.recommender = built
         app.state.batcher = batcher
@@ -152,7 +182,10 @@ def create_app(
     errors.install(app)
     app.add_exception_handler(ClientGoneError, _client_gone)
     app.add_middleware(
-        BodyGuard, max_body_bytes=settings.max_body_bytes, read_timeout=settings.read_timeout
+        BodyGuard,
+        max_body_bytes=settings.max_body_bytes,
+        read_timeout=settings.read_timeout,
+        overloaded=_overloaded,
     )
     app.add_middleware(ResponseGuard)  # outermost: sees every answer, catches every bug
     app.include_router(router)
@@ -162,6 +195,17 @@ def create_app(
     _mount_docs(app)
     _mount_static(app)
     return app
+
+
+def _overloaded(scope: Scope) -> bool:
+    """Whether the adaptation queue is full: then /recommend and /score are refused before
+    their body is parsed, the cheapest refusal there is."""
+    batcher: MicroBatcher[Job, Outcome] | None = getattr(scope["app"].state, "batcher", None)
+    return (
+        batcher is not None
+        and batcher.max_queue is not None
+        and batcher.outstanding >= batcher.max_queue
+    )
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

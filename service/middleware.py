@@ -13,10 +13,12 @@ import asyncio
 import email.message
 import json
 import logging
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import RETRY_AFTER_S
 from service.protocol import DRAINING
 
 log = logging.getLogger(__name__)
@@ -59,17 +61,21 @@ async def _reject(
     type_: str,
     drained: bool = False,
     drain: bool = True,
+    field: str = "body",
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     if not drained and drain:
         try:
             drained = await asyncio.wait_for(_drain(receive, DRAIN_BYTES), DRAIN_SECONDS)
         except asyncio.TimeoutError:  # a slow client: close rather than wait for it
             drained = False
-    detail = [{"loc": ["body"], "field": "body", "msg": f"body: {msg}", "type": type_}]
+    loc = [field] if field == "body" else []
+    detail = [{"loc": loc, "field": field, "msg": f"{field}: {msg}", "type": type_}]
     body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        *(extra_headers or []),
     ]
     if not drained:
         headers.append((b"connection", b"close"))  # unread bytes: the connection is unusable
@@ -77,15 +83,37 @@ async def _reject(
     await send({"type": "http.response.body", "body": body})
 
 
+# Routes whose work goes through the adaptation queue, refused early when it is full.
+QUEUED_PATHS = frozenset({"/recommend", "/score"})
+
+
 class BodyGuard:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, read_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        read_timeout: float = 10.0,
+        overloaded: Callable[[Scope], bool] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.read_timeout = read_timeout
+        self.overloaded = overloaded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _WITH_BODY:
             await self.app(scope, receive, send)
+            return
+        if self.overloaded is not None and scope["path"] in QUEUED_PATHS and self.overloaded(scope):
+            await _reject(
+                receive,
+                send,
+                503,
+                "the service is busy (MELU_MAX_QUEUE requests are waiting); retry later",
+                "overloaded",
+                field="request",
+                extra_headers=[(b"retry-after", str(RETRY_AFTER_S).encode())],
+            )
             return
         headers = Headers(scope=scope)
         content_type = headers.get("content-type")

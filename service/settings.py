@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     )
     # A queue without a bound only turns overload into timeouts and memory.
     max_queue: int = Field(
-        default=256,
+        default=64,
         ge=1,
         le=100_000,
         description="requests waiting or computing; more get 503 + Retry-After at once",
