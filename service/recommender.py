@@ -24,6 +24,7 @@ from melu.checkpoint import Checkpoint
 from melu.config import to_dict
 from melu.errors import CheckpointError
 from melu.features import USER_FIELDS
+from service.catalogue import CachedItemSide
 from service.errors import FieldError, InputError
 from service.schemas import (
     RATING_MAX,
@@ -170,11 +171,13 @@ class Recommender:
         self.dtype = next(self.learner.parameters()).dtype
         self.table = self.catalogue.table.to(device)
         self.features: torch.Tensor | None = None
+        self.item_side: CachedItemSide | None = None
         if self.learner.head_only:
             # Items embed the same way for every user when only the head adapts: embed the
             # catalogue once here and let each request run the head only.
             with torch.no_grad():
                 self.features = self.learner.item_features(self.table)
+            self.item_side = CachedItemSide(self.learner, self.features)
         else:
             log.warning("the encoder adapts per user: every request embeds the whole catalogue")
 
@@ -378,7 +381,12 @@ class Recommender:
             y_spt = torch.tensor(ratings, dtype=self.dtype, device=self.device)
             mask_spt = torch.tensor(mask, dtype=torch.bool, device=self.device)
             adaptation = self.learner.adapt(users, x_spt, y_spt, mask_spt, steps=self.steps)
-            pred = batch_invariant(self._predict(adaptation, users).cpu())  # [B, n_items + 1]
+            if self.item_side is not None and self.item_side.applies(adaptation):
+                # The same scores as _predict, with the per-model part computed once.
+                scores = self.item_side.scores(adaptation)
+            else:
+                scores = self._predict(adaptation, users)
+            pred = batch_invariant(scores.cpu())  # [B, n_items + 1]
             before = adaptation.loss_before.tolist()
             after = adaptation.loss_after.tolist()
             # Row 0 is padding; a finite model on finite inputs never gets here.

@@ -671,3 +671,22 @@ def test_batching_never_changes_order(server: Running) -> None:
     for job, batched, half in zip(jobs, together, halves, strict=True):
         (alone,) = rec.run([job])
         assert alone.items == batched.items == half.items
+
+
+def test_cached_item_side_equals_the_model(server: Running) -> None:
+    """service/catalogue.py reimplements the closed-form catalogue scoring with the item side
+    of the first layer cached: it must give melu's own scores."""
+    rec = server.recommender
+    assert rec.item_side is not None and rec.features is not None
+    rng = np.random.default_rng(3)
+    users = torch.tensor([[1, 2, 3, 0], [2, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.long)
+    rows = torch.from_numpy(rng.choice(np.arange(1, len(rec) + 1), (3, 7), replace=False))
+    ratings = torch.from_numpy(rng.integers(1, 6, (3, 7)).astype(np.float32))
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[2, 4:] = False
+    with torch.no_grad():
+        adaptation = rec.learner.adapt(users, rec.table[rows], ratings, mask, steps=rec.steps)
+        assert rec.item_side.applies(adaptation)
+        expected = rec.learner.predict_from_features(adaptation, users, rec.features)
+        got = rec.item_side.scores(adaptation)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
