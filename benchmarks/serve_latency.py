@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import platform
 import socket
@@ -352,7 +353,10 @@ def run_mode(
                 (server.cpu_seconds() - cpu) * 1e3 / max(1, level["requests"])
             )
             batches = max(1, after["batches"] - before["batches"])
-            level["mean_batch"] = (after["requests"] - before["requests"]) / batches
+            # /health answers from one worker: with several, its counters are not the server's.
+            level["mean_batch"] = (
+                (after["requests"] - before["requests"]) / batches if workers == 1 else math.nan
+            )
             result["throughput"][str(clients)] = level
             log.info("%s, %d clients: %.1f req/s", mode, clients, level["rps"])
         return result
