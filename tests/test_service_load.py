@@ -1,4 +1,4 @@
-"""The service under load, slow clients and signals, through real servers.
+"""The service under load, slow clients, signals and a fuzzer, through real servers.
 
 `melu serve` runs as a subprocess where a signal or the process's exit is the point (SIGTERM,
 a refused checkpoint); elsewhere uvicorn runs in a thread, as in test_service.py. Clients are
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +36,9 @@ from service.main import create_app, uvicorn_config
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+# schemathesis: a few hundred cases per operation, about a minute.
+CASES_PER_OPERATION = 200
 
 
 @dataclass
@@ -424,3 +428,50 @@ def test_nan_checkpoint_is_refused(checkpoint: Path, tmp_path: Path) -> None:
     assert process.returncode == 2
     assert err.strip().count("\n") == 0 and "NaN or infinite" in err and name in err, err
     assert "Traceback" not in out + err
+
+
+# --- schemathesis: every check, against melu serve ---------------------------------------------
+# No 5xx and no answer outside the OpenAPI description (status, headers, body schema). Seeded,
+# so a failure reproduces; the longer run is in service/README.md. tests/schemathesis.toml
+# expects 422 beside 2xx for schema-valid requests (ids outside the catalogue match the schema).
+
+
+def test_schemathesis_all_checks(small_checkpoint: Path, tmp_path: Path) -> None:
+    command = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+    if command is None:
+        pytest.fail("schemathesis is not installed: pip install -e '.[dev]'", pytrace=False)
+    # `melu serve` as deployed, in its own process (and so with its own GIL).
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    server = _melu("serve", "--checkpoint", str(small_checkpoint), "--port", str(port), log=log)
+    try:
+        _wait_until_up(server, port)
+        result = subprocess.run(
+            [
+                command,
+                "--config-file",
+                str(HERE / "schemathesis.toml"),
+                "run",
+                f"http://127.0.0.1:{port}/openapi.json",
+                "--checks",
+                "all",
+                "--max-examples",
+                str(CASES_PER_OPERATION),
+                "--seed",
+                "0",
+                "--workers",
+                "1",
+            ],
+            cwd=tmp_path,  # its report folder stays out of the repository
+            env={**os.environ, "NO_COLOR": "1"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    server_log = log.read_text()
+    assert "Traceback" not in server_log, server_log[-4000:]
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "passed" in result.stdout
