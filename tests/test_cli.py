@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import shutil
 import socket
 import subprocess
@@ -91,6 +92,11 @@ def test_serve_errors_are_one_line(small_checkpoint: Path, tmp_path: Path) -> No
     wrong = tmp_path / "wrong-shape.pt"
     torch.save(raw, wrong)
     one_line_error(melu("serve", "--checkpoint", str(wrong)), "do not fit", name)
+
+    # A plain pickle: torch warned in several lines before refusing it.
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(pickle.dumps({"format": "melu-checkpoint"}, protocol=4))
+    one_line_error(melu("serve", "--checkpoint", str(foreign)), "not a readable checkpoint")
 
 
 def test_evaluate_refuses_a_report_in_a_missing_folder(tmp_path: Path) -> None:
