@@ -59,7 +59,7 @@ shape, `{"detail": [{"loc", "field", "msg", "type"}]}`; see `service/README.md`.
 
 
 def example_curl(base_url: str, recommender: Recommender | None = None) -> str:
-    """The one example request (README, Makefile, startup log and the OpenAPI example)."""
+    """The one example request (the READMEs, the startup log and the OpenAPI example)."""
     body = EXAMPLE_REQUEST
     if recommender is not None and not all(
         r["item_id"] in recommender.rows for r in body["ratings"]

@@ -56,7 +56,7 @@ PREDICT_CHUNK = 65_536
 # which swapped near-tied items; rounding to this grid first turns such near ties into exact
 # ties, which item ids break. See ``batch_invariant``.
 RANK_GRID = 4096.0
-# Titles searches remembered (the page's search-as-you-type repeats them).
+# Title searches remembered (the page's search-as-you-type repeats them).
 SEARCH_CACHE = 1024
 
 
@@ -389,7 +389,8 @@ class Recommender:
             pred = batch_invariant(scores.cpu())  # [B, n_items + 1]
             before = adaptation.loss_before.tolist()
             after = adaptation.loss_after.tolist()
-            # Row 0 is padding; a finite model on finite inputs never gets here.
+            # Row 0 is padding. Checked weights on finite inputs stay finite; should they not,
+            # the request fails (a JSON 500) rather than answer null or unranked scores.
             if not (
                 bool(torch.isfinite(pred[:, 1:]).all())
                 and all(math.isfinite(v) for v in before + after)
