@@ -84,7 +84,9 @@ def build(settings: Settings, checkpoint: Checkpoint | None = None) -> Recommend
     device = resolve_device(settings.device)
     if checkpoint is None:
         checkpoint = load(settings.checkpoint)
-    recommender = Recommender(checkpoint, device, settings.local_steps)
+    recommender = Recommender(
+        checkpoint, device, settings.local_steps, retrieval_fraction=settings.retrieval_fraction
+    )
     # The first adapt call pays one-time setup (allocations, lazy inits): before any client.
     unknown_user = tuple(recommender.encoder.encode_user({}))
     recommender.run([Job(unknown_user, (1,), (3.0,), TopK(1, None, ()))])

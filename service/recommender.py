@@ -24,7 +24,7 @@ from melu.checkpoint import Checkpoint
 from melu.config import to_dict
 from melu.errors import CheckpointError
 from melu.features import USER_FIELDS
-from service.catalogue import CachedItemSide
+from service.catalogue import CachedItemSide, ClusterRetrieval
 from service.errors import FieldError, InputError
 from service.schemas import (
     RATING_MAX,
@@ -84,6 +84,13 @@ def non_finite_parameters(module: torch.nn.Module) -> list[str]:
         for name, tensor in module.state_dict().items()
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
     ]
+
+
+def _named_rows(job: Job) -> torch.Tensor | None:
+    """The rows a job must have scored exactly: its /score ids or its candidates."""
+    select = job.select
+    rows = select.rows if isinstance(select, Pick) else select.pool
+    return torch.tensor(rows, dtype=torch.long) if rows else None
 
 
 class TopK(NamedTuple):
@@ -150,7 +157,13 @@ class Recommender:
     """A loaded checkpoint, ready to adapt and score. :meth:`run` is not thread-safe: the
     batcher calls it from a single worker thread."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, local_steps: int | None):
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        device: torch.device,
+        local_steps: int | None,
+        retrieval_fraction: float = 0.0,
+    ):
         self.checkpoint = checkpoint
         self.device = device
         self.catalogue = checkpoint.catalogue
@@ -172,12 +185,15 @@ class Recommender:
         self.table = self.catalogue.table.to(device)
         self.features: torch.Tensor | None = None
         self.item_side: CachedItemSide | None = None
+        self.retrieval: ClusterRetrieval | None = None
         if self.learner.head_only:
             # Items embed the same way for every user when only the head adapts: embed the
             # catalogue once here and let each request run the head only.
             with torch.no_grad():
                 self.features = self.learner.item_features(self.table)
             self.item_side = CachedItemSide(self.learner, self.features)
+            if retrieval_fraction > 0:
+                self.retrieval = ClusterRetrieval(self.item_side, retrieval_fraction)
         else:
             log.warning("the encoder adapts per user: every request embeds the whole catalogue")
 
@@ -381,9 +397,16 @@ class Recommender:
             y_spt = torch.tensor(ratings, dtype=self.dtype, device=self.device)
             mask_spt = torch.tensor(mask, dtype=torch.bool, device=self.device)
             adaptation = self.learner.adapt(users, x_spt, y_spt, mask_spt, steps=self.steps)
+            retrieved = False
             if self.item_side is not None and self.item_side.applies(adaptation):
-                # The same scores as _predict, with the per-model part computed once.
-                scores = self.item_side.scores(adaptation)
+                if self.retrieval is not None:
+                    # Only the best clusters' items are scored (-inf elsewhere); the rows a
+                    # request names (candidates, /score ids) always are.
+                    scores = self.retrieval.scores(adaptation, [_named_rows(j) for j in jobs])
+                    retrieved = True
+                else:
+                    # The same scores as _predict, with the per-model part computed once.
+                    scores = self.item_side.scores(adaptation)
             else:
                 scores = self._predict(adaptation, users)
             pred = batch_invariant(scores.cpu())  # [B, n_items + 1]
@@ -391,10 +414,11 @@ class Recommender:
             after = adaptation.loss_after.tolist()
             # Row 0 is padding. Checked weights on finite inputs stay finite; should they not,
             # the request fails (a JSON 500) rather than answer null or unranked scores.
-            if not (
-                bool(torch.isfinite(pred[:, 1:]).all())
-                and all(math.isfinite(v) for v in before + after)
-            ):
+            body = pred[:, 1:]
+            bad = torch.isnan(body) | (body == math.inf)
+            if not retrieved:
+                bad |= body == -math.inf  # with retrieval, -inf marks the rows not retrieved
+            if bool(bad.any()) or not all(math.isfinite(v) for v in before + after):
                 raise NonFiniteError("the model produced a non-finite prediction")
             return [
                 Outcome(self._select(pred[i], job.select), before[i], after[i])

@@ -74,6 +74,15 @@ class Settings(BaseSettings):
         le=1024 * 1024,
         description="request line plus headers; more get 431",
     )
+    # 0: every request scores the whole catalogue (what evaluation ranks). For catalogues of
+    # hundreds of thousands of items, e.g. 0.05: an approximate first stage (service/catalogue.py).
+    retrieval_fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="score only the best item clusters covering this share of the catalogue "
+        "(0: score every item)",
+    )
     shutdown_grace: float = Field(
         default=20.0,
         ge=0.0,

@@ -31,7 +31,7 @@ from melu.checkpoint import Checkpoint, load
 from melu.errors import CheckpointError
 from service.batcher import MicroBatcher
 from service.main import STATIC_DIR, create_app, example_curl, uvicorn_config
-from service.recommender import Job, Recommender, TopK
+from service.recommender import Job, Pick, Recommender, TopK
 from service.settings import Settings
 
 MAX_RATINGS = 100
@@ -690,3 +690,33 @@ def test_cached_item_side_equals_the_model(server: Running) -> None:
         expected = rec.learner.predict_from_features(adaptation, users, rec.features)
         got = rec.item_side.scores(adaptation)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cluster_retrieval(ckpt: Checkpoint) -> None:
+    """MELU_RETRIEVAL_FRACTION: only the best clusters' items are scored. Named rows (/score
+    ids, candidates) keep their exact scores, batching changes nothing, and the top items are
+    mostly those of the exhaustive ranking."""
+    cpu = torch.device("cpu")
+    exact = Recommender(ckpt, cpu, None)
+    approx = Recommender(ckpt, cpu, None, retrieval_fraction=0.1)
+    assert approx.retrieval is not None and approx.retrieval.want == 1000
+    rng = np.random.default_rng(5)
+    n = len(exact)
+    jobs = []
+    for _ in range(12):
+        rows = tuple(int(r) for r in rng.choice(np.arange(1, n + 1), 5, replace=False))
+        ratings = tuple(float(r) for r in rng.integers(1, 6, 5))
+        jobs.append(Job((1, 2, 3, 0), rows, ratings, TopK(10, None, rows)))
+    picked = Pick(tuple(int(r) for r in rng.choice(np.arange(1, n + 1), 50, replace=False)))
+    jobs.append(Job((2, 1, 0, 0), (3, 30, 300), (5.0, 1.0, 4.0), picked))
+    together = approx.run(jobs)
+    overlap = []
+    for job, batched, full in zip(jobs, together, exact.run(jobs), strict=True):
+        assert approx.run([job])[0].items == batched.items
+        if isinstance(job.select, Pick):
+            assert batched.items == full.items  # exact scores for named rows
+            continue
+        assert len(batched.items) == 10
+        assert all(1.0 <= s <= 5.0 for _, s in batched.items)
+        overlap.append(len({r for r, _ in batched.items} & {r for r, _ in full.items}) / 10)
+    assert np.mean(overlap) >= 0.7, overlap
