@@ -159,6 +159,8 @@ class Server:
         }
         if args.torch_threads:
             env["MELU_TORCH_THREADS"] = str(args.torch_threads)
+        if getattr(args, "retrieval_fraction", 0.0):
+            env["MELU_RETRIEVAL_FRACTION"] = str(args.retrieval_fraction)
         command = [sys.executable, "-m", "melu", "serve", "--checkpoint", str(checkpoint)]
         command += ["--port", str(self.port), "--workers", str(workers)]
         # `melu serve` as deployed; its access log (stdout) would cost the load generator.
@@ -364,6 +366,33 @@ def run_mode(
         server.stop()
 
 
+def retrieval_recall(path: Path, args: argparse.Namespace, n: int = 20) -> float:
+    """Mean share of the exhaustive top k that the retrieval stage also returns (in-process,
+    the same requests as the latency run)."""
+    import torch
+
+    from melu.checkpoint import load
+    from service.recommender import Job, Recommender, TopK
+
+    torch.set_num_threads(args.torch_threads or 1)
+    ck = load(path)
+    exact = Recommender(ck, torch.device("cpu"), args.local_steps)
+    approx = Recommender(
+        ck, torch.device("cpu"), args.local_steps, retrieval_fraction=args.retrieval_fraction
+    )
+    rng = np.random.default_rng(1)
+    users = ck.encoder.encode_user({})
+    shares = []
+    for _ in range(n):
+        rows = tuple(int(r) for r in rng.choice(np.arange(1, len(exact) + 1), args.ratings))
+        ratings = tuple(float(r) for r in rng.integers(1, 6, args.ratings))
+        job = Job(tuple(users), rows, ratings, TopK(args.k, None, rows))
+        want = {r for r, _ in exact.run([job])[0].items}
+        got = {r for r, _ in approx.run([job])[0].items}
+        shares.append(len(want & got) / len(want))
+    return float(np.mean(shares))
+
+
 def catalogue_curve(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Latency at one client (sequential, bounded by count and time) per catalogue size."""
     curve: dict[str, Any] = {}
@@ -384,14 +413,18 @@ def catalogue_curve(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any
                 level["server_rss_mb"] = server.rss_mb()
             finally:
                 server.stop()
+            if args.retrieval_fraction:
+                level["recall_at_k"] = retrieval_recall(path, args)
             curve[str(size)] = level
             log.info(
-                "%d items: p50 %.1f ms, p99 %.1f ms, %.1f ms CPU per request, RSS %.0f MB",
+                "%d items: p50 %.1f ms, p99 %.1f ms, %.1f ms CPU per request, RSS %.0f MB, "
+                "recall %s",
                 size,
                 level["p50_ms"],
                 level["p99_ms"],
                 level["server_cpu_ms_per_request"],
                 level["server_rss_mb"],
+                level.get("recall_at_k", "-"),
             )
             path.unlink()
     rows = [f"{'items':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10} {'RSS MB':>8}"]
@@ -483,6 +516,12 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", default="1", help="server processes, e.g. 1,2 (batched mode for >1)"
     )
     parser.add_argument(
+        "--retrieval-fraction",
+        type=float,
+        default=0.0,
+        help="MELU_RETRIEVAL_FRACTION for the servers (and recall@k in the catalogue curve)",
+    )
+    parser.add_argument(
         "--catalogue-sizes",
         default="",
         help="also measure 1-client latency on synthetic catalogues of these sizes",
@@ -514,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                 "local_steps": args.local_steps,
                 "batch_max_wait_ms": args.batch_max_wait_ms,
                 "torch_threads": args.torch_threads,
+                "retrieval_fraction": args.retrieval_fraction,
                 "duration_s": args.duration,
             },
             "machine": {
