@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
+from fastapi import FastAPI
 
 from melu.checkpoint import load
 from service.main import create_app, uvicorn_config
@@ -55,10 +56,10 @@ class Threaded:
         return httpx.get(f"{self.url}/health", timeout=10).json()
 
 
-def _start(settings: Settings) -> Threaded:
+def _start(settings: Settings, app: FastAPI | None = None) -> Threaded:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    app = create_app(settings)
+    app = app if app is not None else create_app(settings)
     server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -259,6 +260,27 @@ def test_deadline_drops_queued_work(checkpoint: Path, bodies: list[bytes]) -> No
         health = running.health()
         assert health["requests"] < len(bodies) + 1  # the warm-up is not counted
         assert health["dropped"] > 0
+    finally:
+        _stop(running)
+
+
+def test_a_bug_is_a_json_500_that_closes_the_connection(checkpoint: Path) -> None:
+    settings = Settings(checkpoint=checkpoint, torch_threads=1)
+    app = create_app(settings)
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/broken", broken)
+    running = _start(settings, app)
+    try:
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            response = client.get("/broken")
+            assert response.status_code == 500
+            assert response.headers["connection"] == "close"
+            assert response.json()["detail"][0]["type"] == "internal_error"
+            assert "a bug" not in response.text  # logged, not shown
+            assert client.get("/health").status_code == 200  # a new connection, still up
     finally:
         _stop(running)
 
