@@ -1,4 +1,6 @@
 # Two commands: `make run` (data, train, evaluate, serve) and `make test` (ruff, mypy, pytest).
+# Steps alone: `make data`, `make train`, `make evaluate`, `make serve` (serves RUN_DIR's
+# checkpoint on PORT; the server prints an example request when it is up).
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
@@ -12,8 +14,11 @@ DATA_DIR ?= data
 RUN_DIR ?= runs/latest
 EPOCHS ?= 30
 PORT ?= 8000
+# torch CPU threads (melu --threads); empty: one per core. THREADS=1 when other jobs share them.
+THREADS ?=
+MELU_RUN = $(MELU)$(if $(THREADS), --threads $(THREADS))
 
-.PHONY: install data train evaluate serve run test lint typecheck clean
+.PHONY: install data train evaluate serve check-port run test lint typecheck clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,21 +29,26 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 data: install
-	$(MELU) data download --dataset melu --data-dir $(DATA_DIR)
+	$(MELU_RUN) data download --dataset melu --data-dir $(DATA_DIR)
 
 train: data
-	$(MELU) train --dataset melu --data-dir $(DATA_DIR) --out $(RUN_DIR) --epochs $(EPOCHS) --resume
+	$(MELU_RUN) train --dataset melu --data-dir $(DATA_DIR) --out $(RUN_DIR) --epochs $(EPOCHS) --resume
 
 evaluate: train
-	$(MELU) evaluate --checkpoint $(RUN_DIR)/checkpoint.pt --data-dir $(DATA_DIR) \
+	$(MELU_RUN) evaluate --checkpoint $(RUN_DIR)/checkpoint.pt --data-dir $(DATA_DIR) \
 		--json $(RUN_DIR)/report.json --markdown $(RUN_DIR)/report.md
 
+# The server itself prints the example request (the one in README.md) once it listens.
 serve: install
-	@echo "try: curl -s localhost:$(PORT)/recommend -H 'content-type: application/json' \
-	-d '{\"ratings\": [{\"item_id\": 1193, \"rating\": 5}, {\"item_id\": 2355, \"rating\": 4}, {\"item_id\": 1, \"rating\": 3}], \"k\": 5}'"
-	$(MELU) serve --checkpoint $(RUN_DIR)/checkpoint.pt --host 127.0.0.1 --port $(PORT)
+	$(MELU_RUN) serve --checkpoint $(RUN_DIR)/checkpoint.pt --host 127.0.0.1 --port $(PORT)
 
-run: evaluate serve
+# Before minutes of training: is PORT free for the server at the end of `make run`?
+check-port: install
+	@$(PY) -c "import socket; s = socket.socket(); \
+	s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', $(PORT)))" \
+	2>/dev/null || { echo "make: port $(PORT) is in use; stop what runs there or pick another: make run PORT=8001" >&2; exit 1; }
+
+run: check-port evaluate serve
 
 lint: install
 	$(VENV)/bin/ruff check .

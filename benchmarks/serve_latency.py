@@ -5,7 +5,11 @@ port for each mode, sends the same requests (5 ratings each, every movie scored,
 measures:
 
 * p50 / p99 latency with one client sending requests back to back;
-* requests per second with 1, 8 and 32 concurrent clients (keep-alive connections).
+* requests per second with 1, 8 and 32 concurrent clients (keep-alive connections);
+* with ``--workers 1,2``: the same with several server processes sharing the port;
+* with ``--catalogue-sizes 100000,1000000``: latency at one client against the size of the
+  catalogue, on synthetic catalogues whose items draw each feature field (rate, year, genres,
+  directors, actors, id) from a random real movie, so that they use the real vocabularies.
 
 The load generator is a minimal asyncio HTTP/1.1 client rather than httpx: it shares the CPU
 with the server, so it should cost as little as possible. Every loop is bounded by a request
@@ -22,6 +26,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import platform
 import socket
@@ -100,6 +105,30 @@ def build_requests(checkpoint: Path, n: int, ratings: int, k: int, seed: int) ->
     return out
 
 
+def synthetic_checkpoint(checkpoint: Path, size: int, out: Path, seed: int = 0) -> Path:
+    """``checkpoint`` with a synthetic catalogue of ``size`` items (ids 1..size): each item
+    takes every feature field from an independently drawn real movie."""
+    import torch
+
+    from melu.checkpoint import load, save
+    from melu.data import Catalogue
+
+    ck = load(checkpoint)
+    real = ck.catalogue.table[1:]
+    rng = np.random.default_rng(seed)
+    columns = []
+    for spec in ck.encoder.item_specs():
+        donors = torch.from_numpy(rng.integers(0, real.shape[0], size))
+        columns.append(real[donors, spec.start : spec.start + spec.width])
+    table = torch.cat([torch.zeros(1, real.shape[1], dtype=real.dtype), torch.cat(columns, 1)])
+    ids = np.arange(-1, size, dtype=np.int64) + 1
+    ids[0] = -1
+    titles = ["", *(f"Synthetic movie {i}" for i in range(1, size + 1))]
+    ck.catalogue = Catalogue(item_ids=ids, titles=titles, table=table)
+    save(out, ck)
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -114,33 +143,30 @@ def _get_json(url: str) -> Any:
 class Server:
     """One service process; stopped (and waited for) on exit."""
 
-    def __init__(self, checkpoint: Path, batching: bool, args: argparse.Namespace) -> None:
+    def __init__(
+        self, checkpoint: Path, batching: bool, args: argparse.Namespace, workers: int = 1
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
             **os.environ,
-            "MELU_CHECKPOINT": str(checkpoint),
+            "PYTHONPATH": str(REPO),
             "MELU_MICRO_BATCHING": "true" if batching else "false",
             "MELU_LOCAL_STEPS": str(args.local_steps),
             "MELU_BATCH_MAX_WAIT_MS": str(args.batch_max_wait_ms),
+            # Closed-loop clients never exceed their own count; the bound is for open load.
+            "MELU_MAX_QUEUE": "1024",
         }
         if args.torch_threads:
             env["MELU_TORCH_THREADS"] = str(args.torch_threads)
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "service.main:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        self.process = subprocess.Popen(command, cwd=REPO, env=env)
+        if getattr(args, "retrieval_fraction", 0.0):
+            env["MELU_RETRIEVAL_FRACTION"] = str(args.retrieval_fraction)
+        command = [sys.executable, "-m", "melu", "serve", "--checkpoint", str(checkpoint)]
+        command += ["--port", str(self.port), "--workers", str(workers)]
+        # `melu serve` as deployed; its access log (stdout) would cost the load generator.
+        self.process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + args.start_timeout
         while True:
             if self.process.poll() is not None:
@@ -159,14 +185,41 @@ class Server:
         result: dict[str, Any] = _get_json(f"{self.url}/health")
         return result
 
+    def _pids(self) -> list[int]:
+        """The server and its worker processes."""
+        pids = [self.process.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                pids.append(int(stat.parent.name))
+        return pids
+
     def cpu_seconds(self) -> float:
-        """CPU time the server has used (all threads): unlike wall time, other jobs on the
-        machine barely change it, so it is the steadier measure of our own cost."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time the server has used (all threads and workers): unlike wall time, other
+        jobs on the machine barely change it, so it is the steadier measure of our own cost."""
+        total = 0.0
+        for pid in self._pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def rss_mb(self) -> float:
+        total = 0.0
+        for pid in self._pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        return total
 
     def stop(self) -> None:
         self.process.terminate()
@@ -268,11 +321,15 @@ async def closed_loop(port: int, requests: list[bytes], clients: int, seconds: f
 
 
 def run_mode(
-    checkpoint: Path, batching: bool, requests: list[bytes], args: argparse.Namespace
+    checkpoint: Path,
+    batching: bool,
+    requests: list[bytes],
+    args: argparse.Namespace,
+    workers: int = 1,
 ) -> dict[str, Any]:
     mode = "batched" if batching else "unbatched"
-    log.info("starting the %s server", mode)
-    server = Server(checkpoint, batching, args)
+    log.info("starting the %s server (%d workers)", mode, workers)
+    server = Server(checkpoint, batching, args, workers)
     try:
         # Warm-up: first requests pay allocator and code-path setup.
         asyncio.run(closed_loop(server.port, requests, max(args.clients), args.warmup))
@@ -298,12 +355,86 @@ def run_mode(
                 (server.cpu_seconds() - cpu) * 1e3 / max(1, level["requests"])
             )
             batches = max(1, after["batches"] - before["batches"])
-            level["mean_batch"] = (after["requests"] - before["requests"]) / batches
+            # /health answers from one worker: with several, its counters are not the server's.
+            level["mean_batch"] = (
+                (after["requests"] - before["requests"]) / batches if workers == 1 else math.nan
+            )
             result["throughput"][str(clients)] = level
             log.info("%s, %d clients: %.1f req/s", mode, clients, level["rps"])
         return result
     finally:
         server.stop()
+
+
+def retrieval_recall(path: Path, args: argparse.Namespace, n: int = 20) -> float:
+    """Mean share of the exhaustive top k that the retrieval stage also returns (in-process,
+    the same requests as the latency run)."""
+    import torch
+
+    from melu.checkpoint import load
+    from service.recommender import Job, Recommender, TopK
+
+    torch.set_num_threads(args.torch_threads or 1)
+    ck = load(path)
+    exact = Recommender(ck, torch.device("cpu"), args.local_steps)
+    approx = Recommender(
+        ck, torch.device("cpu"), args.local_steps, retrieval_fraction=args.retrieval_fraction
+    )
+    rng = np.random.default_rng(1)
+    users = ck.encoder.encode_user({})
+    shares = []
+    for _ in range(n):
+        rows = tuple(int(r) for r in rng.choice(np.arange(1, len(exact) + 1), args.ratings))
+        ratings = tuple(float(r) for r in rng.integers(1, 6, args.ratings))
+        job = Job(tuple(users), rows, ratings, TopK(args.k, None, rows))
+        want = {r for r, _ in exact.run([job])[0].items}
+        got = {r for r, _ in approx.run([job])[0].items}
+        shares.append(len(want & got) / len(want))
+    return float(np.mean(shares))
+
+
+def catalogue_curve(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Latency at one client (sequential, bounded by count and time) per catalogue size."""
+    curve: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="melu-catalogue-") as tmp:
+        for size in args.catalogue_sizes:
+            path = synthetic_checkpoint(checkpoint, size, Path(tmp) / f"{size}.pt")
+            requests = build_requests(path, 32, args.ratings, args.k, seed=0)
+            server = Server(path, True, args)
+            try:
+                asyncio.run(sequential(server.port, requests, 5, args.duration))  # warm-up
+                cpu = server.cpu_seconds()
+                level = asyncio.run(
+                    sequential(server.port, requests, args.latency_requests, args.duration)
+                )
+                level["server_cpu_ms_per_request"] = (
+                    (server.cpu_seconds() - cpu) * 1e3 / level["requests"]
+                )
+                level["server_rss_mb"] = server.rss_mb()
+            finally:
+                server.stop()
+            if args.retrieval_fraction:
+                level["recall_at_k"] = retrieval_recall(path, args)
+            curve[str(size)] = level
+            log.info(
+                "%d items: p50 %.1f ms, p99 %.1f ms, %.1f ms CPU per request, RSS %.0f MB, "
+                "recall %s",
+                size,
+                level["p50_ms"],
+                level["p99_ms"],
+                level["server_cpu_ms_per_request"],
+                level["server_rss_mb"],
+                level.get("recall_at_k", "-"),
+            )
+            path.unlink()
+    rows = [f"{'items':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10} {'RSS MB':>8}"]
+    for size, level in curve.items():
+        rows.append(
+            f"{int(size):>9} {level['p50_ms']:>8.1f} {level['p99_ms']:>8.1f} "
+            f"{level['server_cpu_ms_per_request']:>10.1f} {level['server_rss_mb']:>8.0f}"
+        )
+    sys.stdout.write("\n".join(rows) + "\n")
+    return curve
 
 
 def _mark(ok: bool) -> str:
@@ -381,17 +512,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-max-wait-ms", type=float, default=2.0)
     parser.add_argument("--torch-threads", type=int, help="MELU_TORCH_THREADS for the server")
     parser.add_argument("--modes", default="batched,unbatched")
+    parser.add_argument(
+        "--workers", default="1", help="server processes, e.g. 1,2 (batched mode for >1)"
+    )
+    parser.add_argument(
+        "--retrieval-fraction",
+        type=float,
+        default=0.0,
+        help="MELU_RETRIEVAL_FRACTION for the servers (and recall@k in the catalogue curve)",
+    )
+    parser.add_argument(
+        "--catalogue-sizes",
+        default="",
+        help="also measure 1-client latency on synthetic catalogues of these sizes",
+    )
     parser.add_argument("--start-timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",")]
+    args.catalogue_sizes = [int(c) for c in args.catalogue_sizes.split(",") if c]
+    workers = [int(w) for w in args.workers.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     checkpoint = ensure_checkpoint(args.checkpoint, args.data_dir)
     requests = build_requests(checkpoint, 64, args.ratings, args.k, seed=0)
     results = {}
     for mode in args.modes.split(","):
-        results[mode] = run_mode(checkpoint, mode == "batched", requests, args)
-    summary = report(results, args.clients)
+        if mode:
+            results[mode] = run_mode(checkpoint, mode == "batched", requests, args)
+    for n in workers:
+        if n > 1:
+            results[f"batched-{n}w"] = run_mode(checkpoint, True, requests, args, workers=n)
+    summary = report(results, args.clients) if results else {}
+    curve = catalogue_curve(checkpoint, args) if args.catalogue_sizes else None
     if args.json_out is not None:
         out = {
             "checkpoint": str(checkpoint),
@@ -401,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                 "local_steps": args.local_steps,
                 "batch_max_wait_ms": args.batch_max_wait_ms,
                 "torch_threads": args.torch_threads,
+                "retrieval_fraction": args.retrieval_fraction,
                 "duration_s": args.duration,
             },
             "machine": {
@@ -411,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "results": results,
             "summary": summary,
+            "catalogue_curve": curve,
             "targets": TARGETS,
         }
         args.json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,15 @@ class Checkpoint:
     def learner(self, device: torch.device | str = "cpu") -> MetaLearner:
         """The meta-learner with the best weights, in eval mode, on ``device``."""
         learner = build_learner(self.encoder, self.model, self.meta)
-        learner.load_state_dict(self.state)
+        try:
+            learner.load_state_dict(self.state)
+        except RuntimeError as exc:
+            # torch lists every mismatch over many lines; the first says what is wrong.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            first = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
+            raise CheckpointError(
+                f"the weights do not fit the model its configs describe ({first})"
+            ) from None
         return learner.to(device).eval()
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,7 +147,11 @@ def load(path: Path | str, map_location: str | torch.device = "cpu") -> Checkpoi
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (several lines) about pickles of other protocols before refusing
+            # them; the one-line error below says what matters.
+            warnings.simplefilter("ignore")
+            raw = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a corrupt or foreign file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:

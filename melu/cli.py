@@ -26,6 +26,7 @@ log = logging.getLogger("melu")
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+_TRAIN, _META = TrainConfig(), MetaConfig()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,9 +66,22 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _report_path(value: str) -> Path:
+    """A file to write whose folder exists: a mistyped ``/missing/dir/r.md`` used to create
+    ``/missing`` at the filesystem root."""
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is a folder; name a file in it")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"the folder of {value!r} does not exist ({path.parent}); create it first"
+        )
+    return path
+
+
 def _add_data_args(p: argparse.ArgumentParser, dataset: bool = True) -> None:
     if dataset:
-        p.add_argument("--dataset", choices=DATASETS, default="melu")
+        p.add_argument("--dataset", choices=DATASETS, default="melu", help="(default: melu)")
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -96,35 +110,80 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", action="store_true", help="print JSON")
     summary.add_argument("--seed", type=int, default=0)
 
-    train = sub.add_parser("train", help="meta-train a model")
+    train = sub.add_parser(
+        "train",
+        help="meta-train a model",
+        description="Meta-train a model into a run folder (checkpoint.pt, metrics.jsonl). "
+        "Options left out take the defaults shown; with --resume, the run's saved ones.",
+    )
     _add_data_args(train)
     train.add_argument("--out", type=Path, required=True, help="run folder")
     train.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        default="default",
-        help="model configuration; 'melu' is the paper's architecture",
+        help="model configuration; 'melu' is the paper's architecture (default: default)",
     )
-    train.add_argument("--epochs", type=_positive)
-    train.add_argument("--batch-size", type=_positive)
-    train.add_argument("--lr", type=_positive_float, help="meta (outer) learning rate")
-    train.add_argument("--local-lr", type=_positive_float)
-    train.add_argument("--local-steps", type=_non_negative)
-    train.add_argument("--learn-local-lr", action="store_true", help="Meta-SGD style rates")
-    train.add_argument("--adapt", choices=("head", "all"), help="parameters adapted per user")
-    train.add_argument("--first-order", action="store_true")
+    train.add_argument(
+        "--epochs", type=_positive, help=f"meta-training epochs (default: {_TRAIN.epochs})"
+    )
+    train.add_argument(
+        "--batch-size", type=_positive, help=f"tasks per meta-batch (default: {_TRAIN.batch_size})"
+    )
+    train.add_argument(
+        "--lr", type=_positive_float, help=f"meta (outer) learning rate (default: {_TRAIN.lr})"
+    )
+    train.add_argument(
+        "--local-lr",
+        type=_positive_float,
+        help=f"learning rate of the per-user local steps (default: {_META.local_lr})",
+    )
+    train.add_argument(
+        "--local-steps",
+        type=_non_negative,
+        help=f"local SGD steps per user (default: {_META.local_steps})",
+    )
+    train.add_argument(
+        "--learn-local-lr", action="store_true", help="learn per-parameter local rates (Meta-SGD)"
+    )
+    train.add_argument(
+        "--adapt",
+        choices=("head", "all"),
+        help=f"parameters adapted per user: the decision layers or all (default: {_META.adapt})",
+    )
+    train.add_argument(
+        "--first-order", action="store_true", help="first-order MAML (no second derivatives)"
+    )
     train.add_argument(
         "--local-update",
         choices=("auto", "vmap"),
-        help="auto: the closed-form head update where it applies; vmap: torch.func per task",
+        help="auto: the closed-form head update where it applies; vmap: torch.func per task "
+        f"(default: {_META.local_update})",
     )
-    train.add_argument("--patience", type=_positive)
-    train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--compile", action="store_true", help="torch.compile the meta-loss")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument(
+        "--patience",
+        type=_positive,
+        help=f"stop after this many epochs without a better validation MAE "
+        f"(default: {_TRAIN.patience})",
+    )
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    train.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        help=f"training precision (default: {_TRAIN.dtype})",
+    )
+    train.add_argument(
+        "--seed", type=int, help=f"seed of data splits and training (default: {_TRAIN.seed})"
+    )
+    train.add_argument(
+        "--compile", action="store_true", help="torch.compile the meta-loss (pays on a GPU)"
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out with its saved configuration (options that differ "
+        "from it are refused)",
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument(
         "--no-onboarding",
         action="store_true",
@@ -139,8 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--checkpoint", type=Path, required=True)
     _add_data_args(evaluate, dataset=False)
-    evaluate.add_argument("--json", type=Path, dest="json_out", help="write the report as JSON")
-    evaluate.add_argument("--markdown", type=Path, help="write the report as Markdown")
+    evaluate.add_argument(
+        "--json",
+        type=_report_path,
+        dest="json_out",
+        help="write the report as JSON (its folder must exist)",
+    )
+    evaluate.add_argument(
+        "--markdown", type=_report_path, help="write the report as Markdown (its folder must exist)"
+    )
     evaluate.add_argument("--warm", action="store_true", help="also report training users")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument(
@@ -175,12 +241,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     onboarding.add_argument("--json", action="store_true", help="print JSON")
 
-    serve = sub.add_parser("serve", help="run the recommendation service")
-    serve.add_argument("--checkpoint", type=Path, required=True)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--device", default="cpu")
+    serve = sub.add_parser(
+        "serve",
+        help="run the recommendation service",
+        description="Serve a checkpoint over HTTP (see service/README.md).",
+        epilog=_serve_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--checkpoint", type=Path, required=True, help="checkpoint file, or its run folder"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=_port, default=8000, help="1..65535")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="processes sharing the port, each with its own copy of the model (default: 1)",
+    )
     return parser
+
+
+def _serve_epilog() -> str:
+    """The MELU_* settings, from the settings class itself so that the help never drifts."""
+    from service.settings import Settings
+
+    lines = ["settings (environment variables):"]
+    for name, field in Settings.model_fields.items():
+        if name in ("checkpoint", "device"):
+            continue  # options above
+        default = "none" if field.default is None else field.default
+        lines.append(f"  MELU_{name.upper():<20} {field.description} (default: {default})")
+    return "\n".join(lines)
+
+
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {value!r}")
+    return number
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -205,12 +308,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from melu.data import prepare
-    from melu.train import resolve_device, train
-
-    resolve_device(args.device)  # fail on a bad device before minutes of data loading
-    model_cfg = PRESETS[args.preset]
+def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConfig, dict[str, Any]]:
+    """The configs the options describe, and the options given explicitly (by config field)."""
+    model_cfg = PRESETS[args.preset or "default"]
     meta_over = {
         "local_lr": args.local_lr,
         "local_steps": args.local_steps,
@@ -219,19 +319,87 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "learn_local_lr": args.learn_local_lr or None,
         "local_update": args.local_update,
     }
-    meta_cfg = replace(MetaConfig(), **{k: v for k, v in meta_over.items() if v is not None})
     train_over = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "patience": args.patience,
-        "device": args.device,
         "seed": args.seed,
-        "compile": args.compile,
+        "compile": args.compile or None,
         "dtype": args.dtype,
     }
-    train_cfg = replace(TrainConfig(), **{k: v for k, v in train_over.items() if v is not None})
-    data = prepare(args.data_dir, DataConfig(dataset=args.dataset, seed=args.seed))
+    meta_cfg = replace(MetaConfig(), **{k: v for k, v in meta_over.items() if v is not None})
+    train_cfg = replace(
+        TrainConfig(),
+        device=args.device,
+        **{k: v for k, v in train_over.items() if v is not None},
+    )
+    given = {f"meta.{k}": v for k, v in meta_over.items() if v is not None}
+    given.update({f"train.{k}": v for k, v in train_over.items() if v is not None})
+    if args.preset is not None:
+        given["model"] = args.preset
+    return model_cfg, meta_cfg, train_cfg, given
+
+
+def _check_resume(args: argparse.Namespace, given: dict[str, Any]) -> bool:
+    """With ``--resume`` over an existing run: refuse options that differ from the run's saved
+    configuration (it would silently keep its own), and say so when the run has finished.
+    Returns whether there is training left to do."""
+    from melu.checkpoint import load
+
+    path = args.out / "checkpoint.pt"
+    if not (args.resume and path.exists()):
+        return True
+    previous = load(path)
+    saved = {"meta": previous.meta, "train": previous.train}
+    differ = []
+    for key, value in given.items():
+        if key == "model":
+            if PRESETS[value] != previous.model:
+                differ.append(f"--preset {value}")
+            continue
+        part, name = key.split(".")
+        old = getattr(saved[part], name)
+        if old != value:
+            flag = "--" + name.replace("_", "-")
+            differ.append(f"{flag} {value} (the run has {old})")
+    if differ:
+        raise MeluError(
+            f"{args.out} holds a run with another configuration: {', '.join(differ)}; "
+            "--resume continues a run as it was started, so drop those options, or train into "
+            "a new folder (--out, or RUN_DIR=... with make)"
+        )
+    done = int(previous.resume.get("epoch", 0)) if previous.resume else None
+    metrics = previous.metrics
+    if done is None or done >= previous.train.epochs:
+        how = (
+            "stopped early (no validation improvement for "
+            f"{previous.train.patience} epochs) after epoch {len(metrics.get('history', []))}"
+            if metrics.get("stopped_early")
+            else f"finished all {previous.train.epochs} epochs"
+        )
+        log.info(
+            "%s already %s; best validation MAE %.4f at epoch %s. Nothing to resume: train "
+            "into a new folder to start over",
+            args.out,
+            how,
+            metrics.get("best_val_mae", float("nan")),
+            metrics.get("best_epoch"),
+        )
+        return False
+    return True
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from melu.data import prepare
+    from melu.train import resolve_device, train
+
+    resolve_device(args.device)  # fail on a bad device before minutes of data loading
+    model_cfg, meta_cfg, train_cfg, given = _train_configs(args)
+    if not _check_resume(args, given):
+        return 0
+    seed = train_cfg.seed
+    data = prepare(args.data_dir, DataConfig(dataset=args.dataset, seed=seed))
     result = train(
         data,
         args.out,
@@ -321,7 +489,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from service.main import serve
 
-    serve(checkpoint=args.checkpoint, host=args.host, port=args.port, device=args.device)
+    serve(
+        checkpoint=args.checkpoint,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        workers=args.workers,
+    )
     return 0
 
 

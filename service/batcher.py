@@ -7,6 +7,12 @@ stays free to parse and answer other requests meanwhile. While the worker is bus
 up, so under load batches fill by themselves and the wait only matters when the server is idle.
 
 With ``max_size=1`` the same path processes every request alone.
+
+Overload is refused early rather than queued without end: at most ``max_queue`` jobs wait or
+run at once (more raise :class:`QueueFullError` at once, which the service answers with 503 and
+``Retry-After``). A job carries a deadline; the collector drops jobs whose deadline has passed
+or whose caller stopped waiting (a cancelled future: the client left) before computing them,
+so abandoned work costs nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -29,6 +36,21 @@ class BatcherClosedError(RuntimeError):
     """The service is shutting down; the job was not processed."""
 
 
+class QueueFullError(RuntimeError):
+    """``max_queue`` jobs are already waiting or running; the job was refused unprocessed."""
+
+
+class DeadlineError(RuntimeError):
+    """The job's deadline passed before its result was ready."""
+
+
+@dataclass(frozen=True)
+class _Entry(Generic[J, R]):
+    job: J
+    future: asyncio.Future[R]
+    deadline: float | None
+
+
 class MicroBatcher(Generic[J, R]):
     def __init__(
         self,
@@ -36,19 +58,31 @@ class MicroBatcher(Generic[J, R]):
         max_size: int = 32,
         max_wait_s: float = 0.002,
         thread_name: str = "melu-torch",
+        max_queue: int | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
+        if max_queue is not None and max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
         self._process = process
         self.max_size = max_size
         self.max_wait_s = max(0.0, max_wait_s)
+        self.max_queue = max_queue
+        self._on_idle = on_idle
         self._thread_name = thread_name
-        self._queue: asyncio.Queue[tuple[J, asyncio.Future[R]]] | None = None
+        self._queue: asyncio.Queue[_Entry[J, R]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.jobs = 0
         self.batches = 0
         self.largest = 0
+        self.refused = 0  # QueueFullError: over max_queue
+        self.dropped = 0  # deadline passed or caller gone before the job was computed
+        # Jobs whose caller still waits (queued or on the worker); a finished or cancelled
+        # future frees its place at once, even while the entry still sits in the queue.
+        self.outstanding = 0
+        self._idle_at = 0.0
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -63,7 +97,7 @@ class MicroBatcher(Generic[J, R]):
             self._task = None
         if self._queue is not None:
             while not self._queue.empty():
-                _, future = self._queue.get_nowait()
+                future = self._queue.get_nowait().future
                 if not future.done():
                     future.set_exception(BatcherClosedError("the service is shutting down"))
         if self._executor is not None:
@@ -73,13 +107,32 @@ class MicroBatcher(Generic[J, R]):
     def pending(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
-    async def submit(self, job: J) -> R:
-        """Queue ``job`` and wait for its result (or the exception its batch raised)."""
+    def _release(self, _: asyncio.Future[R]) -> None:
+        self.outstanding -= 1
+
+    async def submit(self, job: J, deadline: float | None = None) -> R:
+        """Queue ``job`` and wait for its result (or the exception its batch raised).
+
+        ``deadline`` is in ``loop.time()`` seconds: past it the job is dropped (if not yet
+        computed) and :class:`DeadlineError` raised. Cancelling the caller drops the job too.
+        """
         if self._queue is None or self._task is None or self._task.done():
             raise BatcherClosedError("the batcher is not running")
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((job, future))
-        return await future
+        if self.max_queue is not None and self.outstanding >= self.max_queue:
+            self.refused += 1
+            raise QueueFullError(f"{self.outstanding} requests are already waiting")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self.outstanding += 1
+        future.add_done_callback(self._release)
+        self._queue.put_nowait(_Entry(job, future, deadline))
+        if deadline is None:
+            return await future
+        try:
+            # wait_for cancels the future on timeout, so the collector skips the job.
+            return await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
+            raise DeadlineError("the request did not finish before its deadline") from None
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the worker thread, between batches (for other torch work)."""
@@ -87,9 +140,7 @@ class MicroBatcher(Generic[J, R]):
             raise BatcherClosedError("the batcher is not running")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def _gather(
-        self, queue: asyncio.Queue[tuple[J, asyncio.Future[R]]]
-    ) -> list[tuple[J, asyncio.Future[R]]]:
+    async def _gather(self, queue: asyncio.Queue[_Entry[J, R]]) -> list[_Entry[J, R]]:
         batch = [await queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
@@ -111,8 +162,17 @@ class MicroBatcher(Generic[J, R]):
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather(self._queue)
-            # A client that went away leaves a cancelled future: skip its work.
-            live = [(job, future) for job, future in batch if not future.done()]
+            # A client that went away leaves a cancelled future, one whose deadline passed a
+            # future about to time out: skip their work.
+            now = loop.time()
+            live: list[tuple[J, asyncio.Future[R]]] = []
+            for entry in batch:
+                if entry.future.done() or (entry.deadline is not None and entry.deadline <= now):
+                    self.dropped += 1
+                    if not entry.future.done():
+                        entry.future.set_exception(DeadlineError("the deadline passed"))
+                    continue
+                live.append((entry.job, entry.future))
             if not live:
                 continue
             jobs = [job for job, _ in live]
@@ -135,3 +195,10 @@ class MicroBatcher(Generic[J, R]):
             for (_, future), result in zip(live, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+            if self._on_idle is not None and self._queue.empty():
+                # Between bursts, on the worker (it is free now): housekeeping such as
+                # returning freed memory. At most once a second.
+                now = loop.time()
+                if now - self._idle_at >= 1.0:
+                    self._idle_at = now
+                    await loop.run_in_executor(self._executor, self._on_idle)

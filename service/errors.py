@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.batcher import BatcherClosedError, DeadlineError, QueueFullError
+
 Loc = tuple[str | int, ...]
 _SOURCES = {"body", "query", "path", "header", "cookie"}
 
@@ -85,6 +87,26 @@ async def _input_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, (error_item(e.loc, e.msg, e.type) for e in exc.errors))
 
 
+# Seconds a client should wait before retrying a request the service refused under load.
+RETRY_AFTER_S = 1
+
+
+async def _overload_handler(request: Request, exc: Exception) -> JSONResponse:
+    """503 with ``Retry-After``: the work was not done, and trying again later is right."""
+    if isinstance(exc, QueueFullError):
+        msg, type_ = f"the service is busy ({exc}); retry later", "overloaded"
+    elif isinstance(exc, DeadlineError):
+        msg = "the request did not finish within MELU_REQUEST_TIMEOUT; retry later"
+        type_ = "timeout"
+    else:
+        assert isinstance(exc, BatcherClosedError)
+        msg, type_ = "the service is shutting down; retry later", "shutting_down"
+    item = {"loc": [], "field": "request", "msg": msg, "type": type_}
+    response = error_response(503, [item])
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     # FastAPI's only 400 is a body it could not parse (JSON nested too deeply, bad encoding).
@@ -99,6 +121,8 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
+    for overload in (QueueFullError, DeadlineError, BatcherClosedError):
+        app.add_exception_handler(overload, _overload_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(InputError, _input_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)

@@ -9,32 +9,47 @@ cheap and each app (a test's, a benchmark's) owns its model. Run with uvicorn's 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import json
 import logging
+import math
+import os
 import shlex
+import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
+from swagger_ui_bundle import swagger_ui_path
+from uvicorn.supervisors import Multiprocess
 
 from melu import __version__
 from melu.checkpoint import Checkpoint, load
+from melu.errors import MeluError
 from melu.train import resolve_device
 from service import errors
 from service.batcher import MicroBatcher
-from service.middleware import BodyGuard
+from service.middleware import BodyGuard, ResponseGuard
+from service.protocol import guarded_protocol
 from service.recommender import Job, Outcome, Recommender, TopK
-from service.routes import router
-from service.settings import Settings, get_settings
+from service.routes import ClientGoneError, router
+from service.schemas import EXAMPLE_REQUEST
+from service.settings import Settings, from_environment, get_settings
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+GIL_SWITCH_S = 5e-5
 DESCRIPTION = """Cold-start recommendations: give a few ratings, get movies.
 
 Each request adapts the meta-learned model to its ratings (a few gradient steps on the
@@ -43,70 +58,114 @@ shape, `{"detail": [{"loc", "field", "msg", "type"}]}`; see `service/README.md`.
 """
 
 
-def example_curl(base_url: str, recommender: Recommender) -> str:
-    wanted = [1193, 661, 914]  # MeLU's README example; any three catalogue ids otherwise
-    ids = [i for i in wanted if i in recommender.rows] or recommender.item_ids[1:4]
-    body = {
-        "ratings": [{"item_id": i, "rating": r} for i, r in zip(ids, (5, 3, 4), strict=False)],
-        "user": {"gender": "F", "age": 25},
-        "k": 5,
-    }
+def example_curl(base_url: str, recommender: Recommender | None = None) -> str:
+    """The one example request (the READMEs, the startup log and the OpenAPI example)."""
+    body = EXAMPLE_REQUEST
+    if recommender is not None and not all(
+        r["item_id"] in recommender.rows for r in body["ratings"]
+    ):
+        # A checkpoint of another catalogue: the same shape with three of its items.
+        ids = recommender.item_ids[1:4]
+        body = {
+            **body,
+            "ratings": [{"item_id": i, "rating": r} for i, r in zip(ids, (5, 3, 4), strict=False)],
+        }
     return (
         f"curl -s {base_url}/recommend -H 'Content-Type: application/json' "
         f"-d {shlex.quote(json.dumps(body))}"
     )
 
 
-def _build(
-    settings: Settings, checkpoint: Checkpoint | None
-) -> tuple[Recommender, MicroBatcher[Job, Outcome]]:
-    """Load and warm up (blocking: runs in a thread while the event loop starts)."""
+def build(settings: Settings, checkpoint: Checkpoint | None = None) -> Recommender:
+    """Load, check and warm up the model (blocking). Raises a ``MeluError`` for a checkpoint
+    that cannot be served (missing, wrong shapes, NaN weights)."""
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     if checkpoint is None:
         checkpoint = load(settings.checkpoint)
-    recommender = Recommender(checkpoint, device, settings.local_steps)
+    recommender = Recommender(
+        checkpoint, device, settings.local_steps, retrieval_fraction=settings.retrieval_fraction
+    )
     # The first adapt call pays one-time setup (allocations, lazy inits): before any client.
     unknown_user = tuple(recommender.encoder.encode_user({}))
     recommender.run([Job(unknown_user, (1,), (3.0,), TopK(1, None, ()))])
+    return recommender
+
+
+def _batcher(settings: Settings, recommender: Recommender) -> MicroBatcher[Job, Outcome]:
     batched = settings.micro_batching
-    batcher: MicroBatcher[Job, Outcome] = MicroBatcher(
+    return MicroBatcher(
         recommender.run,
         max_size=settings.batch_max_size if batched else 1,
         max_wait_s=settings.batch_max_wait_ms / 1000.0 if batched else 0.0,
+        max_queue=settings.max_queue,
+        on_idle=release_free_memory,
     )
-    return recommender, batcher
 
 
-def create_app(settings: Settings | None = None, checkpoint: Checkpoint | None = None) -> FastAPI:
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them: after a burst of large batches
+    the resident size stayed at its peak). A no-op where glibc is not the allocator."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _glibc()
+
+
+def create_app(
+    settings: Settings | None = None,
+    checkpoint: Checkpoint | None = None,
+    recommender: Recommender | None = None,
+) -> FastAPI:
     """A service for ``settings`` (default: from ``MELU_*`` environment variables).
 
-    The checkpoint is loaded from ``settings.checkpoint`` at startup unless one is given
-    already loaded (``serve`` loads it first, so that a bad path is a one-line error).
+    The model is loaded from ``settings.checkpoint`` at startup unless one is given already
+    loaded or built (``serve`` builds it first, so that a bad checkpoint is a one-line error
+    before the server listens).
     """
     settings = settings if settings is not None else get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        recommender, batcher = await asyncio.to_thread(_build, settings, checkpoint)
+        built = recommender
+        if built is None:
+            built = await asyncio.to_thread(build, settings, checkpoint)
+        batcher = _batcher(settings, built)
+        # The event loop and the torch worker share the GIL. The worker releases it inside every
+        # torch op and must win it back after each; at Python's default 5 ms switch interval a
+        # loop busy with cheap requests (/items, /health floods) made every reacquisition wait,
+        # and /recommend fell to a sixth of its throughput. 0.05 ms keeps the worker's waits
+        # short (measured in docs/benchmarks.md, "Robustness").
+        sys.setswitchinterval(GIL_SWITCH_S)
         await batcher.start()
-        app.state.recommender = recommender
+        app.state.recommender = built
         app.state.batcher = batcher
         log.info(
             "serving %d items from %s on %s (melu %s, best val MAE %s, %d local steps, "
             "micro-batching %s)",
-            len(recommender),
+            len(built),
             settings.checkpoint,
-            recommender.device,
-            recommender.info.version,
-            recommender.info.best_val_mae,
-            recommender.steps,
+            built.device,
+            built.info.version,
+            built.info.best_val_mae,
+            built.steps,
             f"up to {settings.batch_max_size}" if settings.micro_batching else "off",
         )
-        base_url = getattr(app.state, "base_url", "http://127.0.0.1:8000")
-        log.info("try: %s", example_curl(base_url, recommender))
-        log.info("API docs: %s/docs", base_url)
+        base_url = getattr(app.state, "base_url", None)
+        if base_url is not None:
+            log.info("try: %s", example_curl(base_url, built))
+            log.info("API docs: %s/docs", base_url)
         try:
             yield
         finally:
@@ -117,13 +176,58 @@ def create_app(settings: Settings | None = None, checkpoint: Checkpoint | None =
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Swagger UI from this server (see _mount_docs), not from a CDN: /docs works offline.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     errors.install(app)
-    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes)
+    app.add_exception_handler(ClientGoneError, _client_gone)
+    app.add_middleware(
+        BodyGuard,
+        max_body_bytes=settings.max_body_bytes,
+        read_timeout=settings.read_timeout,
+        overloaded=_overloaded,
+    )
+    app.add_middleware(ResponseGuard)  # outermost: sees every answer, catches every bug
     app.include_router(router)
+    # No trailing-slash redirects: they built an absolute Location from the client's Host
+    # header, and no route of this API ends in a slash.
+    app.router.redirect_slashes = False
+    _mount_docs(app)
     _mount_static(app)
     return app
+
+
+def _overloaded(scope: Scope) -> bool:
+    """Whether the adaptation queue is full: then /recommend and /score are refused before
+    their body is parsed, the cheapest refusal there is."""
+    batcher: MicroBatcher[Job, Outcome] | None = getattr(scope["app"].state, "batcher", None)
+    return (
+        batcher is not None
+        and batcher.max_queue is not None
+        and batcher.outstanding >= batcher.max_queue
+    )
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # Nobody reads this; 499 is what proxies log for a client that closed the request.
+    return Response(status_code=499)
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """Swagger UI with its files served from the ``swagger-ui-bundle`` package."""
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="melu - API docs",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
 
 
 def _mount_static(app: FastAPI) -> None:
@@ -139,15 +243,79 @@ def _mount_static(app: FastAPI) -> None:
         return HTMLResponse(index.read_text(encoding="utf-8"))
 
 
+def uvicorn_config(app: FastAPI | str, settings: Settings, **kwargs: Any) -> uvicorn.Config:
+    """uvicorn's configuration for this service: the guarded protocol (header deadline and
+    size, :mod:`service.protocol`) and a graceful shutdown of ``MELU_SHUTDOWN_GRACE``."""
+    http: type[asyncio.Protocol] | str
+    if isinstance(app, str):
+        # Worker processes import the class by name and read the limits from MELU_*.
+        http = "service.protocol:GuardedH11Protocol"
+    else:
+        http = guarded_protocol(settings.read_timeout, settings.max_header_bytes)
+    return uvicorn.Config(
+        app,
+        http=http,
+        lifespan="on",
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        **kwargs,
+    )
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound, listening socket, or a one-line ``MeluError`` (port in use, bad address)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise MeluError(f"--host {host}: cannot resolve it ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise MeluError(
+            f"cannot listen on {host}:{port}: {reason} (another server there? pick --port)"
+        ) from None
+    sock.set_inheritable(True)  # worker processes serve on it too
+    return sock
+
+
 def serve(
-    checkpoint: Path | str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu"
+    checkpoint: Path | str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "cpu",
+    workers: int = 1,
 ) -> None:
-    """Run the service with uvicorn until interrupted; other settings come from ``MELU_*``."""
-    settings = Settings(checkpoint=Path(checkpoint), device=device)
-    # Fail before uvicorn starts, so that the command line reports a MeluError in one line
-    # instead of uvicorn's startup traceback.
-    resolve_device(settings.device)
-    app = create_app(settings, load(settings.checkpoint))
+    """Run the service with uvicorn until interrupted; other settings come from ``MELU_*``.
+
+    Everything that can fail on the user's input (settings, the port, the checkpoint) fails
+    here, as a ``MeluError`` the command line prints in one line, before the server listens.
+    With ``workers`` > 1, that many processes (each with its own model) share the port.
+    """
+    settings = from_environment(checkpoint=Path(checkpoint), device=device)
+    sock = listen(host, port)
+    try:
+        recommender = build(settings)
+    except BaseException:
+        sock.close()
+        raise
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    app.state.base_url = f"http://{shown}:{port}"
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    base_url = f"http://{shown}:{port}"
+    if workers == 1:
+        app = create_app(settings, recommender=recommender)
+        app.state.base_url = base_url
+        uvicorn.Server(uvicorn_config(app, settings, log_level="info")).run(sockets=[sock])
+        return
+    # Each worker loads its own copy; the parent's was only the check above.
+    del recommender
+    os.environ["MELU_CHECKPOINT"] = str(settings.checkpoint)
+    os.environ["MELU_DEVICE"] = settings.device
+    config = uvicorn_config(
+        "service.main:create_app", settings, factory=True, workers=workers, log_level="info"
+    )
+    log.info("starting %d worker processes; try: %s", workers, example_curl(base_url))
+    Multiprocess(config, sockets=[sock]).run()

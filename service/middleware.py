@@ -1,4 +1,5 @@
-"""Body guard: 415 for a body that is not JSON, 413 for one over ``max_body_bytes``.
+"""Body guard: 415 for a body that is not JSON, 413 for one over ``max_body_bytes``, 408 for
+one that does not arrive within ``read_timeout`` seconds.
 
 A plain ASGI middleware (not ``BaseHTTPMiddleware``, which costs a task per request). The size
 is checked twice: against ``Content-Length`` before reading anything, and against the bytes
@@ -8,17 +9,26 @@ The body is read here, at most ``max_body_bytes`` of it, and replayed to the app
 
 from __future__ import annotations
 
+import asyncio
 import email.message
 import json
+import logging
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import RETRY_AFTER_S
+from service.protocol import DRAINING
+
+log = logging.getLogger(__name__)
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 # A refused body is still read (and dropped) up to this size: closing a socket with unread
 # data makes the kernel send a reset, which can destroy the error response before the client
 # reads it. Past this, the connection is closed anyway.
 DRAIN_BYTES = 4 * 1024 * 1024
+DRAIN_SECONDS = 5.0
 
 
 def is_json(content_type: str) -> bool:
@@ -44,15 +54,28 @@ async def _drain(receive: Receive, budget: int) -> bool:
 
 
 async def _reject(
-    receive: Receive, send: Send, status: int, msg: str, type_: str, drained: bool = False
+    receive: Receive,
+    send: Send,
+    status: int,
+    msg: str,
+    type_: str,
+    drained: bool = False,
+    drain: bool = True,
+    field: str = "body",
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    if not drained:
-        drained = await _drain(receive, DRAIN_BYTES)
-    detail = [{"loc": ["body"], "field": "body", "msg": f"body: {msg}", "type": type_}]
+    if not drained and drain:
+        try:
+            drained = await asyncio.wait_for(_drain(receive, DRAIN_BYTES), DRAIN_SECONDS)
+        except asyncio.TimeoutError:  # a slow client: close rather than wait for it
+            drained = False
+    loc = [field] if field == "body" else []
+    detail = [{"loc": loc, "field": field, "msg": f"{field}: {msg}", "type": type_}]
     body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        *(extra_headers or []),
     ]
     if not drained:
         headers.append((b"connection", b"close"))  # unread bytes: the connection is unusable
@@ -60,14 +83,37 @@ async def _reject(
     await send({"type": "http.response.body", "body": body})
 
 
+# Routes whose work goes through the adaptation queue, refused early when it is full.
+QUEUED_PATHS = frozenset({"/recommend", "/score"})
+
+
 class BodyGuard:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        read_timeout: float = 10.0,
+        overloaded: Callable[[Scope], bool] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.read_timeout = read_timeout
+        self.overloaded = overloaded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _WITH_BODY:
             await self.app(scope, receive, send)
+            return
+        if self.overloaded is not None and scope["path"] in QUEUED_PATHS and self.overloaded(scope):
+            await _reject(
+                receive,
+                send,
+                503,
+                "the service is busy (MELU_MAX_QUEUE requests are waiting); retry later",
+                "overloaded",
+                field="request",
+                extra_headers=[(b"retry-after", str(RETRY_AFTER_S).encode())],
+            )
             return
         headers = Headers(scope=scope)
         content_type = headers.get("content-type")
@@ -96,8 +142,24 @@ class BodyGuard:
 
         chunks: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
+        # One deadline for the whole body: a client trickling a byte a second is as slow as one
+        # that stops.
+        deadline = loop.time() + self.read_timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:  # not the builtin before Python 3.11
+                await _reject(
+                    receive,
+                    send,
+                    408,
+                    f"the request body did not arrive within {self.read_timeout:g} seconds",
+                    "timeout",
+                    drained=False,
+                    drain=False,
+                )
+                return
             if message["type"] == "http.disconnect":
                 return  # the client left: nobody to answer
             chunk = message.get("body", b"")
@@ -127,3 +189,86 @@ class BodyGuard:
             return await receive()  # later calls wait for the disconnect, as usual
 
         await self.app(scope, replay, send)
+
+
+# The page and its assets come from this origin only; the docs page needs FastAPI's inline
+# bootstrap script. frame-ancestors / X-Frame-Options: nothing may frame the page (clickjacking).
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class ResponseGuard:
+    """Outermost layer: security headers on every answer, and a JSON 500 for a bug.
+
+    Starlette's own error middleware answers an unhandled exception in plain text and then
+    re-raises it, so uvicorn logs it a second time and drops the keep-alive connection without
+    saying ``Connection: close``: the client's next pooled request then fails with a reset.
+    Here the exception is logged once and answered in the service's error shape with
+    ``Connection: close``, so a client knows to reconnect.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        csp = DOCS_CSP if path.startswith(("/docs", "/redoc")) else PAGE_CSP
+        started = False
+
+        async def secured(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                headers.extend(_SECURITY_HEADERS)
+                headers.append((b"content-security-policy", csp.encode()))
+                if scope.get(DRAINING) and (b"connection", b"close") not in headers:
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, secured)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), path)
+            if started:
+                raise  # too late for an answer; uvicorn closes the connection
+            body = json.dumps(
+                {
+                    "detail": [
+                        {
+                            "loc": [],
+                            "field": "request",
+                            "msg": "internal error (logged on the server)",
+                            "type": "internal_error",
+                        }
+                    ]
+                },
+                separators=(",", ":"),
+            ).encode()
+            await secured(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})

@@ -22,8 +22,10 @@ import torch
 
 from melu.checkpoint import Checkpoint
 from melu.config import to_dict
+from melu.errors import CheckpointError
 from melu.features import USER_FIELDS
-from melu.ranking import catalogue_scores, top_k_row
+from melu.ranking import batch_invariant, catalogue_scores, top_k_row
+from service.catalogue import CachedItemSide, ClusterRetrieval
 from service.errors import FieldError, InputError
 from service.schemas import (
     RATING_MAX,
@@ -48,6 +50,28 @@ log = logging.getLogger(__name__)
 CLOSED_USER_FIELDS: tuple[str, ...] = ("gender", "age", "occupation")
 # Report at most this many errors of one list, so 5000 bad ids do not make a 5000-line answer.
 MAX_ERRORS_PER_LIST = 20
+# Title searches remembered (the page's search-as-you-type repeats them).
+SEARCH_CACHE = 1024
+
+
+class NonFiniteError(RuntimeError):
+    """The model produced NaN or an infinity (never expected from a checked checkpoint)."""
+
+
+def non_finite_parameters(module: torch.nn.Module) -> list[str]:
+    """Names of the weights holding NaN or an infinity."""
+    return [
+        name
+        for name, tensor in module.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+
+
+def _named_rows(job: Job) -> torch.Tensor | None:
+    """The rows a job must have scored exactly: its /score ids or its candidates."""
+    select = job.select
+    rows = select.rows if isinstance(select, Pick) else select.pool
+    return torch.tensor(rows, dtype=torch.long) if rows else None
 
 
 class TopK(NamedTuple):
@@ -114,21 +138,43 @@ class Recommender:
     """A loaded checkpoint, ready to adapt and score. :meth:`run` is not thread-safe: the
     batcher calls it from a single worker thread."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, local_steps: int | None):
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        device: torch.device,
+        local_steps: int | None,
+        retrieval_fraction: float = 0.0,
+    ):
         self.checkpoint = checkpoint
         self.device = device
         self.catalogue = checkpoint.catalogue
         self.encoder = checkpoint.encoder
         self.learner = checkpoint.learner(device)
+        broken = non_finite_parameters(self.learner)
+        if broken:
+            # A diverged or corrupted run would otherwise serve as healthy and answer with
+            # empty lists and null scores.
+            shown = ", ".join(broken[:3]) + (
+                f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+            )
+            raise CheckpointError(
+                f"the checkpoint's weights hold NaN or infinite values ({shown}); "
+                "refusing to serve it"
+            )
         self.steps = checkpoint.meta.local_steps if local_steps is None else local_steps
         self.dtype = next(self.learner.parameters()).dtype
         self.table = self.catalogue.table.to(device)
         self.features: torch.Tensor | None = None
+        self.item_side: CachedItemSide | None = None
+        self.retrieval: ClusterRetrieval | None = None
         if self.learner.head_only:
             # Items embed the same way for every user when only the head adapts: embed the
             # catalogue once here and let each request run the head only.
             with torch.no_grad():
                 self.features = self.learner.item_features(self.table)
+            self.item_side = CachedItemSide(self.learner, self.features)
+            if retrieval_fraction > 0:
+                self.retrieval = ClusterRetrieval(self.item_side, retrieval_fraction)
         else:
             log.warning("the encoder adapts per user: every request embeds the whole catalogue")
 
@@ -138,7 +184,9 @@ class Recommender:
         # Ties are broken by item id: the stable sort in _top keeps this order among equals.
         by_id = sorted(range(1, len(self.item_ids)), key=lambda r: self.item_ids[r])
         self._by_id = torch.tensor(by_id, dtype=torch.long)
+        self._rows_by_id = by_id
         self._lower_titles = [t.lower() for t in self.titles]
+        self._searches: dict[tuple[str, int], tuple[list[CatalogueItem], int]] = {}
 
         self.user_values: dict[str, list[str]] = {
             f: sorted(self.encoder.user_vocab[f].tokens, key=_code_order)
@@ -272,7 +320,15 @@ class Recommender:
         errors: list[FieldError] = []
         rows, ratings = self._support(request.ratings, settings, errors)
         user, unknown = self._user(request.user, errors)
-        if request.k > settings.max_k:
+        if request.k < 1:
+            errors.append(
+                FieldError(
+                    ("body", "k"),
+                    "Input should be greater than or equal to 1",
+                    "greater_than_equal",
+                )
+            )
+        elif request.k > settings.max_k:
             errors.append(
                 FieldError(
                     ("body", "k"),
@@ -322,11 +378,31 @@ class Recommender:
             y_spt = torch.tensor(ratings, dtype=self.dtype, device=self.device)
             mask_spt = torch.tensor(mask, dtype=torch.bool, device=self.device)
             adaptation = self.learner.adapt(users, x_spt, y_spt, mask_spt, steps=self.steps)
-            pred = catalogue_scores(
-                self.learner, adaptation, users, self.table, self.features
-            ).cpu()  # [B, n_items + 1]
+            retrieved = False
+            if self.item_side is not None and self.item_side.applies(adaptation):
+                if self.retrieval is not None:
+                    # Only the best clusters' items are scored (-inf elsewhere); the rows a
+                    # request names (candidates, /score ids) always are.
+                    scores = self.retrieval.scores(adaptation, [_named_rows(j) for j in jobs])
+                    retrieved = True
+                else:
+                    # The same scores as _predict, with the per-model part computed once.
+                    scores = self.item_side.scores(adaptation)
+            else:
+                scores = catalogue_scores(
+                    self.learner, adaptation, users, self.table, self.features
+                )
+            pred = batch_invariant(scores.cpu())  # [B, n_items + 1]
             before = adaptation.loss_before.tolist()
             after = adaptation.loss_after.tolist()
+            # Row 0 is padding. Checked weights on finite inputs stay finite; should they not,
+            # the request fails (a JSON 500) rather than answer null or unranked scores.
+            body = pred[:, 1:]
+            bad = torch.isnan(body) | (body == math.inf)
+            if not retrieved:
+                bad |= body == -math.inf  # with retrieval, -inf marks the rows not retrieved
+            if bool(bad.any()) or not all(math.isfinite(v) for v in before + after):
+                raise NonFiniteError("the model produced a non-finite prediction")
             return [
                 Outcome(self._select(pred[i], job.select), before[i], after[i])
                 for i, job in enumerate(jobs)
@@ -374,18 +450,33 @@ class Recommender:
     def search(self, query: str, limit: int) -> tuple[list[CatalogueItem], int]:
         """Titles containing ``query`` (case-insensitive): exact, then prefix, then the rest,
         each by item id."""
+        # This runs on the event loop, so it must stay cheap: no query lists the catalogue in
+        # id order without searching, only ``limit`` answers are built, and searches repeat
+        # (search-as-you-type), so recent ones are remembered.
         needle = query.strip().lower()
+        key = (needle, limit)
+        cached = self._searches.get(key)
+        if cached is not None:
+            return cached
         titles = self._lower_titles
-        hits = [r for r in range(1, len(titles)) if needle in titles[r]]
+        if not needle:
+            hits = self._rows_by_id
+        else:
+            hits = [r for r in range(1, len(titles)) if needle in titles[r]]
 
-        def rank(row: int) -> tuple[int, int]:
-            title = titles[row]
-            kind = 0 if title == needle else 1 if title.startswith(needle) else 2
-            return kind, self.item_ids[row]
+            def rank(row: int) -> tuple[int, int]:
+                title = titles[row]
+                kind = 0 if title == needle else 1 if title.startswith(needle) else 2
+                return kind, self.item_ids[row]
 
-        hits.sort(key=rank)
-        items = [CatalogueItem(item_id=self.item_ids[r], title=self.titles[r]) for r in hits]
-        return items[:limit], len(hits)
+            hits.sort(key=rank)
+        items = [
+            CatalogueItem(item_id=self.item_ids[r], title=self.titles[r]) for r in hits[:limit]
+        ]
+        if len(self._searches) >= SEARCH_CACHE:
+            self._searches.pop(next(iter(self._searches)))  # the oldest
+        self._searches[key] = (items, len(hits))
+        return items, len(hits)
 
     def details(self, settings: Settings, sha256_now: str) -> ModelDetails:
         ck = self.checkpoint

@@ -1,14 +1,25 @@
-"""HTTP routes. Handlers only translate: the model work is in :mod:`service.recommender`."""
+"""HTTP routes. Handlers only translate: the model work is in :mod:`service.recommender`.
+
+Every dependency and handler is ``async def``: FastAPI runs a plain ``def`` in its thread pool,
+and those threads would compete for the GIL with the event loop and the torch worker for work
+that takes microseconds.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.routing import APIRoute
 
 from service.batcher import MicroBatcher
 from service.recommender import Job, Outcome, Recommender, parameters_sha256
 from service.schemas import (
+    QUERY_INT,
     ErrorResponse,
     HealthResponse,
     ItemsResponse,
@@ -21,17 +32,17 @@ from service.schemas import (
 from service.settings import Settings
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_recommender(request: Request) -> Recommender:
+async def get_recommender(request: Request) -> Recommender:
     recommender: Recommender = request.app.state.recommender
     return recommender
 
 
-def get_batcher(request: Request) -> MicroBatcher[Job, Outcome]:
+async def get_batcher(request: Request) -> MicroBatcher[Job, Outcome]:
     batcher: MicroBatcher[Job, Outcome] = request.app.state.batcher
     return batcher
 
@@ -41,16 +52,87 @@ RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 BatcherDep = Annotated[MicroBatcher[Job, Outcome], Depends(get_batcher)]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorResponse,
+        "description": "body not parsable (nested too deeply, bad UTF-8)",
+    },
     413: {"model": ErrorResponse, "description": "body larger than MELU_MAX_BODY_BYTES"},
     415: {"model": ErrorResponse, "description": "Content-Type is not application/json"},
     422: {"model": ErrorResponse, "description": "invalid input; each entry names its field"},
+    503: {
+        "model": ErrorResponse,
+        "description": "overloaded (over MELU_MAX_QUEUE), past MELU_REQUEST_TIMEOUT, or "
+        "shutting down; see the Retry-After header",
+    },
 }
 
-router = APIRouter()
+# Python's JSON reader refuses integers of more than 4300 digits with an error FastAPI turns
+# into a 400 that names no field. Such a literal is read as an infinity instead, which the
+# field's own validation reports (``k: Input should be a valid integer``). 30 digits is far past
+# any id, rating or count this API takes.
+MAX_INT_DIGITS = 30
+
+
+def _bounded_int(text: str) -> int | float:
+    if len(text.lstrip("-")) <= MAX_INT_DIGITS:
+        return int(text)
+    return -math.inf if text.startswith("-") else math.inf
+
+
+class _JsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = json.loads(await self.body(), parse_int=_bounded_int)
+        return self._json
+
+
+class JsonRoute(APIRoute):
+    """A route whose JSON body is read with :func:`_bounded_int` for integers."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(_JsonRequest(request.scope, request.receive, request._send))
+
+        return route
+
+
+router = APIRouter(route_class=JsonRoute)
+
+
+class ClientGoneError(Exception):
+    """The client closed its connection while its request waited: nobody reads the answer."""
+
+
+async def _until_disconnected(request: Request) -> None:
+    # The body has been read, so the next message is the disconnect (or the end of the
+    # response, which never comes while we wait here).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _adapt(
+    request: Request, job: Job, settings: Settings, batcher: MicroBatcher[Job, Outcome]
+) -> Outcome:
+    """The job's outcome, or an error; the job is dropped uncomputed if the client leaves or
+    the deadline passes first."""
+    loop = asyncio.get_running_loop()
+    work = asyncio.ensure_future(batcher.submit(job, loop.time() + settings.request_timeout))
+    gone = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not work.done():
+        work.cancel()  # the batcher skips a cancelled job
+        raise ClientGoneError
+    return work.result()
 
 
 @router.post("/recommend", responses=_ERRORS)
 async def recommend(
+    request: Request,
     body: RecommendRequest,
     settings: SettingsDep,
     recommender: RecommenderDep,
@@ -58,7 +140,7 @@ async def recommend(
 ) -> RecommendResponse:
     """Adapt to the user's ratings and return the ``k`` highest predicted items."""
     job = recommender.recommend_job(body, settings)
-    outcome = await batcher.submit(job)
+    outcome = await _adapt(request, job, settings, batcher)
     return RecommendResponse(
         items=recommender.scored(outcome),
         model=recommender.info,
@@ -68,6 +150,7 @@ async def recommend(
 
 @router.post("/score", responses=_ERRORS)
 async def score(
+    request: Request,
     body: ScoreRequest,
     settings: SettingsDep,
     recommender: RecommenderDep,
@@ -75,7 +158,7 @@ async def score(
 ) -> ScoreResponse:
     """Adapt to the user's ratings and predict the given items, in the order given."""
     job = recommender.score_job(body, settings)
-    outcome = await batcher.submit(job)
+    outcome = await _adapt(request, job, settings, batcher)
     return ScoreResponse(
         items=recommender.scored(outcome),
         model=recommender.info,
@@ -87,7 +170,7 @@ async def score(
 async def items(
     recommender: RecommenderDep,
     query: Annotated[str, Query(max_length=200, description="part of the title")] = "",
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: Annotated[int, Query(ge=1, le=100), QUERY_INT] = 20,
 ) -> ItemsResponse:
     """Movies whose title contains ``query`` (case-insensitive); exact and prefix matches
     first."""
@@ -107,7 +190,16 @@ async def health(
         requests=batcher.jobs,
         batches=batcher.batches,
         max_batch=batcher.largest,
+        queued=batcher.outstanding,
+        refused=batcher.refused,
+        dropped=batcher.dropped,
     )
+
+
+# Load balancers and `curl -I` probe with HEAD: the same answer without a body.
+@router.head("/health", include_in_schema=False)
+async def health_head() -> Response:
+    return Response(media_type="application/json")
 
 
 @router.get("/model")

@@ -12,26 +12,74 @@ instead of a silently ignored input.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 RATING_MIN, RATING_MAX = 1.0, 5.0
+# The one example request: the OpenAPI example, the startup log, the READMEs and the Makefile.
+EXAMPLE_REQUEST: dict[str, Any] = {
+    "ratings": [
+        {"item_id": 1193, "rating": 5},
+        {"item_id": 661, "rating": 3},
+        {"item_id": 914, "rating": 4},
+    ],
+    "user": {"gender": "F", "age": 25, "occupation": 4, "zip": "48067"},
+    "k": 5,
+}
 # Hard caps independent of the settings, so that a huge list is rejected while it is parsed.
 HARD_MAX_LIST = 100_000
 
 
+MAX_CODE_CHARS = 16
+
+
 def _code(value: Any) -> Any:
-    """Age and occupation are codes that clients send as numbers or strings: keep strings."""
-    if value is None or isinstance(value, str):
-        return value
+    """Age and occupation are codes that clients send as numbers or strings: keep strings.
+
+    The length is checked here, not with ``Field(max_length=...)``: pydantic applies that
+    constraint to the union, so a ``null`` crashed it and a long value was called "items".
+    """
+    if value is None:
+        return None
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise ValueError("expected an integer or a string code")
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError("expected an integer or a string code")
+    if len(value) > MAX_CODE_CHARS:
+        raise ValueError(f"at most {MAX_CODE_CHARS} characters are allowed, got {len(value)}")
+    return value
 
 
-Code = Annotated[str | None, BeforeValidator(_code), Field(max_length=16)]
+Code = Annotated[
+    str | None,
+    BeforeValidator(_code),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer"},
+                {"type": "string", "maxLength": MAX_CODE_CHARS},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
 ItemId = Annotated[int, Field(strict=True, description="MovieLens movie id")]
+
+_QUERY_INT = re.compile(r"-?[0-9]{1,9}")
+
+
+def _query_int(value: Any) -> Any:
+    """Query values arrive as text: accept digits only (``20``), not ``20.0`` or ``2e1``."""
+    if isinstance(value, str) and not _QUERY_INT.fullmatch(value):
+        raise ValueError("expected an integer written in digits, such as 20")
+    return value
+
+
+# After the Query(...) in an Annotated parameter, so that FastAPI still writes its minimum and
+# maximum into the OpenAPI schema.
+QUERY_INT = BeforeValidator(_query_int)
 
 
 class _Request(BaseModel):
@@ -68,10 +116,16 @@ class _Adapted(_Request):
 
 
 class RecommendRequest(_Adapted):
+    # The range (1..MELU_MAX_K) is checked with the model checks, so that a bad k is reported
+    # together with unknown ids instead of hiding them; the schema still documents the minimum.
     k: int = Field(
-        default=10, ge=1, strict=True, description="number of items (at most MELU_MAX_K)"
+        default=10,
+        strict=True,
+        json_schema_extra={"minimum": 1},
+        description="number of items, 1..MELU_MAX_K",
     )
-    exclude_rated: bool = True
+    # Strict: "yes", "off", 0 and 1 are client bugs, as for ids and ratings.
+    exclude_rated: bool = Field(default=True, strict=True)
     candidates: list[ItemId] | None = Field(
         default=None,
         min_length=1,
@@ -79,21 +133,7 @@ class RecommendRequest(_Adapted):
         description="rank only these items (at most MELU_MAX_CANDIDATES)",
     )
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "ratings": [
-                        {"item_id": 1193, "rating": 5},
-                        {"item_id": 661, "rating": 3},
-                        {"item_id": 914, "rating": 4},
-                    ],
-                    "user": {"gender": "F", "age": 25, "occupation": 4, "zip": "48067"},
-                    "k": 10,
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_REQUEST]})
 
 
 class ScoreRequest(_Adapted):
@@ -107,7 +147,9 @@ class ScoreRequest(_Adapted):
 class ScoredItem(BaseModel):
     item_id: int
     title: str
-    score: float = Field(description="predicted rating after adaptation, clipped to 1..5")
+    score: float = Field(
+        allow_inf_nan=False, description="predicted rating after adaptation, clipped to 1..5"
+    )
 
 
 class AdaptationInfo(BaseModel):
@@ -158,6 +200,11 @@ class HealthResponse(BaseModel):
     requests: int = Field(description="adaptation requests served since start")
     batches: int = Field(description="adapt calls they took")
     max_batch: int = Field(description="largest batch so far")
+    queued: int = Field(description="adaptation requests waiting or running now")
+    refused: int = Field(description="requests refused with 503: over MELU_MAX_QUEUE")
+    dropped: int = Field(
+        description="requests dropped uncomputed: past MELU_REQUEST_TIMEOUT or client gone"
+    )
 
 
 class Limits(BaseModel):

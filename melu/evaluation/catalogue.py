@@ -31,7 +31,7 @@ from melu.data import ColdStartData
 from melu.evaluation import metrics as M
 from melu.evaluation.rankers import Ranker, Setting, Supports
 from melu.maml import MetaLearner
-from melu.ranking import catalogue_scores, rank
+from melu.ranking import batch_invariant, catalogue_scores, rank
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def model_scores(
                 steps=steps,
             )
             scores = catalogue_scores(learner, adaptation, u, item_table, features)
-            out[sl] = scores.double().cpu().numpy()
+            out[sl] = batch_invariant(scores.cpu()).double().numpy()
     finally:
         learner.train(was_training)
     return out

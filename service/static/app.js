@@ -50,6 +50,8 @@
       if (key === "className") node.className = value;
       else if (key === "dataset") Object.assign(node.dataset, value);
       else if (key === "text") node.textContent = value;
+      // Through the CSSOM, not a style attribute: the page's CSP forbids inline styles.
+      else if (key === "style") node.style.cssText = value;
       else node.setAttribute(key, value === true ? "" : String(value));
     }
     for (const child of children) {

@@ -1,0 +1,242 @@
+"""Robustness of `melu serve` under hostile load: starvation, overload, abandoned requests.
+
+Starts one `melu serve` process (loopback, one torch thread) and runs three bounded scenarios:
+
+* starvation: /recommend throughput of 8 keep-alive clients alone, and beside clients
+  flooding ``GET /items`` (1 and 4) or ``GET /health`` (32);
+* overload: ``--storm`` connections each send one /recommend at the same moment: how many are
+  answered, how many refused with 503, latency of each;
+* abandonment: ``--quitters`` clients loop for ``--seconds``, each giving up on its request
+  after 0.5 s and reconnecting; then how long the server keeps working once they are gone,
+  and its resident memory before, right after and a few seconds after.
+
+    python benchmarks/serve_probe.py --checkpoint runs/latest/checkpoint.pt \
+        --json results/serve_probe.json
+
+Every loop is bounded by a count or a deadline; everything runs on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_latency import (
+    REPO,
+    Connection,
+    _default_data_dir,
+    _free_port,
+    _get_json,
+    build_requests,
+    ensure_checkpoint,
+)
+
+log = logging.getLogger("serve_probe")
+ITEMS = b"GET /items HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+HEALTH = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+class Served:
+    def __init__(self, checkpoint: Path, env: dict[str, str]) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "melu", "--threads", "1", "serve"]
+        command += ["--checkpoint", str(checkpoint), "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), **env},
+            stdout=subprocess.DEVNULL,  # the access log
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 300
+        while True:
+            with contextlib.suppress(OSError):
+                if _get_json(f"{self.url}/health")["status"] == "ok":
+                    return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the server did not start")
+            time.sleep(0.2)
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = _get_json(f"{self.url}/health")
+        return result
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+async def _loop(port: int, requests: list[bytes], until: float) -> tuple[int, list[float]]:
+    conn = await Connection.open(port)
+    ok, latencies, i = 0, [], 0
+    try:
+        while time.perf_counter() < until:
+            start = time.perf_counter()
+            status = await conn.send(requests[i % len(requests)])
+            latencies.append(time.perf_counter() - start)
+            ok += status == 200
+            i += 1
+    finally:
+        await conn.close()
+    return ok, latencies
+
+
+async def starvation(port: int, requests: list[bytes], flood: bytes, n: int, s: float) -> dict:
+    until = time.perf_counter() + s
+    tasks = [_loop(port, requests[i::8], until) for i in range(8)]
+    tasks += [_loop(port, [flood], until) for _ in range(n)]
+    results = await asyncio.gather(*tasks)
+    latencies = [x for _, lat in results[:8] for x in lat]
+    return {
+        "recommend_rps": sum(ok for ok, _ in results[:8]) / s,
+        "recommend_p50_ms": float(np.percentile(latencies, 50) * 1e3) if latencies else None,
+        "flood_rps": sum(ok for ok, _ in results[8:]) / s,
+    }
+
+
+async def _one(port: int, request: bytes) -> tuple[int, float]:
+    start = time.perf_counter()
+    try:
+        conn = await Connection.open(port)
+        try:
+            status = await asyncio.wait_for(conn.send(request), 120)
+        finally:
+            await conn.close()
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        status = -1
+    return status, time.perf_counter() - start
+
+
+async def storm(port: int, requests: list[bytes], clients: int) -> dict:
+    answers = await asyncio.gather(
+        *(_one(port, requests[i % len(requests)]) for i in range(clients))
+    )
+    out: dict[str, Any] = {"clients": clients}
+    for status in sorted({s for s, _ in answers}):
+        times = [t for s, t in answers if s == status]
+        out[str(status)] = {"count": len(times), "p50_s": float(np.percentile(times, 50))}
+    return out
+
+
+async def quitters(port: int, requests: list[bytes], clients: int, seconds: float) -> dict:
+    until = time.perf_counter() + seconds
+    counts = {"sent": 0, "answered": 0}
+
+    async def client(index: int) -> None:
+        i = index
+        while time.perf_counter() < until:
+            with contextlib.suppress(OSError):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(requests[i % len(requests)])
+                counts["sent"] += 1
+                with contextlib.suppress(asyncio.TimeoutError, OSError):
+                    if await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5):
+                        counts["answered"] += 1
+                writer.close()
+            i += clients
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return {"clients": clients, "seconds": seconds, **counts}
+
+
+def abandonment(server: Served, requests: list[bytes], args: argparse.Namespace) -> dict:
+
+    health0, rss0 = server.health(), server.rss_mb()
+    result = asyncio.run(quitters(server.port, requests, args.quitters, args.quit_seconds))
+    left = time.perf_counter()
+    rss_after = server.rss_mb()
+    while server.health()["queued"] and time.perf_counter() - left < 120:
+        time.sleep(0.05)
+    busy_after = time.perf_counter() - left
+    cpu0 = server.cpu_s()
+    time.sleep(5.0)
+    idle_cpu = server.cpu_s() - cpu0
+    health1 = server.health()
+    result.update(
+        {
+            "computed": health1["requests"] - health0["requests"],
+            "dropped": health1["dropped"] - health0["dropped"],
+            "refused": health1["refused"] - health0["refused"],
+            "busy_after_clients_left_s": busy_after,
+            "server_cpu_s_in_5_s_after": idle_cpu,
+            "rss_mb_before": rss0,
+            "rss_mb_right_after": rss_after,
+            "rss_mb_5_s_after": server.rss_mb(),
+        }
+    )
+    log.info("quitters: %s", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, help="default: train a 1-epoch one")
+    parser.add_argument("--data-dir", type=Path, default=_default_data_dir())
+    parser.add_argument("--json", type=Path, dest="json_out")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per starvation level")
+    parser.add_argument("--storm", type=int, default=1000, help="simultaneous requests")
+    parser.add_argument("--quitters", type=int, default=400)
+    parser.add_argument("--quit-seconds", type=float, default=10.0)
+    parser.add_argument("--scenarios", default="starvation,storm,quitters")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    checkpoint = ensure_checkpoint(args.checkpoint, args.data_dir)
+    requests = build_requests(checkpoint, 64, 5, 10, seed=0)
+    server = Served(checkpoint, {})
+    results: dict[str, Any] = {}
+    try:
+        asyncio.run(starvation(server.port, requests, ITEMS, 0, 2.0))  # warm-up
+        scenarios = args.scenarios.split(",")
+        levels = {"alone": (ITEMS, 0), "1 x /items": (ITEMS, 1), "4 x /items": (ITEMS, 4)}
+        levels["32 x /health"] = (HEALTH, 32)
+        results["starvation"] = {}
+        for name, (flood, n) in levels.items() if "starvation" in scenarios else ():
+            level = asyncio.run(starvation(server.port, requests, flood, n, args.seconds))
+            results["starvation"][name] = level
+            log.info("starvation, %s: %s", name, level)
+
+        if "storm" in scenarios:
+            results["storm"] = asyncio.run(storm(server.port, requests, args.storm))
+            log.info("storm: %s", results["storm"])
+        if "quitters" in scenarios:
+            results["quitters"] = abandonment(server, requests, args)
+    finally:
+        server.stop()
+    sys.stdout.write(json.dumps(results, indent=2) + "\n")
+    if args.json_out is not None:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        out = {"checkpoint": str(checkpoint), "load_average": os.getloadavg(), **results}
+        args.json_out.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""The command line's first hour: help that describes everything, one-line errors for what a
+newcomer gets wrong (ports, settings, report paths, resuming a run with other options)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from melu import checkpoint as ckpt
+from melu.cli import build_parser
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def melu(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "melu", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def _subparser(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    chosen: argparse.ArgumentParser = sub.choices[name]
+    return chosen
+
+
+def test_train_help_describes_every_flag_with_its_default() -> None:
+    train = _subparser("train")
+    for action in train._actions:
+        assert action.help, action.option_strings
+        takes_value = action.nargs != 0 and action.option_strings != ["--out"]
+        if takes_value and action.option_strings[0] not in ("--help",):
+            assert "default" in action.help, action.option_strings
+
+
+def test_serve_help_lists_the_settings() -> None:
+    result = melu("serve", "--help")
+    assert result.returncode == 0
+    for name in ("MELU_MAX_QUEUE", "MELU_REQUEST_TIMEOUT", "MELU_SHUTDOWN_GRACE", "MELU_MAX_K"):
+        assert name in result.stdout
+
+
+def test_serve_errors_are_one_line(small_checkpoint: Path, tmp_path: Path) -> None:
+    one_line_error(
+        melu("serve", "--checkpoint", str(small_checkpoint), "--port", "99999"), "1..65535"
+    )
+    bad = melu(
+        "serve",
+        "--checkpoint",
+        str(small_checkpoint),
+        env={"MELU_MAX_K": "abc", "MELU_MAX_QUEUE": "0"},
+    )
+    one_line_error(bad, "MELU_MAX_K='abc'", "MELU_MAX_QUEUE='0'")
+
+    # A port in use is reported before the model loads and before any "try: curl" banner.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = melu("serve", "--checkpoint", str(small_checkpoint), "--port", port)
+    one_line_error(result, "already in use", port)
+    assert "try:" not in result.stdout + result.stderr
+
+    raw = torch.load(small_checkpoint, weights_only=True)
+    name = sorted(raw["state"])[-1]
+    raw["state"][name] = torch.zeros(3, 3)
+    wrong = tmp_path / "wrong-shape.pt"
+    torch.save(raw, wrong)
+    one_line_error(melu("serve", "--checkpoint", str(wrong)), "do not fit", name)
+
+    # A plain pickle: torch warned in several lines before refusing it.
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(pickle.dumps({"format": "melu-checkpoint"}, protocol=4))
+    one_line_error(melu("serve", "--checkpoint", str(foreign)), "not a readable checkpoint")
+
+
+def test_evaluate_refuses_a_report_in_a_missing_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "dir"
+    result = melu("evaluate", "--checkpoint", "x.pt", "--markdown", str(missing / "report.md"))
+    one_line_error(result, "does not exist")
+    assert not missing.parent.exists()
+
+
+def _run_copy(small_checkpoint: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(small_checkpoint, run / "checkpoint.pt")
+    return run
+
+
+def test_resume_refuses_other_options(
+    small_checkpoint: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    run = _run_copy(small_checkpoint, tmp_path)
+    common = ["train", "--data-dir", str(shared_data), "--out", str(run), "--resume"]
+    line = one_line_error(melu(*common, "--epochs", "5", "--local-steps", "2"), "--resume")
+    assert "--epochs 5 (the run has 1)" in line and "--local-steps 2 (the run has 5)" in line
+    assert "--out" in line and "RUN_DIR" in line
+    # Options equal to the saved ones are fine; the run is finished, and says so.
+    done = melu(*common, "--epochs", "1")
+    assert done.returncode == 0, done.stderr
+    assert "already finished all 1 epochs" in done.stderr
+    assert "resuming" not in done.stderr
+
+
+def test_resume_says_when_a_run_stopped_early(
+    small_checkpoint: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    run = _run_copy(small_checkpoint, tmp_path)
+    saved = ckpt.load(run / "checkpoint.pt")
+    saved.metrics = {**saved.metrics, "stopped_early": True}
+    ckpt.save(run / "checkpoint.pt", saved)
+    result = melu("train", "--data-dir", str(shared_data), "--out", str(run), "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "stopped early (no validation improvement for 5 epochs) after epoch 1" in (result.stderr)
+
+
+@pytest.mark.parametrize("target", ["check-port"])
+def test_make_checks_the_port_first(target: str) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    venv = Path(sys.executable).parent.parent
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = subprocess.run(
+            ["make", "-s", target, f"PORT={port}", f"VENV={venv}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode != 0
+    assert f"port {port} is in use" in result.stderr
