@@ -73,6 +73,19 @@ class ModelConfig:
     item_id_dropout: float = 0.2
     # Support statistics (mean, std, log count) appended to every item's features.
     task_context: bool = False
+    # "rating": MeLU's objective, the rating of an item the user chose to watch (the default of
+    # this class, so checkpoints written before the field existed load unchanged).
+    # "rating+watch": also learn which items a user watches (melu.objectives): a multinomial
+    # over the catalogue from the user's rated items; the ranking score combines the two.
+    objective: Literal["rating", "rating+watch"] = "rating"
+    # The watch model's width: item input/output embeddings and the user vector.
+    watch_dim: int = 256
+    # Rate at which training replaces a training item's id by "unknown" in the watch model, so
+    # its content part learns to rank new items (which have no id) on its own.
+    watch_id_dropout: float = 0.1
+    # Ranking score = watch logit (log P(watch) up to a per-user constant) + this weight times
+    # the predicted rating.
+    rank_rating_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,14 @@ class MetaConfig:
     # (melu.closed_form) whenever it applies (head only, fixed rate), else "vmap":
     # torch.func.grad per task, vmapped. Both compute the same function (tested).
     local_update: Literal["auto", "vmap"] = "auto"
+    # Watch objective (ModelConfig.objective "rating+watch"): each training task also gives a
+    # cold-start episode, a support of uniform size in this range drawn from all the user's
+    # ratings, every other rating a softmax target (denoising, as cold start looks).
+    watch_support: tuple[int, int] = (3, 20)
+    # Only ratings at least this high are softmax targets (1: every rated item is "watched").
+    watch_target_min: float = 1.0
+    # Weight of the watch loss beside the query MSE.
+    watch_weight: float = 1.0
 
 
 @dataclass(frozen=True)
