@@ -17,7 +17,7 @@ from torch.func import functional_call, grad, vmap
 from melu import closed_form
 from melu.config import MetaConfig
 from melu.model import ADAPTED_ALL, ADAPTED_BY_DEFAULT, MeLUNet, adapted_names, batched_head
-from melu.objectives import WatchEpisode, candidates, multinomial_nll
+from melu.objectives import ITEM_ID_COLUMN, WatchEpisode, candidates, multinomial_nll
 from melu.tasks import TaskBatch
 from melu.watch import WatchTower
 
@@ -293,8 +293,16 @@ class MetaLearner(nn.Module):
             raise ValueError("this model has no watch objective")
         evidence = watch.evidence(episode.x_spt, episode.y_spt, episode.mask_spt)
         user = watch.user_vector(episode.users, evidence)
-        logits = watch.logits(user, watch.item_out(catalogue))
-        allowed = candidates(catalogue[:, watch.id_col] > 0, episode.rows_spt, episode.mask_spt)
+        # Only items with training ratings enter the softmax: embed those alone (a third of
+        # the catalogue has none) and leave the other rows at 0, masked out below.
+        trainable = catalogue[:, ITEM_ID_COLUMN] > 0
+        rows = trainable.nonzero().squeeze(1)
+        embedded = watch.item_out(catalogue[rows])
+        out = embedded.new_zeros(catalogue.shape[0], embedded.shape[1]).index_copy(
+            0, rows, embedded
+        )
+        logits = watch.logits(user, out)
+        allowed = candidates(trainable, episode.rows_spt, episode.mask_spt)
         return multinomial_nll(logits, allowed, episode.targets, episode.weights)
 
     def task_losses(
