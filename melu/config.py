@@ -83,6 +83,9 @@ class ModelConfig:
     # Rate at which training replaces a training item's id by "unknown" in the watch model, so
     # its content part learns to rank new items (which have no id) on its own.
     watch_id_dropout: float = 0.1
+    # How support items are pooled into the user vector: their sum over sqrt(n) (Mult-DAE's
+    # L2 normalisation of a binary input) or their mean.
+    watch_pooling: Literal["sqrt", "mean"] = "sqrt"
     # Ranking score = watch logit (log P(watch) up to a per-user constant) + this weight times
     # the predicted rating.
     rank_rating_weight: float = 1.0
@@ -110,6 +113,10 @@ class MetaConfig:
     watch_target_min: float = 1.0
     # Weight of the watch loss beside the query MSE.
     watch_weight: float = 1.0
+    # Weight of a support-order term in the watch loss: for every pair of support items rated
+    # differently, -log sigmoid(logit of the higher rated - logit of the lower rated), so that
+    # the ranking reflects the ratings given (a 1-star rating pushes its kind away).
+    watch_order_weight: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,13 @@ from torch.func import functional_call, grad, vmap
 from melu import closed_form
 from melu.config import MetaConfig
 from melu.model import ADAPTED_ALL, ADAPTED_BY_DEFAULT, MeLUNet, adapted_names, batched_head
-from melu.objectives import ITEM_ID_COLUMN, WatchEpisode, candidates, multinomial_nll
+from melu.objectives import (
+    ITEM_ID_COLUMN,
+    WatchEpisode,
+    candidates,
+    multinomial_nll,
+    support_order_loss,
+)
 from melu.tasks import TaskBatch
 from melu.watch import WatchTower
 
@@ -303,7 +309,12 @@ class MetaLearner(nn.Module):
         )
         logits = watch.logits(user, out)
         allowed = candidates(trainable, episode.rows_spt, episode.mask_spt)
-        return multinomial_nll(logits, allowed, episode.targets, episode.weights)
+        loss = multinomial_nll(logits, allowed, episode.targets, episode.weights)
+        if self.cfg.watch_order_weight > 0:
+            support = logits.gather(1, episode.rows_spt)
+            order = support_order_loss(support, episode.y_spt, episode.mask_spt)
+            loss = loss + self.cfg.watch_order_weight * order
+        return loss
 
     def task_losses(
         self,

@@ -101,3 +101,17 @@ def multinomial_nll(
     # A padded target points at row 0 (log p = -inf): zero it before weighting, not after.
     log_p = torch.where(weights > 0, log_p, torch.zeros_like(log_p))
     return -(log_p * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)
+
+
+def support_order_loss(
+    scores: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``[B]``: mean over pairs of support items with ``rating_a > rating_b`` of
+    ``softplus(score_b - score_a)`` (BPR's loss), 0 for a task without such a pair.
+    ``scores``/``ratings``/``mask`` are ``[B, S]``."""
+    pairs = (ratings.unsqueeze(2) > ratings.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1)
+    margin = scores.unsqueeze(2) - scores.unsqueeze(1)  # [B, S(higher), S(lower)]
+    weight = pairs.to(scores.dtype)
+    # softplus(-margin) on the pairs only: elsewhere it could be inf * 0.
+    loss = torch.nn.functional.softplus(-margin.masked_fill(~pairs, 0.0)) * weight
+    return loss.sum((1, 2)) / weight.sum((1, 2)).clamp(min=1.0)

@@ -45,6 +45,7 @@ class WatchTower(nn.Module):
         self.dim = dim
         self.id_col = ids.start
         self.id_dropout = cfg.watch_id_dropout
+        self.pooling = cfg.watch_pooling
         content = [s for s in item_specs if s.name in cfg.item_fields]
         self.id_in = nn.Embedding(ids.vocab_size, dim)
         self.id_out = nn.Embedding(ids.vocab_size, dim + 1)  # last column: the item's bias
@@ -89,7 +90,8 @@ class WatchTower(nn.Module):
         weight = mask.to(self.rating_scale.dtype).unsqueeze(-1)
         n = weight.sum(-2, keepdim=True).clamp(min=1.0)
         contribution = self.item_in(x_spt) * self.rating_scale[level].unsqueeze(-1)
-        return (contribution + self.rating_shift[level]) * weight / n.sqrt()
+        scale = n.sqrt() if self.pooling == "sqrt" else n
+        return (contribution + self.rating_shift[level]) * weight / scale
 
     def user_vector(self, users: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
         """``users [B, U]``, ``evidence [B, S, D]`` -> user vectors ``[B, D]``."""

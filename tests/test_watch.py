@@ -15,7 +15,13 @@ from melu.data import ColdStartData
 from melu.features import FieldSpec
 from melu.maml import MetaLearner, TaskFeatures
 from melu.model import MeLUNet
-from melu.objectives import ITEM_ID_COLUMN, WatchEpisode, multinomial_nll, sample_episodes
+from melu.objectives import (
+    ITEM_ID_COLUMN,
+    WatchEpisode,
+    multinomial_nll,
+    sample_episodes,
+    support_order_loss,
+)
 from melu.tasks import TaskBatch
 from melu.train import train
 
@@ -114,7 +120,7 @@ def one(values: WatchEpisode | TaskFeatures, t: int, n: int) -> object:
 @pytest.mark.parametrize("first_order", [False, True])
 def test_watch_meta_gradient_equals_per_task_loop(first_order: bool) -> None:
     """Query MSE + watch NLL of a padded batch: the same gradients as one task at a time."""
-    learner = make_learner(first_order=first_order, watch_weight=0.5)
+    learner = make_learner(first_order=first_order, watch_weight=0.5, watch_order_weight=0.3)
     table = catalogue()
     tasks = make_tasks()
     episode = sample_episodes(
@@ -176,6 +182,17 @@ def test_multinomial_nll_matches_a_hand_computation() -> None:
     expected = -((2.0 - z) + (1.0 - z)) / 2.0
     got = multinomial_nll(logits, allowed, targets, weights)
     assert got.item() == pytest.approx(expected)
+
+
+def test_support_order_loss_counts_each_differently_rated_pair_once() -> None:
+    scores = torch.tensor([[2.0, 0.0, 1.0, 9.0]], dtype=torch.float64)
+    ratings = torch.tensor([[5.0, 1.0, 5.0, 1.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, False]])  # the last item is padding
+    # pairs (higher, lower): (0, 1) margin 2, (2, 1) margin 1
+    expected = (np.log1p(np.exp(-2.0)) + np.log1p(np.exp(-1.0))) / 2
+    assert support_order_loss(scores, ratings, mask).item() == pytest.approx(expected)
+    none = support_order_loss(scores, torch.full_like(ratings, 3.0), mask)
+    assert none.item() == 0.0
 
 
 def test_episodes_split_every_rating_into_support_or_target() -> None:
