@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="model configuration; 'melu' is the paper's architecture",
     )
+    train.add_argument(
+        "--objective",
+        choices=("rating", "rating+watch"),
+        help="override the preset's objective: rating alone (MeLU), or also which items a user "
+        "watches (the catalogue ranking)",
+    )
     train.add_argument("--epochs", type=_positive)
     train.add_argument("--batch-size", type=_positive)
     train.add_argument("--lr", type=_positive_float, help="meta (outer) learning rate")
@@ -172,6 +178,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # fail on a bad device before minutes of data loading
     model_cfg = PRESETS[args.preset]
+    if args.objective is not None:
+        model_cfg = replace(model_cfg, objective=args.objective)
     meta_over = {
         "local_lr": args.local_lr,
         "local_steps": args.local_steps,

@@ -109,8 +109,10 @@ class MetaConfig:
     # cold-start episode, a support of uniform size in this range drawn from all the user's
     # ratings, every other rating a softmax target (denoising, as cold start looks).
     watch_support: tuple[int, int] = (3, 20)
-    # Only ratings at least this high are softmax targets (1: every rated item is "watched").
-    watch_target_min: float = 1.0
+    # Only ratings at least this high are softmax targets (1: every rated item is "watched");
+    # 4, the items a user liked, ranks better on validation users (Recall@10 0.371 vs 0.365
+    # from 5 ratings).
+    watch_target_min: float = 4.0
     # Weight of the watch loss beside the query MSE.
     watch_weight: float = 1.0
     # Weight of a support-order term in the watch loss: for every pair of support items rated
@@ -141,7 +143,8 @@ class TrainConfig:
 # Named model configurations. "melu" is the paper's architecture (rate, genre, director and
 # actor embeddings; no year, no residual, no dropout) so results stay comparable with MeLU.
 PRESETS: dict[str, ModelConfig] = {
-    "default": ModelConfig(),
+    # MeLU's network for ratings plus the watch model, whose score ranks the catalogue.
+    "default": ModelConfig(objective="rating+watch"),
     "melu": ModelConfig(
         item_fields=("rate", "genre", "director", "actor"),
         user_fields=("gender", "age", "occupation", "zip"),

@@ -4,16 +4,17 @@ the combined ranking score, checked against per-task loops in float64 and on rea
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from melu import checkpoint as ckpt
-from melu.config import MetaConfig, ModelConfig, TrainConfig
+from melu.config import PRESETS, MetaConfig, ModelConfig, TrainConfig
 from melu.data import ColdStartData
 from melu.features import FieldSpec
-from melu.maml import MetaLearner, TaskFeatures
+from melu.maml import MetaLearner, TaskFeatures, gather
 from melu.model import MeLUNet
 from melu.objectives import (
     ITEM_ID_COLUMN,
@@ -22,7 +23,7 @@ from melu.objectives import (
     sample_episodes,
     support_order_loss,
 )
-from melu.tasks import TaskBatch
+from melu.tasks import TaskBatch, TaskSet
 from melu.train import train
 
 USER_SPECS = [FieldSpec("gender", 3, 0, 1, False), FieldSpec("age", 8, 1, 1, False)]
@@ -250,8 +251,6 @@ def trained(melu_data: ColdStartData, tmp_path_factory: pytest.TempPathFactory) 
     data = dataclasses.replace(melu_data, tasks=tasks)
     run = tmp_path_factory.mktemp("watch-run")
     cfg = TrainConfig(epochs=3, device="cpu", seed=0)
-    from melu.config import PRESETS
-
     return train(data, run, PRESETS["default"], MetaConfig(), cfg, progress=False)
 
 
@@ -277,8 +276,29 @@ def test_trained_model_ranks_liked_items_above_disliked_ones(
     assert trained.metrics["best_val_recall"] > 0.25  # popularity: about 0.23
 
 
-def features_of(tasks: object, data: ColdStartData) -> TaskFeatures:
-    from melu.maml import gather
+def features_of(tasks: TaskSet, data: ColdStartData) -> TaskFeatures:
+    return gather(tasks.batch_all, data.user_table, data.catalogue.table)
 
-    batch = tasks.batch_all  # type: ignore[attr-defined]
-    return gather(batch, data.user_table, data.catalogue.table)
+
+def test_resumed_watch_run_equals_uninterrupted_run(
+    melu_data: ColdStartData, tmp_path: Path
+) -> None:
+    """Episodes are drawn from torch's generator, whose state the checkpoint keeps; each part
+    keeps its own best epoch (rating: validation MAE, watch: validation recall)."""
+    rng = np.random.default_rng(1)
+    tasks = dict(melu_data.tasks)
+    tasks["warm"] = tasks["warm"].subset(rng.choice(len(tasks["warm"]), 160, replace=False))
+    tasks["validation"] = tasks["validation"].subset(np.arange(48))
+    data = dataclasses.replace(melu_data, tasks=tasks)
+    cfg = TrainConfig(epochs=2, device="cpu", seed=4, patience=5)
+    root = tmp_path
+    model, meta = PRESETS["default"], MetaConfig()
+    full = train(data, root / "full", model, meta, cfg, progress=False)
+    train(data, root / "part", model, meta, cfg, progress=False, stop_after_epoch=1)
+    resumed = train(data, root / "part", model, meta, cfg, resume=True, progress=False)
+    assert [r["val_recall"] for r in resumed.metrics["history"]] == [
+        r["val_recall"] for r in full.metrics["history"]
+    ]
+    assert resumed.metrics["best_recall_epoch"] == full.metrics["best_recall_epoch"]
+    for name, value in full.state.items():
+        assert torch.equal(value, resumed.state[name]), name
