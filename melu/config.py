@@ -78,17 +78,22 @@ class ModelConfig:
     # "rating+watch": also learn which items a user watches (melu.objectives): a multinomial
     # over the catalogue from the user's rated items; the ranking score combines the two.
     objective: Literal["rating", "rating+watch"] = "rating"
-    # The watch model's width: item input/output embeddings and the user vector.
-    watch_dim: int = 256
+    # The watch model's width: item input/output embeddings and the user vector. 128 ranked
+    # better than 256 on validation users (Recall@10 from 5 ratings 0.381 vs 0.376) and
+    # trains in about half the time.
+    watch_dim: int = 128
     # Rate at which training replaces a training item's id by "unknown" in the watch model, so
     # its content part learns to rank new items (which have no id) on its own.
     watch_id_dropout: float = 0.1
     # How support items are pooled into the user vector: their sum over sqrt(n) (Mult-DAE's
     # L2 normalisation of a binary input) or their mean.
     watch_pooling: Literal["sqrt", "mean"] = "sqrt"
+    # The user vector's nonlinearity: tanh (Mult-DAE) or none (a low-rank linear model).
+    watch_activation: Literal["tanh", "none"] = "tanh"
     # Ranking score = watch logit (log P(watch) up to a per-user constant) + this weight times
-    # the predicted rating.
-    rank_rating_weight: float = 1.0
+    # the predicted rating. Chosen on validation users: 0.5 ranks best from 3 to 20 ratings;
+    # larger weights order a user's own 5- and 1-star items better but rank worse.
+    rank_rating_weight: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,9 @@ class MetaConfig:
     # Weight of a support-order term in the watch loss: for every pair of support items rated
     # differently, -log sigmoid(logit of the higher rated - logit of the lower rated), so that
     # the ranking reflects the ratings given (a 1-star rating pushes its kind away).
-    watch_order_weight: float = 0.0
+    # 0.2 on validation users: pairs ordered right from 5 ratings 0.85 -> 0.88, loved-genre
+    # share 0.39 -> 0.43, Recall@10 unchanged (0.381); 1.0 costs recall (0.350).
+    watch_order_weight: float = 0.2
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class WatchTower(nn.Module):
         self.id_col = ids.start
         self.id_dropout = cfg.watch_id_dropout
         self.pooling = cfg.watch_pooling
+        self.activation = cfg.watch_activation
         content = [s for s in item_specs if s.name in cfg.item_fields]
         self.id_in = nn.Embedding(ids.vocab_size, dim)
         self.id_out = nn.Embedding(ids.vocab_size, dim + 1)  # last column: the item's bias
@@ -95,7 +96,8 @@ class WatchTower(nn.Module):
 
     def user_vector(self, users: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
         """``users [B, U]``, ``evidence [B, S, D]`` -> user vectors ``[B, D]``."""
-        return torch.tanh(evidence.sum(-2) + self.user_in(self.user(users)))
+        user = evidence.sum(-2) + self.user_in(self.user(users))
+        return torch.tanh(user) if self.activation == "tanh" else user
 
     def logits(self, user: torch.Tensor, item_out: torch.Tensor) -> torch.Tensor:
         """``user [B, D]``, ``item_out [N, D + 1]`` (shared) or ``[B, N, D + 1]`` -> ``[B, N]``."""
