@@ -63,11 +63,13 @@ def sample_episodes(
     order = keys.argsort(dim=1)  # real ratings first, in random order
     items, ratings = items.gather(1, order), ratings.gather(1, order)
     position = torch.arange(items.shape[1], device=items.device).unsqueeze(0)
-    in_support = position < size.unsqueeze(1)
+    real = position < n.unsqueeze(1)
+    # A task with fewer ratings than the smallest support (an empty padding task) keeps them all.
+    in_support = (position < size.unsqueeze(1)) & real
     # Always the largest size, so that a compiled loss sees one shape.
     width = min(high, items.shape[1])
     rows_spt = items[:, :width] * in_support[:, :width]
-    is_target = ~in_support & (position < n.unsqueeze(1)) & (ratings >= target_min)
+    is_target = ~in_support & real & (ratings >= target_min)
     return WatchEpisode(
         users=user_table[batch.users],
         x_spt=item_table[rows_spt],
