@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--first-order", action="store_true", help="first-order MAML (no second derivatives)"
     )
     train.add_argument(
+        "--objective",
+        choices=("rating", "rating+watch"),
+        help="override the preset's objective: rating alone (MeLU), or also which items a user "
+        "watches (the catalogue ranking; the default preset's)",
+    )
+    train.add_argument(
         "--local-update",
         choices=("auto", "vmap"),
         help="auto: the closed-form head update where it applies; vmap: torch.func per task "
@@ -311,6 +317,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConfig, dict[str, Any]]:
     """The configs the options describe, and the options given explicitly (by config field)."""
     model_cfg = PRESETS[args.preset or "default"]
+    if args.objective is not None:
+        model_cfg = replace(model_cfg, objective=args.objective)
     meta_over = {
         "local_lr": args.local_lr,
         "local_steps": args.local_steps,
@@ -336,8 +344,8 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
     )
     given = {f"meta.{k}": v for k, v in meta_over.items() if v is not None}
     given.update({f"train.{k}": v for k, v in train_over.items() if v is not None})
-    if args.preset is not None:
-        given["model"] = args.preset
+    if args.preset is not None or args.objective is not None:
+        given["model"] = model_cfg
     return model_cfg, meta_cfg, train_cfg, given
 
 
@@ -355,8 +363,8 @@ def _check_resume(args: argparse.Namespace, given: dict[str, Any]) -> bool:
     differ = []
     for key, value in given.items():
         if key == "model":
-            if PRESETS[value] != previous.model:
-                differ.append(f"--preset {value}")
+            if value != previous.model:
+                differ.append("--preset/--objective (another model configuration)")
             continue
         part, name = key.split(".")
         old = getattr(saved[part], name)

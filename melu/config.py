@@ -73,6 +73,27 @@ class ModelConfig:
     item_id_dropout: float = 0.2
     # Support statistics (mean, std, log count) appended to every item's features.
     task_context: bool = False
+    # "rating": MeLU's objective, the rating of an item the user chose to watch (the default of
+    # this class, so checkpoints written before the field existed load unchanged).
+    # "rating+watch": also learn which items a user watches (melu.objectives): a multinomial
+    # over the catalogue from the user's rated items; the ranking score combines the two.
+    objective: Literal["rating", "rating+watch"] = "rating"
+    # The watch model's width: item input/output embeddings and the user vector. 128 ranked
+    # better than 256 on validation users (Recall@10 from 5 ratings 0.381 vs 0.376) and
+    # trains in about half the time.
+    watch_dim: int = 128
+    # Rate at which training replaces a training item's id by "unknown" in the watch model, so
+    # its content part learns to rank new items (which have no id) on its own.
+    watch_id_dropout: float = 0.1
+    # How support items are pooled into the user vector: their sum over sqrt(n) (Mult-DAE's
+    # L2 normalisation of a binary input) or their mean.
+    watch_pooling: Literal["sqrt", "mean"] = "sqrt"
+    # The user vector's nonlinearity: tanh (Mult-DAE) or none (a low-rank linear model).
+    watch_activation: Literal["tanh", "none"] = "tanh"
+    # Ranking score = watch logit (log P(watch) up to a per-user constant) + this weight times
+    # the predicted rating. Chosen on validation users: 0.5 ranks best from 3 to 20 ratings;
+    # larger weights order a user's own 5- and 1-star items better but rank worse.
+    rank_rating_weight: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,22 @@ class MetaConfig:
     # (melu.closed_form) whenever it applies (head only, fixed rate), else "vmap":
     # torch.func.grad per task, vmapped. Both compute the same function (tested).
     local_update: Literal["auto", "vmap"] = "auto"
+    # Watch objective (ModelConfig.objective "rating+watch"): each training task also gives a
+    # cold-start episode, a support of uniform size in this range drawn from all the user's
+    # ratings, every other rating a softmax target (denoising, as cold start looks).
+    watch_support: tuple[int, int] = (3, 20)
+    # Only ratings at least this high are softmax targets (1: every rated item is "watched");
+    # 4, the items a user liked, ranks better on validation users (Recall@10 0.371 vs 0.365
+    # from 5 ratings).
+    watch_target_min: float = 4.0
+    # Weight of the watch loss beside the query MSE.
+    watch_weight: float = 1.0
+    # Weight of a support-order term in the watch loss: for every pair of support items rated
+    # differently, -log sigmoid(logit of the higher rated - logit of the lower rated), so that
+    # the ranking reflects the ratings given (a 1-star rating pushes its kind away).
+    # 0.2 on validation users: pairs ordered right from 5 ratings 0.85 -> 0.88, loved-genre
+    # share 0.39 -> 0.43, Recall@10 unchanged (0.381); 1.0 costs recall (0.350).
+    watch_order_weight: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -113,7 +150,8 @@ class TrainConfig:
 # Named model configurations. "melu" is the paper's architecture (rate, genre, director and
 # actor embeddings; no year, no residual, no dropout) so results stay comparable with MeLU.
 PRESETS: dict[str, ModelConfig] = {
-    "default": ModelConfig(),
+    # MeLU's network for ratings plus the watch model, whose score ranks the catalogue.
+    "default": ModelConfig(objective="rating+watch"),
     "melu": ModelConfig(
         item_fields=("rate", "genre", "director", "actor"),
         user_fields=("gender", "age", "occupation", "zip"),

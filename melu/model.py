@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from melu.config import ModelConfig
+from melu.embeddings import FieldEmbedding
 from melu.features import FieldSpec
+from melu.watch import WatchTower
 
 # Children whose parameters adapt per user by default: MeLU's local update touches only the
 # decision layers, while embeddings are global.
@@ -23,43 +25,6 @@ ADAPTED_BY_DEFAULT: tuple[str, ...] = ("head",)
 ADAPTED_ALL: tuple[str, ...] = ("encoder", "head")
 # Task context appended to every item's features: support mean, support std, log(1 + n).
 CONTEXT_SIZE = 3
-
-
-class FieldEmbedding(nn.Module):
-    """Embeds the columns of an id table; multi-valued fields by a masked mean."""
-
-    def __init__(self, specs: Sequence[FieldSpec], dim: int) -> None:
-        super().__init__()
-        self.specs = list(specs)
-        # Index 0 (unknown) of a single-valued field keeps a learned vector: it is the fallback
-        # for values training never saw. For multi-valued fields 0 is padding and masked out.
-        self.dim = dim
-        self.tables = nn.ModuleDict({s.name: nn.Embedding(s.vocab_size, dim) for s in self.specs})
-        for spec in self.specs:
-            nn.init.normal_(self._table(spec.name).weight, std=0.1)
-
-    def _table(self, name: str) -> nn.Embedding:
-        table = self.tables[name]
-        assert isinstance(table, nn.Embedding)
-        return table
-
-    @property
-    def out_dim(self) -> int:
-        return len(self.specs) * self.dim
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """``ids [..., width]`` -> ``[..., n_fields * dim]``."""
-        parts = []
-        for spec in self.specs:
-            table = self._table(spec.name)
-            if spec.multi:
-                cols = ids[..., spec.start : spec.start + spec.width]
-                mask = (cols != 0).unsqueeze(-1).to(table.weight.dtype)
-                summed = (table(cols) * mask).sum(-2)
-                parts.append(summed / mask.sum(-2).clamp(min=1.0))
-            else:
-                parts.append(table(ids[..., spec.start]))
-        return torch.cat(parts, dim=-1)
 
 
 class Encoder(nn.Module):
@@ -156,6 +121,14 @@ class MeLUNet(nn.Module):
             cfg,
         )
         self.head = Head(self.encoder.task_dim, self.encoder.item_dim, cfg.hidden)
+        # The watch model (objective "rating+watch"): its own embeddings, no shared parameters.
+        self.watch: WatchTower | None = None
+        if cfg.objective == "rating+watch":
+            self.watch = WatchTower(
+                [s for s in user_specs if s.name in cfg.user_fields],
+                [s for s in item_specs if s.name in set(cfg.item_fields) | {"item"}],
+                cfg,
+            )
 
     def forward(
         self, users: torch.Tensor, items: torch.Tensor, context: torch.Tensor | None = None

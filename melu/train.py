@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -21,14 +21,21 @@ from melu.data import ColdStartData
 from melu.distributed import World, init_from_env
 from melu.errors import MeluError
 from melu.maml import MetaLearner, TaskFeatures, gather
-from melu.predict import query_mae
+from melu.objectives import WatchEpisode, sample_episodes
+from melu.predict import catalogue_recall, query_mae
 
 log = logging.getLogger(__name__)
+Batch = TypeVar("Batch", TaskFeatures, WatchEpisode)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 # Tasks are sorted by support size within pools of this many batches (see TaskSet.batches).
 BUCKET_BATCHES = 8
+# Parameters of the watch model (objective "rating+watch"); they share nothing with the rating
+# model's, so each part keeps the weights of its own best validation epoch.
+WATCH_PREFIX = "net.watch."
+# The watch model is selected on validation Recall@10 from this many ratings per user.
+SELECT_SUPPORT = 5
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,9 +52,31 @@ def _dtype(name: str) -> torch.dtype:
     return torch.float64 if name == "float64" else torch.float32
 
 
-def _shard(f: TaskFeatures, world: World) -> TaskFeatures:
+def _shard(f: Batch, world: World) -> Batch:
+    """This rank's tasks of a batch (a NamedTuple of tensors with a leading task dim)."""
     part = world.shard(f.users.shape[0])
-    return TaskFeatures(*(t[part] for t in f))
+    return type(f)(*(t[part] for t in f))
+
+
+def _clip(learner: MetaLearner, max_norm: float) -> None:
+    """Clip the rating model's and the watch model's gradients apart: the watch loss's larger
+    gradients must not shrink the rating model's steps (it then trains as it would alone)."""
+    rating: list[torch.nn.Parameter] = []
+    watch: list[torch.nn.Parameter] = []
+    for name, param in learner.named_parameters():
+        (watch if name.startswith(WATCH_PREFIX) else rating).append(param)
+    for group in (rating, watch):
+        if group:
+            torch.nn.utils.clip_grad_norm_(group, max_norm)
+
+
+def _merge(
+    rating_state: dict[str, torch.Tensor], watch_state: dict[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """The rating model's best weights with the watch model's best weights."""
+    if watch_state is None:
+        return rating_state
+    return {**rating_state, **{k: v for k, v in watch_state.items() if k.startswith(WATCH_PREFIX)}}
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -119,6 +148,8 @@ def train(
     )
     start_epoch, history, bad_epochs = 0, [], 0
     best: dict[str, Any] = {"val_mae": math.inf, "epoch": -1, "state": None}
+    watch = learner.watch is not None
+    best_watch: dict[str, Any] = {"recall": -math.inf, "epoch": -1, "state": None}
 
     if previous is not None and previous.resume:
         learner.load_state_dict(previous.resume["model"])
@@ -134,6 +165,12 @@ def train(
             "epoch": int(previous.metrics["best_epoch"]),
             "state": previous.state,
         }
+        if watch:
+            best_watch = {
+                "recall": float(previous.metrics["best_val_recall"]),
+                "epoch": int(previous.metrics["best_recall_epoch"]),
+                "state": previous.state,
+            }
         log.info("resuming %s after epoch %d", path, start_epoch)
 
     model: torch.nn.Module = learner
@@ -182,14 +219,21 @@ def train(
                 if device.type == "cuda":
                     # A new iteration: CUDA graphs may reuse the last one's output memory.
                     torch.compiler.cudagraph_mark_step_begin()
-            losses = loss_fn(_shard(gather(batch, user_table, item_table), world))
+            features = _shard(gather(batch, user_table, item_table), world)
+            if watch:
+                episode = sample_episodes(
+                    batch, user_table, item_table, meta_cfg.watch_support, meta_cfg.watch_target_min
+                )
+                losses = loss_fn(features, _shard(episode, world), item_table)
+            else:
+                losses = loss_fn(features)
             # Sum over this rank's tasks / global batch size, times the world size that
             # DDP's gradient averaging divides by: the gradient of the global mean loss.
             loss = losses.sum() * world.size / size
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if train_cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(learner.parameters(), train_cfg.grad_clip)
+                _clip(learner, train_cfg.grad_clip)
             optimizer.step()
             total += losses.detach().sum()
             if progress and world.is_main and step % 10 == 0:
@@ -205,25 +249,46 @@ def train(
             "val_mae": val["mae"],
             "val_rmse": val["rmse"],
             "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - started, 3),
         }
-        history.append(row)
+        improved = False
         if val["mae"] < best["val_mae"]:
             best = {"val_mae": val["mae"], "epoch": epoch + 1, "state": _cpu_state(learner)}
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
+            improved = True
+        if watch:
+            recall = catalogue_recall(
+                learner, val_tasks, user_table, item_table, SELECT_SUPPORT, seed=train_cfg.seed
+            )
+            row["val_recall"] = recall
+            if recall > best_watch["recall"]:
+                best_watch = {"recall": recall, "epoch": epoch + 1, "state": _cpu_state(learner)}
+                improved = True
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        history.append(row)
+        bad_epochs = 0 if improved else bad_epochs + 1
         stop = bad_epochs >= train_cfg.patience
         if world.is_main:
             log.info(
-                "epoch %d: train loss %.4f, validation MAE %.4f (best %.4f at epoch %d), %.1fs",
+                "epoch %d: train loss %.4f, validation MAE %.4f (best %.4f at epoch %d)%s, %.1fs",
                 epoch + 1,
                 row["train_loss"],
                 val["mae"],
                 best["val_mae"],
                 best["epoch"],
+                f", recall@10 {row['val_recall']:.4f} (best {best_watch['recall']:.4f} at "
+                f"epoch {best_watch['epoch']})"
+                if watch
+                else "",
                 row["seconds"],
             )
+            metrics = {
+                "history": history,
+                "best_epoch": best["epoch"],
+                "best_val_mae": best["val_mae"],
+                "stopped_early": stop,
+            }
+            if watch:
+                metrics["best_val_recall"] = best_watch["recall"]
+                metrics["best_recall_epoch"] = best_watch["epoch"]
             checkpoint = ckpt.Checkpoint(
                 data=data.config,
                 model=model_cfg,
@@ -231,13 +296,8 @@ def train(
                 train=train_cfg,
                 encoder=data.encoder,
                 catalogue=data.catalogue,
-                state=best["state"],
-                metrics={
-                    "history": history,
-                    "best_epoch": best["epoch"],
-                    "best_val_mae": best["val_mae"],
-                    "stopped_early": stop,
-                },
+                state=_merge(best["state"], best_watch["state"]),
+                metrics=metrics,
                 resume={
                     "model": _cpu_state(learner),
                     "optimizer": optimizer.state_dict(),

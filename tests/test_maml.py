@@ -9,7 +9,7 @@ import torch
 
 from melu.config import MetaConfig, ModelConfig
 from melu.features import FieldSpec
-from melu.maml import MetaLearner, TaskFeatures, masked_mse
+from melu.maml import BATCHED, MetaLearner, TaskFeatures, masked_mse
 from melu.model import MeLUNet
 
 USER_SPECS = [FieldSpec("gender", 3, 0, 1, False), FieldSpec("age", 8, 1, 1, False)]
@@ -150,12 +150,14 @@ def test_batched_prediction_equals_vmapped_per_task_prediction() -> None:
     params = learner.meta_params()
     with torch.no_grad():
         adaptation = learner.adapt(batch.users, batch.x_spt, batch.y_spt, batch.mask_spt)
-        expected = torch.vmap(learner.predict_task, in_dims=(None, 0, 0, 0))(
+        # Every tensor of the adaptation per task; its optional watch fields are None here.
+        dims = BATCHED._replace(kernel=0)
+        expected = torch.vmap(learner.predict_task, in_dims=(None, dims, 0, 0))(
             params, adaptation, batch.users, batch.x_qry
         )
         torch.testing.assert_close(learner.predict(adaptation, batch.users, batch.x_qry), expected)
         features = learner.item_features(catalogue)
-        expected = torch.vmap(learner.predict_task_from_features, in_dims=(None, 0, 0, None))(
+        expected = torch.vmap(learner.predict_task_from_features, in_dims=(None, dims, 0, None))(
             params, adaptation, batch.users, features
         )
         assert adaptation.kernel is not None  # the closed form scores in kernel form...
