@@ -451,7 +451,11 @@ class MetaLearner(nn.Module):
         return fn(self.meta_params(), plain, users, item_features)
 
     def rank_scores(
-        self, adaptation: Adaptation, users: torch.Tensor, item_features: torch.Tensor
+        self,
+        adaptation: Adaptation,
+        users: torch.Tensor,
+        item_features: torch.Tensor,
+        ratings: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The score ``[B, N]`` that ranks a catalogue for each task: higher is better.
 
@@ -459,8 +463,10 @@ class MetaLearner(nn.Module):
         what is served. For a pure rating model it is the predicted rating; with a watch model
         it is the watch logit (log P(watch) up to a per-user constant, so it does not depend on
         which items are scored together) plus ``rank_rating_weight`` times the predicted rating.
+        ``ratings`` (from :meth:`predict_from_features`) saves computing them again.
         """
-        ratings = self.predict_from_features(adaptation, users, item_features)
+        if ratings is None:
+            ratings = self.predict_from_features(adaptation, users, item_features)
         if self.watch is None:
             return ratings
         if adaptation.user is None:

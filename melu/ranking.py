@@ -51,17 +51,38 @@ def catalogue_scores(
     the head adapts; without it, or when the encoder adapts, items are embedded per user in
     chunks. Call under ``torch.no_grad()`` in eval mode.
     """
+    return catalogue_scores_and_ratings(learner, adaptation, users, table, features)[0]
+
+
+def catalogue_scores_and_ratings(
+    learner: MetaLearner,
+    adaptation: Adaptation,
+    users: torch.Tensor,
+    table: torch.Tensor,
+    features: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`catalogue_scores` and the predicted ratings ``[B, R]`` it ranks with (the same
+    tensor for a rating-only model)."""
+    if features is None and learner.head_only:
+        features = learner.item_features(table)
     if features is not None:
-        return learner.rank_scores(adaptation, users, features)
-    if learner.head_only:
-        return learner.rank_scores(adaptation, users, learner.item_features(table))
+        ratings = learner.predict_from_features(adaptation, users, features)
+        return learner.rank_scores(adaptation, users, features, ratings), ratings
     batch = users.shape[0]
     step = max(1, PREDICT_CHUNK // batch)
     parts = [
         learner.predict(adaptation, users, table[start : start + step].expand(batch, -1, -1))
         for start in range(0, table.shape[0], step)
     ]
-    return torch.cat(parts, dim=1)
+    ratings = torch.cat(parts, dim=1)
+    if learner.watch is None:
+        return ratings, ratings
+    # The watch tower never adapts its item side: hand rank_scores the watch part of the item
+    # features (the rating part is unused once the ratings are given).
+    watch_side = learner.watch.item_out(table)
+    rating_side = watch_side.new_zeros(table.shape[0], learner.net.encoder.item_dim)
+    features = torch.cat([rating_side, watch_side], dim=-1)
+    return learner.rank_scores(adaptation, users, features, ratings), ratings
 
 
 def rank(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

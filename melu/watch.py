@@ -96,12 +96,27 @@ class WatchTower(nn.Module):
 
     def user_vector(self, users: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
         """``users [B, U]``, ``evidence [B, S, D]`` -> user vectors ``[B, D]``."""
-        user = evidence.sum(-2) + self.user_in(self.user(users))
+        if self.training:
+            pooled = evidence.sum(-2)
+        else:
+            # Summed in float64 and rounded back, the pool does not depend on how much padding
+            # a batch adds, so a user's list does not depend on who was served alongside.
+            pooled = evidence.double().sum(-2).to(evidence.dtype)
+        user = pooled + self.user_in(self.user(users))
         return torch.tanh(user) if self.activation == "tanh" else user
 
     def logits(self, user: torch.Tensor, item_out: torch.Tensor) -> torch.Tensor:
         """``user [B, D]``, ``item_out [N, D + 1]`` (shared) or ``[B, N, D + 1]`` -> ``[B, N]``."""
         if item_out.dim() == 2:
+            if not self.training:
+                # Serving and evaluation: float64 products rounded back, so a user's logits are
+                # the same whatever the batch (BLAS picks other kernels for other shapes).
+                logits = torch.addmm(
+                    item_out[:, self.dim].double(),
+                    user.double(),
+                    item_out[:, : self.dim].double().t(),
+                )
+                return logits.to(user.dtype)
             return torch.addmm(item_out[:, self.dim], user, item_out[:, : self.dim].t())
         weights, bias = item_out[..., : self.dim], item_out[..., self.dim]
         scores = torch.baddbmm(bias.unsqueeze(1), user.unsqueeze(1), weights.transpose(1, 2))

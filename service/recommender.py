@@ -24,7 +24,7 @@ from melu.checkpoint import Checkpoint
 from melu.config import to_dict
 from melu.errors import CheckpointError
 from melu.features import USER_FIELDS
-from melu.ranking import batch_invariant, catalogue_scores, top_k_row
+from melu.ranking import batch_invariant, catalogue_scores_and_ratings, top_k_row
 from service.catalogue import CachedItemSide, ClusterRetrieval
 from service.errors import FieldError, InputError
 from service.schemas import (
@@ -100,9 +100,19 @@ class Job:
     unknown_user_fields: tuple[str, ...] = ()
 
 
+class Scored(NamedTuple):
+    """One item of an answer: its row, ranking score, predicted rating (1..5) and the row of
+    the rated item that most supports it (None where the model cannot say)."""
+
+    row: int
+    score: float
+    rating: float
+    because: int | None
+
+
 @dataclass(frozen=True)
 class Outcome:
-    items: list[tuple[int, float]]  # (row, clipped score)
+    items: list[Scored]
     loss_before: float
     loss_after: float
 
@@ -172,9 +182,14 @@ class Recommender:
             # catalogue once here and let each request run the head only.
             with torch.no_grad():
                 self.features = self.learner.item_features(self.table)
-            self.item_side = CachedItemSide(self.learner, self.features)
-            if retrieval_fraction > 0:
-                self.retrieval = ClusterRetrieval(self.item_side, retrieval_fraction)
+            if self.learner.watch is None:
+                # The cached first layer computes predicted ratings: the ranking score of a
+                # rating-only model, not of one that also learned what users watch.
+                self.item_side = CachedItemSide(self.learner, self.features)
+                if retrieval_fraction > 0:
+                    self.retrieval = ClusterRetrieval(self.item_side, retrieval_fraction)
+            elif retrieval_fraction > 0:
+                log.warning("MELU_RETRIEVAL_FRACTION applies to rating-only models; ignored")
         else:
             log.warning("the encoder adapts per user: every request embeds the whole catalogue")
 
@@ -386,13 +401,15 @@ class Recommender:
                     scores = self.retrieval.scores(adaptation, [_named_rows(j) for j in jobs])
                     retrieved = True
                 else:
-                    # The same scores as _predict, with the per-model part computed once.
+                    # The same scores as melu.ranking's, with the per-model part computed once.
                     scores = self.item_side.scores(adaptation)
+                ratings_all = scores
             else:
-                scores = catalogue_scores(
+                scores, ratings_all = catalogue_scores_and_ratings(
                     self.learner, adaptation, users, self.table, self.features
                 )
             pred = batch_invariant(scores.cpu())  # [B, n_items + 1]
+            rated = batch_invariant(ratings_all.cpu())
             before = adaptation.loss_before.tolist()
             after = adaptation.loss_after.tolist()
             # Row 0 is padding. Checked weights on finite inputs stay finite; should they not,
@@ -403,16 +420,40 @@ class Recommender:
                 bad |= body == -math.inf  # with retrieval, -inf marks the rows not retrieved
             if bool(bad.any()) or not all(math.isfinite(v) for v in before + after):
                 raise NonFiniteError("the model produced a non-finite prediction")
-            return [
-                Outcome(self._select(pred[i], job.select), before[i], after[i])
-                for i, job in enumerate(jobs)
-            ]
+            outcomes = []
+            for i, job in enumerate(jobs):
+                chosen = self._select(pred[i], job.select)
+                because = self._because(adaptation, users, i, job, chosen)
+                items = [
+                    Scored(
+                        row,
+                        float(pred[i, row]),
+                        float(rated[i, row].clamp(RATING_MIN, RATING_MAX)),
+                        because[k],
+                    )
+                    for k, row in enumerate(chosen)
+                ]
+                outcomes.append(Outcome(items, before[i], after[i]))
+            return outcomes
 
-    def _select(self, pred: torch.Tensor, select: TopK | Pick) -> list[tuple[int, float]]:
+    def _because(
+        self, adaptation: Any, users: torch.Tensor, i: int, job: Job, rows: list[int]
+    ) -> list[int | None]:
+        """For each listed row, the rated row that most supports it (a watch model's
+        explanation), or None."""
+        if self.learner.watch is None or self.features is None or not rows or not job.rows:
+            return [None] * len(rows)
+        one = adaptation._replace(
+            user=adaptation.user[i : i + 1], evidence=adaptation.evidence[i : i + 1]
+        )
+        index = torch.tensor(rows, dtype=torch.long, device=self.features.device)
+        picked = self.learner.explain(one, users[i : i + 1], self.features, index)[0]
+        return [job.rows[int(j)] if int(j) < len(job.rows) else None for j in picked.tolist()]
+
+    def _select(self, pred: torch.Tensor, select: TopK | Pick) -> list[int]:
+        """The rows a job answers with: its /score ids in their order, or its top k."""
         if isinstance(select, Pick):
-            rows = list(select.rows)
-            picked = pred[rows].clamp(RATING_MIN, RATING_MAX).tolist()
-            return list(zip(rows, picked, strict=True))
+            return list(select.rows)
         if select.pool is not None:
             pool = torch.tensor(select.pool, dtype=torch.long)
         elif select.exclude:
@@ -423,18 +464,27 @@ class Recommender:
             pool = self._by_id
         if pool.numel() == 0:
             return []
-        # Rank by the unclipped score: clipping would tie every item above 5 and hand the top
-        # of the list to the lowest item ids. The order is melu.ranking's, as in evaluation.
-        best = top_k_row(pred, pool, select.k)
-        top = pred[best].clamp(RATING_MIN, RATING_MAX).tolist()
-        return list(zip(best.tolist(), top, strict=True))
+        # The order is melu.ranking's, as in evaluation: descending score, ties by item id.
+        return [int(r) for r in top_k_row(pred, pool, select.k).tolist()]
 
     # --- outcomes -> responses ---------------------------------------------------------------
 
     def scored(self, outcome: Outcome) -> list[ScoredItem]:
         return [
-            ScoredItem(item_id=self.item_ids[row], title=self.titles[row], score=score)
-            for row, score in outcome.items
+            ScoredItem(
+                item_id=self.item_ids[it.row],
+                title=self.titles[it.row],
+                year=self.catalogue.year(it.row),
+                genres=self.catalogue.genres_of(it.row),
+                score=it.score,
+                predicted_rating=it.rating,
+                because=None
+                if it.because is None
+                else CatalogueItem(
+                    item_id=self.item_ids[it.because], title=self.titles[it.because]
+                ),
+            )
+            for it in outcome.items
         ]
 
     def adaptation_info(self, job: Job, outcome: Outcome) -> AdaptationInfo:

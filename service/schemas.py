@@ -144,11 +144,30 @@ class ScoreRequest(_Adapted):
     )
 
 
+class CatalogueItem(BaseModel):
+    item_id: int
+    title: str
+
+
 class ScoredItem(BaseModel):
     item_id: int
     title: str
+    year: int | None = Field(description="release year (two films are titled 'Titanic')")
+    genres: list[str]
     score: float = Field(
+        allow_inf_nan=False,
+        description="the ranking score: higher ranks first. For a model trained with the "
+        "watch objective (the default), log P(the user watches it) up to a per-user constant "
+        "plus rank_rating_weight (GET /model) times the predicted rating; for a rating-only "
+        "model (the 'melu' preset), the predicted rating. Rounded to 2^-12, so batching "
+        "never reorders near ties; ties go to the smaller item id",
+    )
+    predicted_rating: float = Field(
         allow_inf_nan=False, description="predicted rating after adaptation, clipped to 1..5"
+    )
+    because: CatalogueItem | None = Field(
+        default=None,
+        description="the rated movie that most supports this one (watch models; null otherwise)",
     )
 
 
@@ -180,11 +199,6 @@ class ScoreResponse(BaseModel):
     items: list[ScoredItem]
     model: ModelInfo
     adaptation: AdaptationInfo
-
-
-class CatalogueItem(BaseModel):
-    item_id: int
-    title: str
 
 
 class ItemsResponse(BaseModel):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from melu import movielens
-from melu.config import DataConfig, MetaConfig, ModelConfig, TrainConfig
+from melu.config import PRESETS, DataConfig, MetaConfig, ModelConfig, TrainConfig
 from melu.data import ColdStartData, prepare
 from melu.train import train
 
@@ -49,16 +49,28 @@ def melu_data(shared_data: Path) -> ColdStartData:
     return prepare(shared_data, DataConfig(dataset="melu"))
 
 
+def _small_run(root: Path, data: ColdStartData, model: ModelConfig) -> Path:
+    tasks = dict(data.tasks)
+    tasks["warm"] = tasks["warm"].subset(np.arange(160))
+    tasks["validation"] = tasks["validation"].subset(np.arange(32))
+    config = TrainConfig(epochs=1, device="cpu")
+    train(replace(data, tasks=tasks), root, model, MetaConfig(), config, progress=False)
+    return root / "checkpoint.pt"
+
+
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory: pytest.TempPathFactory, melu_data: ColdStartData) -> Path:
-    """One epoch on 160 real training users (seconds), with the full catalogue.
+    """The default model (rating and watch objectives), one epoch on 160 real training users
+    (seconds), with the full catalogue.
 
     For tests of serving and the page, which need a real checkpoint but not a good model.
     """
-    tasks = dict(melu_data.tasks)
-    tasks["warm"] = tasks["warm"].subset(np.arange(160))
-    tasks["validation"] = tasks["validation"].subset(np.arange(32))
-    run = tmp_path_factory.mktemp("small-run")
-    config = TrainConfig(epochs=1, device="cpu")
-    train(replace(melu_data, tasks=tasks), run, ModelConfig(), MetaConfig(), config, progress=False)
-    return run / "checkpoint.pt"
+    return _small_run(tmp_path_factory.mktemp("small-run"), melu_data, PRESETS["default"])
+
+
+@pytest.fixture(scope="session")
+def small_rating_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory, melu_data: ColdStartData
+) -> Path:
+    """As :func:`small_checkpoint`, a rating-only model (MeLU's objective)."""
+    return _small_run(tmp_path_factory.mktemp("small-rating-run"), melu_data, ModelConfig())

@@ -229,7 +229,7 @@ def test_evaluation_ranks_exactly_as_the_service_serves(
         ]
         request = RecommendRequest.model_validate({"ratings": ratings, "k": 10})
         jobs.append(recommender.recommend_job(request, settings))
-    served = [[row for row, _ in outcome.items] for outcome in recommender.run(jobs)]
+    served = [[it.row for it in outcome.items] for outcome in recommender.run(jobs)]
     # Evaluated: the same supports and (unknown) users through the catalogue protocol.
     unknown = np.zeros(len(cases), dtype=np.int64)
     scores = C.model_scores(

@@ -149,9 +149,16 @@ def test_recommend_top_k(client: httpx.Client, item_ids: list[int], ckpt: Checkp
     rated = {r["item_id"] for r in payload["ratings"]}
     assert not rated & {it["item_id"] for it in items}
     scores = [it["score"] for it in items]
-    assert all(1.0 <= s <= 5.0 for s in scores)
     assert scores == sorted(scores, reverse=True)
+    assert all(1.0 <= it["predicted_rating"] <= 5.0 for it in items)
     assert all(it["title"] for it in items)
+    rows = [ckpt.catalogue.rows[it["item_id"]] for it in items]
+    assert [it["year"] for it in items] == [ckpt.catalogue.year(r) for r in rows]
+    assert [it["genres"] for it in items] == [ckpt.catalogue.genres_of(r) for r in rows]
+    assert any(it["year"] for it in items) and any(it["genres"] for it in items)
+    # The default model says which of the user's movies each recommendation follows.
+    assert all(it["because"]["item_id"] in rated for it in items)
+    assert all(it["because"]["title"] for it in items)
     assert body["model"]["best_epoch"] == ckpt.metrics["best_epoch"]
     assert body["model"]["versions"]["melu"] == ckpt.versions["melu"]
     adaptation = body["adaptation"]
@@ -202,7 +209,8 @@ def test_score(client: httpx.Client, item_ids: list[int]) -> None:
     items = response.json()["items"]
     assert [it["item_id"] for it in items] == wanted
     assert items[0]["score"] == items[2]["score"]
-    assert all(1.0 <= it["score"] <= 5.0 for it in items)
+    assert items[0]["predicted_rating"] == items[2]["predicted_rating"]
+    assert all(1.0 <= it["predicted_rating"] <= 5.0 for it in items)
 
 
 def test_user_values_and_unseen_zip(client: httpx.Client, item_ids: list[int]) -> None:
@@ -491,10 +499,11 @@ def test_batched_run_equals_alone(server: Running, item_ids: list[int]) -> None:
     together = rec.run(jobs)
     for job, batched in zip(jobs, together, strict=True):
         (single,) = rec.run([job])
-        assert [r for r, _ in single.items] == [r for r, _ in batched.items]
+        assert [it.row for it in single.items] == [it.row for it in batched.items]
         np.testing.assert_allclose(
-            [s for _, s in single.items], [s for _, s in batched.items], atol=1e-5
+            [it.score for it in single.items], [it.score for it in batched.items], atol=1e-5
         )
+        assert [it.because for it in single.items] == [it.because for it in batched.items]
         assert single.loss_after == pytest.approx(batched.loss_after, abs=1e-5)
 
 
@@ -558,13 +567,13 @@ def test_ranking_ties_by_item_id(server: Running) -> None:
     expected = sorted(by_id, key=lambda r: -float(pred[r]))  # stable: ties by item id
     for k in (1, 10, 500, n, n + 5):
         got = rec._select(pred, TopK(k, None, ()))
-        assert [r for r, _ in got] == expected[:k]
+        assert got == expected[:k]
     excluded = tuple(expected[:3])
     got = rec._select(pred, TopK(5, None, excluded))
-    assert [r for r, _ in got] == expected[3:8]
+    assert got == expected[3:8]
     pool = tuple(sorted(expected[100:140], key=lambda r: rec.item_ids[r]))
     got = rec._select(pred, TopK(7, pool, ()))
-    assert [r for r, _ in got] == [r for r in expected if r in set(pool)][:7]
+    assert got == [r for r in expected if r in set(pool)][:7]
 
 
 def test_encoder_adapting_checkpoint_falls_back(ckpt: Checkpoint) -> None:
@@ -578,8 +587,10 @@ def test_encoder_adapting_checkpoint_falls_back(ckpt: Checkpoint) -> None:
     fallback = Recommender(all_adapt, cpu, local_steps=0)
     assert fallback.features is None
     (full,) = fallback.run([job])
-    assert [r for r, _ in full.items] == [r for r, _ in head.items]
-    np.testing.assert_allclose([s for _, s in full.items], [s for _, s in head.items], atol=1e-5)
+    assert [it.row for it in full.items] == [it.row for it in head.items]
+    np.testing.assert_allclose(
+        [it.score for it in full.items], [it.score for it in head.items], atol=1e-5
+    )
     adapted = Recommender(all_adapt, cpu, local_steps=2).run([job, job])
     assert all(len(o.items) == 20 and math.isfinite(o.loss_after) for o in adapted)
 
@@ -673,10 +684,10 @@ def test_batching_never_changes_order(server: Running) -> None:
         assert alone.items == batched.items == half.items
 
 
-def test_cached_item_side_equals_the_model(server: Running) -> None:
+def test_cached_item_side_equals_the_model(small_rating_checkpoint: Path) -> None:
     """service/catalogue.py reimplements the closed-form catalogue scoring with the item side
     of the first layer cached: it must give melu's own scores."""
-    rec = server.recommender
+    rec = Recommender(load(small_rating_checkpoint), torch.device("cpu"), None)
     assert rec.item_side is not None and rec.features is not None
     rng = np.random.default_rng(3)
     users = torch.tensor([[1, 2, 3, 0], [2, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.long)
@@ -692,11 +703,12 @@ def test_cached_item_side_equals_the_model(server: Running) -> None:
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_cluster_retrieval(ckpt: Checkpoint) -> None:
+def test_cluster_retrieval(small_rating_checkpoint: Path) -> None:
     """MELU_RETRIEVAL_FRACTION: only the best clusters' items are scored. Named rows (/score
     ids, candidates) keep their exact scores, batching changes nothing, and the top items are
     mostly those of the exhaustive ranking."""
     cpu = torch.device("cpu")
+    ckpt = load(small_rating_checkpoint)
     exact = Recommender(ckpt, cpu, None)
     approx = Recommender(ckpt, cpu, None, retrieval_fraction=0.1)
     assert approx.retrieval is not None and approx.retrieval.want == 1000
@@ -717,6 +729,6 @@ def test_cluster_retrieval(ckpt: Checkpoint) -> None:
             assert batched.items == full.items  # exact scores for named rows
             continue
         assert len(batched.items) == 10
-        assert all(1.0 <= s <= 5.0 for _, s in batched.items)
-        overlap.append(len({r for r, _ in batched.items} & {r for r, _ in full.items}) / 10)
+        assert all(1.0 <= it.rating <= 5.0 for it in batched.items)
+        overlap.append(len({it.row for it in batched.items} & {it.row for it in full.items}) / 10)
     assert np.mean(overlap) >= 0.7, overlap
