@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from melu.checkpoint import Checkpoint
 from melu.config import to_dict
@@ -35,6 +36,7 @@ from service.schemas import (
     Limits,
     ModelDetails,
     ModelInfo,
+    OnboardingItem,
     Rating,
     RecommendRequest,
     ScoredItem,
@@ -496,6 +498,27 @@ class Recommender:
         )
 
     # --- catalogue and metadata --------------------------------------------------------------
+
+    def onboarding(self, strategy: str, n: int) -> tuple[list[OnboardingItem], int]:
+        """The first ``n`` movies of a stored onboarding list, and the list's length."""
+        lists = self.checkpoint.onboarding.get("lists", {})
+        if strategy not in lists:
+            raise StarletteHTTPException(
+                404,
+                "this checkpoint holds no onboarding lists: `melu train` stores them, or run "
+                "`melu onboarding --checkpoint ... --data-dir ... --save`",
+            )
+        ids = [i for i in lists[strategy] if i in self.rows]
+        return [self._onboarding_item(i) for i in ids[:n]], len(ids)
+
+    def _onboarding_item(self, item_id: int) -> OnboardingItem:
+        row = self.rows[item_id]
+        return OnboardingItem(
+            item_id=item_id,
+            title=self.titles[row],
+            year=self.catalogue.year(row),
+            genres=self.catalogue.genres_of(row),
+        )
 
     def search(self, query: str, limit: int) -> tuple[list[CatalogueItem], int]:
         """Titles containing ``query`` (case-insensitive): exact, then prefix, then the rest,

@@ -24,6 +24,8 @@ from service.schemas import (
     HealthResponse,
     ItemsResponse,
     ModelDetails,
+    OnboardingResponse,
+    OnboardingStrategy,
     RecommendRequest,
     RecommendResponse,
     ScoreRequest,
@@ -176,6 +178,26 @@ async def items(
     first."""
     found, total = recommender.search(query, limit)
     return ItemsResponse(items=found, total=total)
+
+
+@router.get(
+    "/onboarding",
+    responses={
+        404: {"model": ErrorResponse, "description": "the checkpoint holds no onboarding lists"},
+        422: _ERRORS[422],
+    },
+)
+async def onboarding(
+    recommender: RecommenderDep,
+    n: Annotated[int, Query(ge=1, le=200, description="how many movies"), QUERY_INT] = 20,
+    strategy: Annotated[
+        OnboardingStrategy, Query(description="how the list was ordered (see melu onboarding)")
+    ] = "diverse",
+) -> OnboardingResponse:
+    """Movies to ask a new user to rate first: lists stored in the checkpoint by ``melu
+    train`` (or ``melu onboarding --save``), served from memory."""
+    items, total = recommender.onboarding(strategy, n)
+    return OnboardingResponse(strategy=strategy, items=items, total=total)
 
 
 @router.get("/health")

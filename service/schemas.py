@@ -13,7 +13,7 @@ instead of a silently ignored input.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
@@ -199,6 +199,25 @@ class ScoreResponse(BaseModel):
     items: list[ScoredItem]
     model: ModelInfo
     adaptation: AdaptationInfo
+
+
+OnboardingStrategy = Literal["diverse", "evidence", "popularity", "entropy"]
+
+
+class OnboardingItem(BaseModel):
+    item_id: int
+    title: str
+    year: int | None
+    genres: list[str]
+
+
+class OnboardingResponse(BaseModel):
+    strategy: OnboardingStrategy
+    items: list[OnboardingItem] = Field(
+        description="movies to ask a new user to rate first, best first; a user skips what "
+        "they have not seen"
+    )
+    total: int = Field(description="length of the stored list")
 
 
 class ItemsResponse(BaseModel):

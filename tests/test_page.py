@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -59,8 +60,15 @@ def _get_json(url: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(small_checkpoint: Path) -> Path:
-    return small_checkpoint
+def checkpoint(
+    small_checkpoint: Path, shared_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The small checkpoint with its onboarding lists stored, as ``melu train`` leaves it."""
+    path = tmp_path_factory.mktemp("page-run") / "checkpoint.pt"
+    shutil.copy(small_checkpoint, path)
+    args = ["onboarding", "--checkpoint", str(path), "--data-dir", str(shared_data), "--save"]
+    subprocess.run([sys.executable, "-m", "melu", "--threads", "1", *args], check=True)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +185,9 @@ def _wait_for_recommendations(page: Any, rated: int) -> list[dict[str, Any]]:
         {
             "item_id": int(row.get_attribute("data-item-id")),
             "title": row.locator(".movie-title").inner_text().strip(),
-            "score": float(row.get_by_test_id("score").inner_text()),
+            "rating": float(row.get_by_test_id("score").inner_text().rstrip("★")),
+            "score": float(row.get_by_test_id("score").get_attribute("data-rank-score")),
+            "because": row.get_by_test_id("because").all_inner_texts(),
         }
         for row in rows.all()
     ]
@@ -211,9 +221,11 @@ def test_search_rate_and_recommend(page: Any, server: str, tmp_path: Path) -> No
     assert not {r["item_id"] for r in recs} & set(rated), "a rated movie was recommended"
     assert len({r["item_id"] for r in recs}) == 10
     assert all(r["title"] for r in recs)
+    assert all(1.0 <= r["rating"] <= 5.0 for r in recs), recs
     scores = [r["score"] for r in recs]
-    assert all(1.0 <= s <= 5.0 for s in scores), scores
     assert scores == sorted(scores, reverse=True), "recommendations are not ranked by score"
+    # Each says which of the rated movies it follows.
+    assert all(len(r["because"]) == 1 and "because you rated" in r["because"][0] for r in recs)
 
     # The adaptation panel shows the support loss before and after the local steps.
     expect(page.get_by_test_id("adaptation")).to_be_visible()
@@ -252,3 +264,34 @@ def test_rating_a_recommendation_refreshes_the_list(page: Any) -> None:
     expect(page.get_by_test_id("rec-status")).to_have_attribute("data-state", "empty")
     expect(page.get_by_test_id("recommendation")).to_have_count(0)
     expect(page.get_by_test_id("rated-item")).to_have_count(0)
+
+
+def test_onboarding_first_screen(page: Any) -> None:
+    """A new user rates five movies from the onboarding list (skipping one they have not
+    seen) and gets recommendations, none of them rated."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_test_id("onboarding-status")).to_have_attribute("data-state", "ready")
+    items = page.get_by_test_id("onboarding-item")
+    expect(items).to_have_count(10)
+    first_id = int(items.first.get_attribute("data-item-id"))
+    items.first.get_by_test_id("onboarding-skip").click()
+    expect(
+        page.locator(f'[data-testid="onboarding-item"][data-item-id="{first_id}"]')
+    ).to_have_count(0)
+    rated: dict[int, int] = {}
+    for stars in (5, 4, 5, 2, 1):
+        item = page.get_by_test_id("onboarding-item").first
+        item_id = int(item.get_attribute("data-item-id"))
+        item.get_by_test_id(f"star-{stars}").click()
+        rated[item_id] = stars
+        # A rated movie leaves the onboarding list and joins the ratings.
+        expect(
+            page.locator(f'[data-testid="onboarding-item"][data-item-id="{item_id}"]')
+        ).to_have_count(0)
+    assert first_id not in rated
+    expect(page.get_by_test_id("rated-count")).to_have_text("5")
+    recs = _wait_for_recommendations(page, rated=5)
+    assert len(recs) == 10
+    assert not {r["item_id"] for r in recs} & set(rated)
+    assert all(1.0 <= r["rating"] <= 5.0 for r in recs)

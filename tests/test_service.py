@@ -27,7 +27,7 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
-from melu.checkpoint import Checkpoint, load
+from melu.checkpoint import Checkpoint, load, save
 from melu.errors import CheckpointError
 from service.batcher import MicroBatcher
 from service.main import STATIC_DIR, create_app, example_curl, uvicorn_config
@@ -732,3 +732,33 @@ def test_cluster_retrieval(small_rating_checkpoint: Path) -> None:
         assert all(1.0 <= it.rating <= 5.0 for it in batched.items)
         overlap.append(len({it.row for it in batched.items} & {it.row for it in full.items}) / 10)
     assert np.mean(overlap) >= 0.7, overlap
+
+
+def test_onboarding_endpoint(client: httpx.Client, ckpt: Checkpoint, tmp_path: Path) -> None:
+    # The small checkpoint was trained without the CLI: no lists, a clear 404.
+    missing = client.get("/onboarding")
+    assert missing.status_code == 404
+    assert "melu onboarding" in missing.json()["detail"][0]["msg"]
+    bad = client.get("/onboarding", params={"strategy": "hype", "n": 0})
+    assert bad.status_code == 422
+    assert {e["field"] for e in _errors(bad)} == {"strategy", "n"}
+
+    ids = [int(i) for i in ckpt.catalogue.item_ids[1:60]]
+    stored = replace(ckpt, onboarding={"lists": {s: ids[::-1] if s == "diverse" else ids
+                                                 for s in ("diverse", "evidence", "popularity",
+                                                           "entropy")}, "info": {}})  # fmt: skip
+    path = tmp_path / "with-lists.pt"
+    save(path, stored)
+    running = _start(create_app(Settings(checkpoint=path)))
+    try:
+        with httpx.Client(base_url=running.url, timeout=30) as c:
+            body = c.get("/onboarding", params={"n": 5}).json()
+            assert body["strategy"] == "diverse" and body["total"] == len(ids)
+            assert [it["item_id"] for it in body["items"]] == ids[::-1][:5]
+            row = ckpt.catalogue.rows[ids[-1]]
+            assert body["items"][0]["year"] == ckpt.catalogue.year(row)
+            assert body["items"][0]["genres"] == ckpt.catalogue.genres_of(row)
+            popular = c.get("/onboarding", params={"strategy": "popularity", "n": 200}).json()
+            assert [it["item_id"] for it in popular["items"]] == ids
+    finally:
+        _stop(running)

@@ -7,6 +7,10 @@
   const SEARCH_DELAY_MS = 250;
   const RECOMMEND_DELAY_MS = 150;
   const STORAGE_KEY = "melu.ratings.v1";
+  const SKIPPED_KEY = "melu.skipped.v1";
+  // Onboarding: shown a page at a time from the list the server stores.
+  const ONBOARDING_PAGE = 10;
+  const ONBOARDING_FETCH = 100;
 
   const $ = (id) => document.getElementById(id);
   const els = {
@@ -30,11 +34,17 @@
     lossAfter: $("support-loss-after"),
     unknownFields: $("unknown-fields"),
     error: $("error"),
+    onboardingPanel: $("onboarding-panel"),
+    onboardingStatus: $("onboarding-status"),
+    onboardingList: $("onboarding-list"),
+    onboardingMore: $("onboarding-more"),
   };
 
   // item_id -> {item_id, title, rating}, in the order the user rated them.
   const ratings = new Map();
   let searchItems = [];
+  let onboardingItems = [];
+  let skipped = new Set();
   let searchTimer = 0;
   let searchController = null;
   let recommendTimer = 0;
@@ -100,6 +110,12 @@
     if (Array.isArray(body)) return body;
     if (body && Array.isArray(body.items)) return body.items;
     return [];
+  }
+
+  // "Title (1997)": two films share the title "Titanic".
+  function titleWithYear(item) {
+    const title = String(item.title ?? item.item_id);
+    return Number.isInteger(item.year) ? `${title} (${item.year})` : title;
   }
 
   // ---------- persistence ----------
@@ -187,6 +203,7 @@
     saveRatings();
     renderRatings();
     renderSearchResults();
+    renderOnboarding();
     scheduleRecommend();
     if (focused) {
       const again = document.querySelector(focused);
@@ -276,6 +293,83 @@
     }
   }
 
+  // ---------- onboarding ----------
+
+  function saveSkipped() {
+    try {
+      localStorage.setItem(SKIPPED_KEY, JSON.stringify([...skipped]));
+    } catch (_) {
+      // storage may be disabled
+    }
+  }
+
+  function loadSkipped() {
+    try {
+      skipped = new Set(JSON.parse(localStorage.getItem(SKIPPED_KEY) || "[]"));
+    } catch (_) {
+      skipped = new Set();
+    }
+  }
+
+  // The next movies of the list that are neither rated nor skipped.
+  function onboardingPage() {
+    return onboardingItems
+      .filter((it) => !ratings.has(it.item_id) && !skipped.has(it.item_id))
+      .slice(0, ONBOARDING_PAGE);
+  }
+
+  function renderOnboarding() {
+    if (!onboardingItems.length) return;
+    const page = onboardingPage();
+    const rows = page.map((item) => {
+      const skip = el("button", {
+        type: "button",
+        className: "secondary skip",
+        dataset: { testid: "onboarding-skip" },
+        "aria-label": `Not seen: ${item.title}`,
+        text: "Not seen",
+      });
+      skip.addEventListener("click", () => {
+        skipped.add(item.item_id);
+        saveSkipped();
+        renderOnboarding();
+      });
+      return el(
+        "li",
+        { className: "movie", dataset: { testid: "onboarding-item", itemId: String(item.item_id) } },
+        el(
+          "span",
+          { className: "movie-title" },
+          titleWithYear(item),
+          item.genres && item.genres.length
+            ? el("span", { className: "movie-genres", text: ` ${item.genres.join(", ")}` })
+            : null,
+        ),
+        starRating(item, 0, "onboarding"),
+        skip,
+      );
+    });
+    els.onboardingList.replaceChildren(...rows);
+    const rated = ratings.size;
+    els.onboardingStatus.textContent = page.length
+      ? `Rate the ones you have seen, skip the rest (${rated} rated so far; 5 or more give a good start).`
+      : "That was the whole list: search for more titles below.";
+    els.onboardingStatus.dataset.state = "ready";
+    els.onboardingMore.hidden = page.length === 0;
+  }
+
+  async function loadOnboarding() {
+    try {
+      const params = new URLSearchParams({ n: String(ONBOARDING_FETCH) });
+      const body = await getJSON(`/onboarding?${params}`);
+      onboardingItems = itemsOf(body).filter((it) => Number.isInteger(it.item_id));
+      renderOnboarding();
+    } catch (err) {
+      // A checkpoint without onboarding lists: the page still works through search.
+      els.onboardingPanel.hidden = true;
+    }
+  }
+
   // ---------- profile ----------
 
   // The optional user features: the fields filled in (a missing one is "unknown" to the model).
@@ -348,9 +442,18 @@
   function renderRecommendations(body, ratedCount) {
     const items = Array.isArray(body.items) ? body.items : [];
     const rows = items.map((item, index) => {
-      const score = Number(item.score);
-      const share = Math.max(0, Math.min(1, (score - 1) / 4));
+      const rating = Number(item.predicted_rating ?? item.score);
+      const share = Math.max(0, Math.min(1, (rating - 1) / 4));
       const title = String(item.title ?? item.item_id);
+      const genres = Array.isArray(item.genres) ? item.genres.join(", ") : "";
+      const because =
+        item.because && item.because.title
+          ? el("span", {
+              className: "because",
+              dataset: { testid: "because" },
+              text: `because you rated ${item.because.title}`,
+            })
+          : null;
       return el(
         "li",
         {
@@ -361,7 +464,9 @@
         el(
           "div",
           { className: "rec-main" },
-          el("span", { className: "movie-title", text: title }),
+          el("span", { className: "movie-title", text: titleWithYear({ ...item, title }) }),
+          genres ? el("span", { className: "movie-genres", text: genres }) : null,
+          because,
           el(
             "span",
             { className: "score-bar", "aria-hidden": "true" },
@@ -372,11 +477,11 @@
           "span",
           {
             className: "score",
-            dataset: { testid: "score" },
-            title: "predicted rating (1–5)",
-            "aria-label": `predicted rating ${formatNumber(score, 2)} of 5`,
+            dataset: { testid: "score", rankScore: formatNumber(Number(item.score), 4) },
+            title: "predicted rating (1–5); the list is ordered by how likely you are to watch and like it",
+            "aria-label": `predicted rating ${formatNumber(rating, 1)} of 5`,
           },
-          formatNumber(score, 2),
+          `${formatNumber(rating, 1)}★`,
         ),
         starRating({ item_id: item.item_id, title }, 0, "rec"),
       );
@@ -387,7 +492,7 @@
     els.recStatus.textContent =
       n === 0
         ? "No unrated movie left to recommend."
-        : `Top ${n} of the movies you have not rated, by predicted rating. Rate one to refine.`;
+        : `Top ${n} of the movies you have not rated: the ones you are most likely to watch and like. Rate one to refine.`;
     els.recStatus.dataset.state = "ready";
 
     const a = body.adaptation || {};
@@ -459,8 +564,16 @@
   els.profileForm.addEventListener("change", scheduleRecommend);
   els.profileForm.addEventListener("submit", (event) => event.preventDefault());
 
+  els.onboardingMore.addEventListener("click", () => {
+    for (const item of onboardingPage()) skipped.add(item.item_id);
+    saveSkipped();
+    renderOnboarding();
+  });
+
   loadRatings();
+  loadSkipped();
   renderRatings();
   loadModel();
+  loadOnboarding();
   scheduleRecommend();
 })();
