@@ -96,12 +96,9 @@ class WatchTower(nn.Module):
 
     def user_vector(self, users: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
         """``users [B, U]``, ``evidence [B, S, D]`` -> user vectors ``[B, D]``."""
-        if self.training:
-            pooled = evidence.sum(-2)
-        else:
-            # Summed in float64 and rounded back, the pool does not depend on how much padding
-            # a batch adds, so a user's list does not depend on who was served alongside.
-            pooled = evidence.double().sum(-2).to(evidence.dtype)
+        # Out of training, summed in float64 and rounded back: the pool then does not depend on
+        # how much padding a batch adds, so a user's list does not depend on who else is served.
+        pooled = evidence.sum(-2) if self.training else evidence.double().sum(-2).to(evidence.dtype)
         user = pooled + self.user_in(self.user(users))
         return torch.tanh(user) if self.activation == "tanh" else user
 
