@@ -46,6 +46,7 @@ TARGETS = {
     "p99_ms_1_client": 30.0,
     "rps_32_clients": 300.0,
     "batching_speedup_32_clients": 3.0,
+    "onboarding_p50_ms": 5.0,
 }
 
 log = logging.getLogger("serve_latency")
@@ -338,6 +339,12 @@ def run_mode(
             # The HTTP stack alone, for comparison: a request that does no model work.
             "health_1_client": asyncio.run(sequential(server.port, health, 200, args.duration)),
         }
+        onboarding = [b"GET /onboarding?n=20 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"]
+        first = asyncio.run(sequential(server.port, onboarding, 1, args.duration))
+        if first["errors"] == 0:  # a checkpoint without onboarding lists answers 404
+            result["onboarding_1_client"] = asyncio.run(
+                sequential(server.port, onboarding, 200, args.duration)
+            )
         cpu = server.cpu_seconds()
         latency = asyncio.run(
             sequential(server.port, requests, args.latency_requests, args.duration * 4)
@@ -469,6 +476,8 @@ def report(results: dict[str, Any], clients: list[int]) -> dict[str, Any]:
     if on is not None:
         lat = on["latency_1_client"]
         summary["p50_ms_1_client"] = lat["p50_ms"]
+        if "onboarding_1_client" in on:
+            summary["onboarding_p50_ms"] = on["onboarding_1_client"]["p50_ms"]
         summary["p99_ms_1_client"] = lat["p99_ms"]
         summary[f"rps_{top}_clients"] = on["throughput"][top]["rps"]
     if on is not None and off is not None:

@@ -184,12 +184,12 @@ class Recommender:
             # catalogue once here and let each request run the head only.
             with torch.no_grad():
                 self.features = self.learner.item_features(self.table)
-            if self.learner.watch is None:
-                # The cached first layer computes predicted ratings: the ranking score of a
-                # rating-only model, not of one that also learned what users watch.
-                self.item_side = CachedItemSide(self.learner, self.features)
-                if retrieval_fraction > 0:
-                    self.retrieval = ClusterRetrieval(self.item_side, retrieval_fraction)
+            # The cached first layer computes the predicted ratings (the rating encoder's part
+            # of the item features); a watch model adds its logits to them.
+            rating_part = self.features[:, : self.learner.net.encoder.item_dim]
+            self.item_side = CachedItemSide(self.learner, rating_part)
+            if self.learner.watch is None and retrieval_fraction > 0:
+                self.retrieval = ClusterRetrieval(self.item_side, retrieval_fraction)
             elif retrieval_fraction > 0:
                 log.warning("MELU_RETRIEVAL_FRACTION applies to rating-only models; ignored")
         else:
@@ -403,9 +403,13 @@ class Recommender:
                     scores = self.retrieval.scores(adaptation, [_named_rows(j) for j in jobs])
                     retrieved = True
                 else:
-                    # The same scores as melu.ranking's, with the per-model part computed once.
+                    # The same ratings as melu.ranking's, with the per-model part computed once.
                     scores = self.item_side.scores(adaptation)
                 ratings_all = scores
+                if self.learner.watch is not None and self.features is not None:
+                    scores = self.learner.rank_scores(
+                        adaptation, users, self.features, ratings=ratings_all
+                    )
             else:
                 scores, ratings_all = catalogue_scores_and_ratings(
                     self.learner, adaptation, users, self.table, self.features
