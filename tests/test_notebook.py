@@ -30,6 +30,7 @@ def test_notebook_executes(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("MELU_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MELU_SHARED_DATA", str(shared_data))
     monkeypatch.delenv("MELU_CHECKPOINT", raising=False)
+    monkeypatch.delenv("MELU_COMPARE_CHECKPOINT", raising=False)  # no compare: as before
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
 
@@ -46,12 +47,18 @@ def test_notebook_executes(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -
     assert not [out for out in outputs if out.output_type == "error"]
     images = [out for out in outputs if "image/png" in out.get("data", {})]
     # Recall@10 by ratings given (catalogue), the new-releases shelf, the loved-genre test,
-    # MeLU's protocol MAE (melu_no_adapt on its own scale) and nDCG@3.
-    assert len(images) == 5
+    # onboarding (Recall@10 against items shown), MeLU's protocol MAE (melu_no_adapt on its own
+    # scale) and nDCG@3. No compare checkpoint adds no figure.
+    assert len(images) == 6
     text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
     assert "small mode: True" in text
     # The executed notebook says which checkpoint it evaluated, and how good it was.
     assert "checkpoint used: " in text
     assert "checkpoint.pt (one epoch, trained above" in text
+    assert "objective rating+watch" in text  # the default model
+    assert "compare checkpoint used" not in text
     assert "best epoch 1 of 1 run, validation MAE " in text
     assert "new_user (catalogue), 5 ratings: melu Recall@10" in text  # the verdict
+    # The onboarding table: scenario x strategy with effort and Recall@10.
+    html = "".join(out.get("data", {}).get("text/html", "") for out in outputs)
+    assert "items_shown" in html and "reached_5" in html and "random_ratings" in html
