@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from melu import movielens
 from melu.config import PRESETS, DataConfig, MetaConfig, ModelConfig, TrainConfig
@@ -15,6 +17,17 @@ from melu.data import ColdStartData, prepare
 from melu.train import train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module: on a CPU shared with other jobs, two OpenMP threads
+    waiting on each other made end-to-end tests tens of times slower; one thread costs little
+    when the CPU is free. Modules use it with ``pytestmark``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def shared_data_dir() -> Path:

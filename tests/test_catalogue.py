@@ -3,7 +3,6 @@ the baselines against their definitions, and that rated items never reach a list
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,7 @@ from melu.evaluation.metrics import coverage, popularity_percentile, ranking_met
 from melu.evaluation.rankers import Ease, ItemKnn, Popularity, Supports, TrainingData
 from melu.ranking import rank, top_k_row
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- metrics by hand ----------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +42,7 @@ from melu.evaluation.query import (
 from melu.tasks import TaskBatch, TaskSet
 from melu.train import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # On a CPU shared with other jobs, two OpenMP threads waiting on each other made the
-    # end-to-end test tens of times slower; one thread costs little when the CPU is free.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- metrics ------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +21,7 @@ from melu.data import ColdStartData
 from melu.evaluation.onboarding import RANDOM, choose_lists, model_scorer, simulate, walk
 from melu.maml import masked_mse, support_stats
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _loop_grad_norm(learner, user, item, rating, steps) -> float:  # type: ignore[no-untyped-def]

@@ -32,7 +32,7 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
-from melu.checkpoint import load
+from melu.checkpoint import load, save
 from service.main import create_app, uvicorn_config
 from service.settings import Settings
 
@@ -462,10 +462,18 @@ def test_schemathesis_all_checks(small_checkpoint: Path, tmp_path: Path) -> None
     command = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     if command is None:
         pytest.fail("schemathesis is not installed: pip install -e '.[dev]'", pytrace=False)
+    # As `melu train` leaves a checkpoint: with onboarding lists (their content is tested in
+    # test_onboarding; here only that /onboarding answers as its schema says).
+    ckpt = load(small_checkpoint)
+    ids = [int(i) for i in ckpt.catalogue.item_ids[1:201]]
+    strategies = ("diverse", "evidence", "popularity", "entropy")
+    ckpt.onboarding = {"lists": {s: ids for s in strategies}, "info": {}}
+    deployed = tmp_path / "checkpoint.pt"
+    save(deployed, ckpt)
     # `melu serve` as deployed, in its own process (and so with its own GIL).
     port = _free_port()
     log = tmp_path / "serve.log"
-    server = _melu("serve", "--checkpoint", str(small_checkpoint), "--port", str(port), log=log)
+    server = _melu("serve", "--checkpoint", str(deployed), "--port", str(port), log=log)
     try:
         _wait_until_up(server, port)
         result = subprocess.run(

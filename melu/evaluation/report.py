@@ -532,9 +532,7 @@ class Report:
                 metric,
                 relevance,
             ):
-                if r.ci_low is None or r.ci_high is None:
-                    return _fmt(r.value)
-                return f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+                return _with_ci(r.value, r.ci_low, r.ci_high, digits=3)
         return "-"
 
     def _list_row(self, scenario: str, size: int, method: str) -> ListRow | None:
@@ -570,11 +568,7 @@ class Report:
                 metric,
                 ALL_SUPPORT,
             ):
-                if r.value is None:
-                    return "-"
-                if r.ci_low is None or r.ci_high is None:
-                    return _fmt(r.value)
-                return f"{r.value:.4f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+                return _with_ci(r.value, r.ci_low, r.ci_high, digits=4)
         return "-"
 
     def _comparison(self, scenario: str, baseline: str, metric: str) -> Comparison | None:
@@ -586,6 +580,15 @@ class Report:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _with_ci(value: float | None, low: float | None, high: float | None, digits: int) -> str:
+    """A value with its bootstrap interval in brackets, when it has one."""
+    if value is None:
+        return "-"
+    if low is None or high is None:
+        return _fmt(value)
+    return f"{value:.{digits}f} [{low:.3f}, {high:.3f}]"
 
 
 def _fmt_diff(c: Comparison) -> str:
