@@ -17,7 +17,9 @@ what they have seen and skips the rest:
 - ``diverse``: a base strategy re-ordered greedily (maximal marginal relevance): each pick
   maximises its normalised base score minus ``penalty`` times its largest content similarity
   (genre, director, actors, rate, year) to the items already picked, so the list is not one
-  franchise or one genre.
+  franchise or one genre. The base and penalty are chosen by simulated onboarding of validation
+  users: the best Recall@10 at about popularity's effort (``choose_lists`` in
+  :mod:`melu.evaluation.onboarding`).
 
 :func:`compute` scores the catalogue once (batched over every training rating with
 ``torch.func``) and returns the ordered lists; they are stored in the checkpoint, so the
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 STRATEGIES: tuple[str, ...] = ("evidence", "popularity", "entropy", "diverse")
 # Items kept per strategy: a person rates a handful and skips the rest; 200 is pages of them.
 LIST_LENGTH = 200
-DIVERSE_PENALTIES: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+DIVERSE_PENALTIES: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0)
 GRAD_CHUNK = 8192
 
 
