@@ -15,8 +15,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from scipy import sparse
+from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.preprocessing import normalize
 
 USER_FIELDS: tuple[str, ...] = ("gender", "age", "occupation", "zip")
 SCALAR_ITEM_FIELDS: tuple[str, ...] = ("item", "rate", "year")
@@ -177,3 +181,31 @@ class FeatureEncoder:
             {f: Vocabulary(tuple(t)) for f, t in data["item_vocab"].items()},
             {f: int(w) for f, w in data["multi_width"].items()},
         )
+
+
+def content_matrix(table: torch.Tensor, specs: Sequence[FieldSpec]) -> sparse.csr_matrix:
+    """Items' content as a sparse 0/1 matrix ``[rows, tokens]`` from an encoded item ``table``:
+    one column per (field, token) of every content field (not the item id), so that items
+    sharing a director or an actor share a column. ``specs``: the encoder's item specs."""
+    ids = table.cpu().numpy()
+    blocks = []
+    for spec in specs:
+        if spec.name == "item":
+            continue
+        cols = ids[:, spec.start : spec.start + spec.width]
+        row_idx, col_idx = np.nonzero(cols > 0)
+        data = np.ones(len(row_idx))
+        blocks.append(
+            sparse.csr_matrix(
+                (data, (row_idx, cols[row_idx, col_idx])), shape=(len(ids), spec.vocab_size)
+            )
+        )
+    matrix = sparse.hstack(blocks).tocsr()
+    matrix.data[:] = 1.0  # a token listed twice still counts once
+    return matrix
+
+
+def content_vectors(content: sparse.csr_matrix) -> sparse.csr_matrix:
+    """Unit-norm TF-IDF rows of a :func:`content_matrix`: their products are the content
+    similarity of two items (rare tokens, a director, weigh more than a common genre)."""
+    return normalize(sparse.csr_matrix(TfidfTransformer().fit_transform(content)))

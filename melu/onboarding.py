@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +37,6 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import sparse
-from sklearn.feature_extraction.text import TfidfTransformer
-from sklearn.preprocessing import normalize
 from torch.func import functional_call, grad, vmap
 
 from melu.data import ColdStartData
@@ -89,6 +86,17 @@ def rating_stats(
     return count, entropy
 
 
+def _one_rating_supports(
+    learner: MetaLearner, ratings: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Offset and context ``[n]``, ``[n, C]`` of ``n`` supports of one rating each, as
+    :meth:`MetaLearner.adapt` computes them."""
+    mask = torch.ones(len(ratings), 1, dtype=torch.bool, device=ratings.device)
+    mean, context = support_stats(ratings.unsqueeze(1), mask)
+    offset = mean if learner.net.cfg.residual else torch.zeros_like(mean)
+    return offset, context
+
+
 def _grad_norms(
     learner: MetaLearner,
     users: torch.Tensor,
@@ -103,9 +111,7 @@ def _grad_norms(
     fixed = {n: p for n, p in params.items() if n not in adapted}
     rates = learner.rates()
     net = learner.net
-    mask = torch.ones(len(ratings), 1, dtype=torch.bool, device=ratings.device)
-    mean, context = support_stats(ratings.unsqueeze(1), mask)
-    offset = mean if net.cfg.residual else torch.zeros_like(mean)
+    offset, context = _one_rating_supports(learner, ratings)
     head_only = learner.head_only
     if head_only:
         # The encoder does not adapt: embed every sample once, outside the local steps.
@@ -164,9 +170,7 @@ def _head_grad_norms(
     net = learner.net
     params = {n: p.detach() for n, p in learner.meta_params().items()}
     lr = learner.cfg.local_lr
-    mask = torch.ones(len(ratings), 1, dtype=torch.bool, device=ratings.device)
-    mean, context = support_stats(ratings.unsqueeze(1), mask)
-    offset = mean if net.cfg.residual else torch.zeros_like(mean)
+    offset, context = _one_rating_supports(learner, ratings)
     task, feats = net.encoder(users, items.unsqueeze(1), context)
     x = torch.cat([task, feats.squeeze(1)], dim=-1)  # [n, Dt + Di]
     n_layers = sum(1 for k in params if k.startswith("head.layers.") and k.endswith(".weight"))
@@ -258,14 +262,6 @@ def item_scores(learner: MetaLearner, data: ColdStartData) -> ItemScores:
     return ItemScores(
         popularity, entropy, discriminative, evidence, round(time.perf_counter() - started, 2)
     )
-
-
-def content_vectors(table: torch.Tensor, specs: Sequence[Any]) -> sparse.csr_matrix:
-    """Unit-norm TF-IDF rows of every item's content tokens (not the item id)."""
-    from melu.evaluation.query import content_matrix  # one definition of an item's content
-
-    tfidf = TfidfTransformer().fit_transform(content_matrix(table, specs))
-    return normalize(sparse.csr_matrix(tfidf))
 
 
 def ordered(scores: np.ndarray, length: int = LIST_LENGTH) -> np.ndarray:

@@ -35,10 +35,10 @@ from melu.evaluation.query import (
     Predictions,
     RatingStats,
     content_bias,
-    content_matrix,
     score,
     simple_baselines,
 )
+from melu.features import content_matrix
 from melu.tasks import TaskBatch, TaskSet
 from melu.train import train
 

@@ -28,6 +28,7 @@ from melu.evaluation import catalogue as C
 from melu.evaluation import metrics as M
 from melu.evaluation.rankers import Supports
 from melu.evaluation.report import OnboardingRow
+from melu.features import content_matrix, content_vectors
 from melu.maml import MetaLearner
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ def choose_lists(
     cheapest one is taken.
     """
     scores = O.item_scores(learner, data)
-    vectors = O.content_vectors(data.catalogue.table, data.encoder.item_specs())
+    vectors = content_vectors(content_matrix(data.catalogue.table, data.encoder.item_specs()))
     scorer = model_scorer(learner, data)
     names = ("evidence", "popularity", "entropy")
     candidates = {

@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,28 +141,6 @@ def tune_damping(
             best = (mae, stats)
     assert best is not None
     return best[1], maes
-
-
-def content_matrix(table: torch.Tensor, specs: Sequence[Any]) -> sparse.csr_matrix:
-    """Items' content as a sparse 0/1 matrix ``[rows, tokens]``: one column per (field, token)
-    of every content field (not the item id), so that items sharing a director or an actor
-    share a column. ``specs`` are the encoder's item :class:`melu.features.FieldSpec`."""
-    ids = table.cpu().numpy()
-    blocks = []
-    for spec in specs:
-        if spec.name == "item":
-            continue
-        cols = ids[:, spec.start : spec.start + spec.width]
-        row_idx, col_idx = np.nonzero(cols > 0)
-        data = np.ones(len(row_idx))
-        blocks.append(
-            sparse.csr_matrix(
-                (data, (row_idx, cols[row_idx, col_idx])), shape=(len(ids), spec.vocab_size)
-            )
-        )
-    matrix = sparse.hstack(blocks).tocsr()
-    matrix.data[:] = 1.0  # a token listed twice still counts once
-    return matrix
 
 
 def content_bias(

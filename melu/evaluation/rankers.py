@@ -28,9 +28,9 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 from scipy import sparse
-from sklearn.feature_extraction.text import TfidfTransformer
-from sklearn.preprocessing import normalize
 from threadpoolctl import threadpool_limits
+
+from melu.features import content_vectors
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +251,7 @@ class ContentKnn:
     name = "content_knn"
 
     def __init__(self, data: TrainingData) -> None:
-        tfidf = TfidfTransformer().fit_transform(data.content)
-        self.vectors = normalize(sparse.csr_matrix(tfidf))
+        self.vectors = content_vectors(data.content)
 
     def grid(self) -> list[Setting]:
         return [{}]

@@ -50,6 +50,7 @@ from melu.evaluation.report import (
     RankingRow,
     Report,
 )
+from melu.features import content_matrix
 from melu.maml import MetaLearner
 from melu.tasks import SCENARIOS
 
@@ -148,7 +149,7 @@ def evaluate_catalogue(
     started = time.perf_counter()
     device = torch.device(device)
     counts = C.training_counts(data)
-    content = Q.content_matrix(data.catalogue.table, data.encoder.item_specs())
+    content = content_matrix(data.catalogue.table, data.encoder.item_specs())
     training = TrainingData.build(
         data.train_ratings, data.catalogue.rows, len(data.catalogue.item_ids), content
     )
@@ -309,7 +310,7 @@ def evaluate_queries(
     stats, damping_maes = Q.tune_damping(
         side, data.catalogue.rows, n_rows, data.tasks["validation"]
     )
-    content = Q.content_matrix(data.catalogue.table, data.encoder.item_specs())
+    content = content_matrix(data.catalogue.table, data.encoder.item_specs())
     item_content_bias, content_info = Q.content_bias(stats, content)
 
     rows: list[MetricRow] = []
