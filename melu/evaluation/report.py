@@ -9,6 +9,7 @@ written by hand.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -151,13 +152,20 @@ class Report:
     def scenarios(self) -> list[str]:
         return list(dict.fromkeys(r.scenario for r in self.rows))
 
+    @functools.cached_property
+    def _rows_by_key(self) -> dict[tuple[str, str, str, str], MetricRow]:
+        return {(r.scenario, r.method, r.metric, r.support): r for r in self.rows}
+
+    @functools.cached_property
+    def _ranking_by_key(self) -> dict[tuple[str, str, int, str, str], RankingRow]:
+        return {
+            (r.scenario, r.method, r.support_size, r.metric, r.relevance): r for r in self.ranking
+        }
+
     def value(
         self, scenario: str, method: str, metric: str, support: str = ALL_SUPPORT
     ) -> float | None:
-        for r in self.rows:
-            if (r.scenario, r.method, r.metric, r.support) == (scenario, method, metric, support):
-                return r.value
-        raise KeyError((scenario, method, metric, support))
+        return self._rows_by_key[(scenario, method, metric, support)].value
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -216,16 +224,7 @@ class Report:
         metric: str = "recall@10",
         relevance: str = "liked",
     ) -> float:
-        for r in self.ranking:
-            if (r.scenario, r.method, r.support_size, r.metric, r.relevance) == (
-                scenario,
-                method,
-                size,
-                metric,
-                relevance,
-            ):
-                return r.value
-        raise KeyError((scenario, method, size, metric, relevance))
+        return self._ranking_by_key[(scenario, method, size, metric, relevance)].value
 
     def text_table(self) -> str:
         """Fixed-width tables for the log: Recall@10 by ratings given, then MeLU's protocol."""
@@ -524,16 +523,8 @@ class Report:
     def _ranking_cell(
         self, scenario: str, method: str, size: int, metric: str, relevance: str
     ) -> str:
-        for r in self.ranking:
-            if (r.scenario, r.method, r.support_size, r.metric, r.relevance) == (
-                scenario,
-                method,
-                size,
-                metric,
-                relevance,
-            ):
-                return _with_ci(r.value, r.ci_low, r.ci_high, digits=3)
-        return "-"
+        r = self._ranking_by_key.get((scenario, method, size, metric, relevance))
+        return "-" if r is None else _with_ci(r.value, r.ci_low, r.ci_high, digits=3)
 
     def _list_row(self, scenario: str, size: int, method: str) -> ListRow | None:
         for r in self.lists:
@@ -561,15 +552,8 @@ class Report:
             return None
 
     def _cell(self, scenario: str, method: str, metric: str) -> str:
-        for r in self.rows:
-            if (r.scenario, r.method, r.metric, r.support) == (
-                scenario,
-                method,
-                metric,
-                ALL_SUPPORT,
-            ):
-                return _with_ci(r.value, r.ci_low, r.ci_high, digits=4)
-        return "-"
+        r = self._rows_by_key.get((scenario, method, metric, ALL_SUPPORT))
+        return "-" if r is None else _with_ci(r.value, r.ci_low, r.ci_high, digits=4)
 
     def _comparison(self, scenario: str, baseline: str, metric: str) -> Comparison | None:
         for c in self.comparisons:
