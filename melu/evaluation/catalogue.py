@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -219,7 +218,7 @@ def model_scores(
 # --- judging the lists ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class ListResult:
     """One method's lists for one :class:`Cases`: per-user metrics and list statistics."""
 
@@ -228,7 +227,6 @@ class ListResult:
     top: np.ndarray  # [n, TOP] rows of each user's list
     coverage: float
     popularity_percentile: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def judge(cases: Cases, scores: np.ndarray, counts: np.ndarray) -> ListResult:

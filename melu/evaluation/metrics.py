@@ -196,9 +196,3 @@ def popularity_percentile(counts: np.ndarray, candidates: np.ndarray) -> np.ndar
     equal = np.searchsorted(np.sort(values), values, side="right") - below
     out[candidates] = 100.0 * (below + 0.5 * equal) / len(values)
     return out
-
-
-def mean_interval(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation over seeds (0 for a single seed)."""
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
