@@ -107,6 +107,15 @@ class MicroBatcher(Generic[J, R]):
     def pending(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
+    def refuse_if_full(self) -> bool:
+        """Whether a new job would be refused now; a refusal is counted here, so a caller
+        that refuses before submitting (to skip parsing the body) is counted like one that
+        submits."""
+        if self.max_queue is not None and self.outstanding >= self.max_queue:
+            self.refused += 1
+            return True
+        return False
+
     def _release(self, _: asyncio.Future[R]) -> None:
         self.outstanding -= 1
 

@@ -203,11 +203,7 @@ def _overloaded(scope: Scope) -> bool:
     """Whether the adaptation queue is full: then /recommend and /score are refused before
     their body is parsed, the cheapest refusal there is."""
     batcher: MicroBatcher[Job, Outcome] | None = getattr(scope["app"].state, "batcher", None)
-    return (
-        batcher is not None
-        and batcher.max_queue is not None
-        and batcher.outstanding >= batcher.max_queue
-    )
+    return batcher is not None and batcher.refuse_if_full()
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

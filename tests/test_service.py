@@ -29,7 +29,7 @@ from fastapi import FastAPI
 
 from melu.checkpoint import Checkpoint, load, save
 from melu.errors import CheckpointError
-from service.batcher import MicroBatcher
+from service.batcher import MicroBatcher, QueueFullError
 from service.main import STATIC_DIR, create_app, example_curl, uvicorn_config
 from service.recommender import Job, Pick, Recommender, TopK
 from service.settings import Settings
@@ -762,3 +762,35 @@ def test_onboarding_endpoint(client: httpx.Client, ckpt: Checkpoint, tmp_path: P
             assert [it["item_id"] for it in popular["items"]] == ids
     finally:
         _stop(running)
+
+
+def test_batcher_counts_every_refusal() -> None:
+    """A refusal before submitting (the middleware's, which skips parsing the body) and one
+    inside submit are both counted: /health's ``refused`` must equal the 503s clients saw."""
+    gate = threading.Event()
+
+    def process(jobs: Any) -> list[int]:
+        gate.wait(5.0)
+        return list(jobs)
+
+    async def scenario() -> tuple[bool, int, int, bool]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            process, max_size=1, max_wait_s=0.0, max_queue=2
+        )
+        await batcher.start()
+        try:
+            running = [asyncio.ensure_future(batcher.submit(j)) for j in range(2)]
+            await asyncio.sleep(0)
+            early = batcher.refuse_if_full()
+            with pytest.raises(QueueFullError):
+                await batcher.submit(9)
+            gate.set()
+            done = await asyncio.gather(*running)
+            return early, batcher.refused, sum(done), batcher.refuse_if_full()
+        finally:
+            gate.set()
+            await batcher.stop()
+
+    early, refused, total, after = asyncio.run(scenario())
+    assert early and not after
+    assert refused == 2 and total == 1
