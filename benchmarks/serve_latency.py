@@ -141,6 +141,24 @@ def _get_json(url: str) -> Any:
         return json.load(response)
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it: uvicorn's worker processes and each one's model
+    process (service/worker.py), whose CPU and memory are the server's too."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(parents.get(pid, []))
+    return tree
+
+
 class Server:
     """One service process; stopped (and waited for) on exit."""
 
@@ -187,16 +205,7 @@ class Server:
         return result
 
     def _pids(self) -> list[int]:
-        """The server and its worker processes."""
-        pids = [self.process.pid]
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.process.pid:
-                pids.append(int(stat.parent.name))
-        return pids
+        return process_tree(self.process.pid)
 
     def cpu_seconds(self) -> float:
         """CPU time the server has used (all threads and workers): unlike wall time, other

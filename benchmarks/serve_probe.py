@@ -1,6 +1,7 @@
 """Robustness of `melu serve` under hostile load: starvation, overload, abandoned requests.
 
-Starts one `melu serve` process (loopback, one torch thread) and runs three bounded scenarios:
+Starts `melu serve` (loopback, one torch thread) once per ``--modes`` entry (the model in a
+worker process, the default, or in a thread of the server) and runs three bounded scenarios:
 
 * starvation: /recommend throughput of 8 keep-alive clients alone, and beside clients
   flooding ``GET /items`` (1 and 4) or ``GET /health`` (32);
@@ -41,11 +42,16 @@ from serve_latency import (
     _get_json,
     build_requests,
     ensure_checkpoint,
+    process_tree,
 )
 
 log = logging.getLogger("serve_probe")
 ITEMS = b"GET /items HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 HEALTH = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+MODES = {
+    "process": {"MELU_MODEL_PROCESS": "true"},
+    "thread": {"MELU_MODEL_PROCESS": "false"},
+}
 
 
 class Served:
@@ -75,14 +81,22 @@ class Served:
         return result
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Resident memory of the server and its model process."""
+        total = 0.0
+        for pid in process_tree(self.process.pid):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        return total
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in process_tree(self.process.pid):
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def stop(self) -> None:
         self.process.terminate()
@@ -205,16 +219,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quitters", type=int, default=400)
     parser.add_argument("--quit-seconds", type=float, default=10.0)
     parser.add_argument("--scenarios", default="starvation,storm,quitters")
+    parser.add_argument(
+        "--modes",
+        default="process,thread",
+        help="where the model computes, compared in one run (MELU_MODEL_PROCESS)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     checkpoint = ensure_checkpoint(args.checkpoint, args.data_dir)
     requests = build_requests(checkpoint, 64, 5, 10, seed=0)
-    server = Served(checkpoint, {})
+    scenarios = args.scenarios.split(",")
+    results: dict[str, Any] = {}
+    for mode in args.modes.split(","):
+        if mode not in MODES:
+            parser.error(f"--modes: {mode!r} is not one of {', '.join(MODES)}")
+        log.info("model in %s", mode)
+        results[mode] = probe(Served(checkpoint, MODES[mode]), requests, scenarios, args)
+    sys.stdout.write(table(results) + "\n")
+    if args.json_out is not None:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        out = {"checkpoint": str(checkpoint), "load_average": os.getloadavg(), "modes": results}
+        tmp = args.json_out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        tmp.replace(args.json_out)
+    return 0
+
+
+def probe(
+    server: Served, requests: list[bytes], scenarios: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     try:
         asyncio.run(starvation(server.port, requests, ITEMS, 0, 2.0))  # warm-up
-        scenarios = args.scenarios.split(",")
         levels = {"alone": (ITEMS, 0), "1 x /items": (ITEMS, 1), "4 x /items": (ITEMS, 4)}
         levels["32 x /health"] = (HEALTH, 32)
         results["starvation"] = {}
@@ -222,7 +259,6 @@ def main(argv: list[str] | None = None) -> int:
             level = asyncio.run(starvation(server.port, requests, flood, n, args.seconds))
             results["starvation"][name] = level
             log.info("starvation, %s: %s", name, level)
-
         if "storm" in scenarios:
             results["storm"] = asyncio.run(storm(server.port, requests, args.storm))
             log.info("storm: %s", results["storm"])
@@ -230,12 +266,33 @@ def main(argv: list[str] | None = None) -> int:
             results["quitters"] = abandonment(server, requests, args)
     finally:
         server.stop()
-    sys.stdout.write(json.dumps(results, indent=2) + "\n")
-    if args.json_out is not None:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        out = {"checkpoint": str(checkpoint), "load_average": os.getloadavg(), **results}
-        args.json_out.write_text(json.dumps(out, indent=2) + "\n")
-    return 0
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    """/recommend's share of its lone throughput beside each flood, and the storm, per mode."""
+    modes = list(results)
+    lines = ["| /recommend, 8 clients, beside | " + " | ".join(modes) + " |"]
+    lines.append("|---|" + "---:|" * len(modes))
+    starved = [results[m].get("starvation", {}) for m in modes]
+    for level in starved[0] if starved else {}:
+        cells = []
+        for s in starved:
+            rps, alone = s[level]["recommend_rps"], s["alone"]["recommend_rps"]
+            cells.append(f"{rps:.1f} ({rps / alone:.0%})" if alone else "-")
+        lines.append(f"| {level} (req/s) | " + " | ".join(cells) + " |")
+    if all("storm" in results[m] for m in modes):
+        for status in ("200", "503"):
+            cells = []
+            for m in modes:
+                got = results[m]["storm"].get(status)
+                cells.append(f"{got['count']}, p50 {got['p50_s']:.2f} s" if got else "0")
+            lines.append(f"| storm: {status} | " + " | ".join(cells) + " |")
+    if all("quitters" in results[m] for m in modes):
+        for key in ("busy_after_clients_left_s", "rss_mb_before", "rss_mb_5_s_after"):
+            cells = [f"{results[m]['quitters'][key]:.2f}" for m in modes]
+            lines.append(f"| quitters: {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Micro-batching: requests that arrive together are adapted together in one vmapped call.
 
 One collector task on the event loop takes the first waiting job, gathers more until the batch
-is full or ``max_wait`` has passed, and hands the batch to a single worker thread. One thread
-means torch calls never overlap (they would only fight over the same cores) and the event loop
-stays free to parse and answer other requests meanwhile. While the worker is busy new jobs queue
+is full or ``max_wait`` has passed, and hands the batch to a single worker (a thread, or a
+process: see service/worker.py). One worker means torch calls never overlap (they would only
+fight over the same cores) and the event loop stays free to parse and answer other requests
+meanwhile. While the worker is busy new jobs queue
 up, so under load batches fill by themselves and the wait only matters when the server is idle.
 
 With ``max_size=1`` the same path processes every request alone.
@@ -21,7 +22,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -44,6 +46,11 @@ class DeadlineError(RuntimeError):
     """The job's deadline passed before its result was ready."""
 
 
+class WorkerLostError(RuntimeError):
+    """The worker process died (killed, out of memory) while computing the job's batch; a new
+    one was started for the jobs after it."""
+
+
 @dataclass(frozen=True)
 class _Entry(Generic[J, R]):
     job: J
@@ -60,6 +67,7 @@ class MicroBatcher(Generic[J, R]):
         thread_name: str = "melu-torch",
         max_queue: int | None = None,
         on_idle: Callable[[], None] | None = None,
+        executor: Callable[[], Executor] | None = None,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
@@ -70,10 +78,12 @@ class MicroBatcher(Generic[J, R]):
         self.max_wait_s = max(0.0, max_wait_s)
         self.max_queue = max_queue
         self._on_idle = on_idle
-        self._thread_name = thread_name
+        self._new_executor = executor or (
+            lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        )
         self._queue: asyncio.Queue[_Entry[J, R]] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: Executor | None = None
         self.jobs = 0
         self.batches = 0
         self.largest = 0
@@ -86,7 +96,7 @@ class MicroBatcher(Generic[J, R]):
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
+        self._executor = self._new_executor()
         self._task = asyncio.create_task(self._collect(), name="melu-batcher")
 
     async def stop(self) -> None:
@@ -144,7 +154,8 @@ class MicroBatcher(Generic[J, R]):
             raise DeadlineError("the request did not finish before its deadline") from None
 
     async def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the worker thread, between batches (for other torch work)."""
+        """Run ``fn`` on the worker, between batches (for other torch work). In a worker
+        process ``fn`` must be picklable: a module-level function."""
         if self._executor is None:
             raise BatcherClosedError("the batcher is not running")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -192,6 +203,16 @@ class MicroBatcher(Generic[J, R]):
                     if not future.done():
                         future.set_exception(BatcherClosedError("the service is shutting down"))
                 raise
+            except BrokenProcessPool:
+                # The process died under this batch (its callers get 503); the next batch
+                # gets a fresh one rather than a service that fails every request from now on.
+                log.error("the model worker process died; starting a new one")
+                self._executor.shutdown(wait=False)
+                self._executor = self._new_executor()
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(WorkerLostError("the model worker was restarted"))
+                continue
             except Exception as exc:  # the batch failed: every caller gets the error
                 log.exception("batch of %d jobs failed", len(jobs))
                 for _, future in live:

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.batcher import BatcherClosedError, DeadlineError, QueueFullError
+from service.batcher import BatcherClosedError, DeadlineError, QueueFullError, WorkerLostError
 
 Loc = tuple[str | int, ...]
 _SOURCES = {"body", "query", "path", "header", "cookie"}
@@ -95,6 +95,8 @@ async def _overload_handler(request: Request, exc: Exception) -> JSONResponse:
     """503 with ``Retry-After``: the work was not done, and trying again later is right."""
     if isinstance(exc, QueueFullError):
         msg, type_ = f"the service is busy ({exc}); retry later", "overloaded"
+    elif isinstance(exc, WorkerLostError):
+        msg, type_ = "the model worker stopped while computing this request; retry", "worker_lost"
     elif isinstance(exc, DeadlineError):
         msg = "the request did not finish within MELU_REQUEST_TIMEOUT; retry later"
         type_ = "timeout"
@@ -121,7 +123,7 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
-    for overload in (QueueFullError, DeadlineError, BatcherClosedError):
+    for overload in (QueueFullError, DeadlineError, BatcherClosedError, WorkerLostError):
         app.add_exception_handler(overload, _overload_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(InputError, _input_handler)

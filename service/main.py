@@ -9,7 +9,6 @@ cheap and each app (a test's, a benchmark's) owns its model. Run with uvicorn's 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import json
 import logging
@@ -23,7 +22,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -34,17 +32,18 @@ from swagger_ui_bundle import swagger_ui_path
 from uvicorn.supervisors import Multiprocess
 
 from melu import __version__
-from melu.checkpoint import Checkpoint, load
+from melu.checkpoint import Checkpoint
 from melu.errors import MeluError
 from melu.train import resolve_device
 from service import errors
 from service.batcher import MicroBatcher
 from service.middleware import BodyGuard, ResponseGuard
 from service.protocol import guarded_protocol
-from service.recommender import Job, Outcome, Recommender, TopK
+from service.recommender import Job, Outcome, Recommender
 from service.routes import ClientGoneError, router
 from service.schemas import EXAMPLE_REQUEST
 from service.settings import Settings, from_environment, get_settings
+from service.worker import ModelWorker, build
 
 log = logging.getLogger(__name__)
 
@@ -76,51 +75,16 @@ def example_curl(base_url: str, recommender: Recommender | None = None) -> str:
     )
 
 
-def build(settings: Settings, checkpoint: Checkpoint | None = None) -> Recommender:
-    """Load, check and warm up the model (blocking). Raises a ``MeluError`` for a checkpoint
-    that cannot be served (missing, wrong shapes, NaN weights)."""
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
-    device = resolve_device(settings.device)
-    if checkpoint is None:
-        checkpoint = load(settings.checkpoint)
-    recommender = Recommender(
-        checkpoint, device, settings.local_steps, retrieval_fraction=settings.retrieval_fraction
-    )
-    # The first adapt call pays one-time setup (allocations, lazy inits): before any client.
-    unknown_user = tuple(recommender.encoder.encode_user({}))
-    recommender.run([Job(unknown_user, (1,), (3.0,), TopK(1, None, ()))])
-    return recommender
-
-
-def _batcher(settings: Settings, recommender: Recommender) -> MicroBatcher[Job, Outcome]:
+def _batcher(settings: Settings, worker: ModelWorker) -> MicroBatcher[Job, Outcome]:
     batched = settings.micro_batching
     return MicroBatcher(
-        recommender.run,
+        worker.run,
         max_size=settings.batch_max_size if batched else 1,
         max_wait_s=settings.batch_max_wait_ms / 1000.0 if batched else 0.0,
         max_queue=settings.max_queue,
-        on_idle=release_free_memory,
+        on_idle=worker.idle,
+        executor=worker.executor,
     )
-
-
-def release_free_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them: after a burst of large batches
-    the resident size stayed at its peak). A no-op where glibc is not the allocator."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _glibc() -> Any:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim  # noqa: B018  # glibc only
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _glibc()
 
 
 def create_app(
@@ -140,23 +104,34 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = recommender
         if built is None:
-            built = await asyncio.to_thread(build, settings, checkpoint)
-        batcher = _batcher(settings, built)
-        # The event loop and the torch worker share the GIL. The worker releases it inside every
-        # torch op and must win it back after each; at Python's default 5 ms switch interval a
-        # loop busy with cheap requests (/items, /health floods) made every reacquisition wait,
-        # and /recommend fell to a sixth of its throughput. 0.05 ms keeps the worker's waits
-        # short (measured in docs/benchmarks.md, "Robustness").
-        sys.setswitchinterval(GIL_SWITCH_S)
+            # With a worker process this copy only encodes requests and describes items.
+            device = "cpu" if settings.model_process else None
+            built = await asyncio.to_thread(build, settings, checkpoint, device)
+        worker = ModelWorker(settings, built)
+        batcher = _batcher(settings, worker)
+        if worker.in_process:
+            # The event loop and the torch thread share the GIL. The thread releases it inside
+            # every torch op and must win it back after each; at Python's default 5 ms switch
+            # interval a loop busy with cheap requests (/items, /health floods) made every
+            # reacquisition wait. 0.05 ms keeps those waits short.
+            sys.setswitchinterval(GIL_SWITCH_S)
         await batcher.start()
+        try:
+            # Also waits for a worker process to load its model: requests come after.
+            app.state.model_device = await batcher.call(worker.device)
+        except BaseException:
+            await batcher.stop()
+            raise
         app.state.recommender = built
         app.state.batcher = batcher
+        app.state.model_sha256 = worker.sha256
         log.info(
-            "serving %d items from %s on %s (melu %s, best val MAE %s, %d local steps, "
+            "serving %d items from %s on %s in %s (melu %s, best val MAE %s, %d local steps, "
             "micro-batching %s)",
             len(built),
             settings.checkpoint,
-            built.device,
+            app.state.model_device,
+            "this process" if worker.in_process else "a worker process",
             built.info.version,
             built.info.best_val_mae,
             built.steps,
@@ -295,7 +270,10 @@ def serve(
     settings = from_environment(checkpoint=Path(checkpoint), device=device)
     sock = listen(host, port)
     try:
-        recommender = build(settings)
+        resolve_device(settings.device)  # a device this machine lacks fails here, in one line
+        # With a worker process, the server's own copy stays on the CPU (the worker loads the
+        # model on the device): this build is the checkpoint's check.
+        recommender = build(settings, device="cpu" if settings.model_process else None)
     except BaseException:
         sock.close()
         raise

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.routing import APIRoute
 
 from service.batcher import MicroBatcher
-from service.recommender import Job, Outcome, Recommender, parameters_sha256
+from service.recommender import Job, Outcome, Recommender
 from service.schemas import (
     QUERY_INT,
     ErrorResponse,
@@ -202,12 +202,12 @@ async def onboarding(
 
 @router.get("/health")
 async def health(
-    settings: SettingsDep, recommender: RecommenderDep, batcher: BatcherDep
+    request: Request, settings: SettingsDep, recommender: RecommenderDep, batcher: BatcherDep
 ) -> HealthResponse:
     return HealthResponse(
         status="ok",
         items=len(recommender),
-        device=str(recommender.device),
+        device=request.app.state.model_device,
         micro_batching=settings.micro_batching,
         requests=batcher.jobs,
         batches=batcher.batches,
@@ -226,9 +226,9 @@ async def health_head() -> Response:
 
 @router.get("/model")
 async def model(
-    settings: SettingsDep, recommender: RecommenderDep, batcher: BatcherDep
+    request: Request, settings: SettingsDep, recommender: RecommenderDep, batcher: BatcherDep
 ) -> ModelDetails:
     """Checkpoint metadata: configs, metrics, versions, accepted user values, limits."""
-    # Hashing reads every weight (a few ms): on the torch worker, not the event loop.
-    sha_now = await batcher.call(lambda: parameters_sha256(recommender.learner))
+    # Hashing reads every weight (a few ms): on the model's worker, of the weights it serves.
+    sha_now = await batcher.call(request.app.state.model_sha256)
     return recommender.details(settings, sha_now)

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         default=2.0, ge=0.0, le=1000.0, description="longest wait for a batch to fill"
     )
     micro_batching: bool = Field(default=True, description="adapt concurrent requests together")
+    # A process of its own: the event loop and the model then never wait on each other's GIL
+    # (service/worker.py). False: a thread, one process, half the memory.
+    model_process: bool = Field(
+        default=True, description="compute in a worker process (false: a thread of the server)"
+    )
     # None leaves torch's default (one thread per core).
     torch_threads: int | None = Field(
         default=None, ge=1, le=256, description="torch intra-op threads (torch's default)"

@@ -439,6 +439,57 @@ def test_sigterm_drains_requests_in_flight(checkpoint: Path, tmp_path: Path) -> 
             process.wait()
 
 
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                # The command name may hold spaces and parentheses: the fields after the last
+                # ")" are state, then the parent's pid.
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_model_worker_is_replaced(checkpoint: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    process = _melu("serve", "--checkpoint", str(checkpoint), "--port", str(port), log=log)
+    try:
+        _wait_until_up(process, port)
+        url = f"http://127.0.0.1:{port}"
+        body = json.loads(_bodies(checkpoint, 1)[0])
+        with httpx.Client(base_url=url, timeout=60) as client:
+            first = client.post("/recommend", json=body)
+            assert first.status_code == 200
+            workers = [
+                c
+                for c in _children(process.pid)
+                if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
+            ]
+            assert workers, "the model computes in a child process"
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            # The request computing when the worker died gets 503 (retry); those after it
+            # get the same answer as before from a new worker.
+            statuses = []
+            for _ in range(5):
+                answer = client.post("/recommend", json=body)
+                statuses.append(answer.status_code)
+                if answer.status_code == 503:
+                    assert answer.json()["detail"][0]["type"] == "worker_lost"
+                else:
+                    assert answer.json()["items"] == first.json()["items"]
+            assert statuses[-1] == 200 and set(statuses) <= {200, 503}, statuses
+            assert client.get("/health").json()["status"] == "ok"
+        assert "the model worker process died; starting a new one" in log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_nan_checkpoint_is_refused(checkpoint: Path, tmp_path: Path) -> None:
     raw = torch.load(checkpoint, weights_only=True)
     name = sorted(raw["state"])[-1]
