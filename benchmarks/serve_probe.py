@@ -4,7 +4,8 @@ Starts `melu serve` (loopback, one torch thread) once per ``--modes`` entry (the
 worker process, the default, or in a thread of the server) and runs three bounded scenarios:
 
 * starvation: /recommend throughput of 8 keep-alive clients alone, and beside clients
-  flooding ``GET /items`` (1 and 4) or ``GET /health`` (32);
+  flooding ``GET /items`` (1 and 4) or ``GET /health`` (32); each side's clients run in a
+  process of their own, at ``--client-nice`` (19 stands for clients on other machines);
 * overload: ``--storm`` connections each send one /recommend at the same moment: how many are
   answered, how many refused with 503, latency of each;
 * abandonment: ``--quitters`` clients loop for ``--seconds``, each giving up on its request
@@ -56,6 +57,7 @@ MODES = {
 
 class Served:
     def __init__(self, checkpoint: Path, env: dict[str, str]) -> None:
+        self.checkpoint = checkpoint
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "melu", "--threads", "1", "serve"]
@@ -122,16 +124,40 @@ async def _loop(port: int, requests: list[bytes], until: float) -> tuple[int, li
     return ok, latencies
 
 
-async def starvation(port: int, requests: list[bytes], flood: bytes, n: int, s: float) -> dict:
-    until = time.perf_counter() + s
-    tasks = [_loop(port, requests[i::8], until) for i in range(8)]
-    tasks += [_loop(port, [flood], until) for _ in range(n)]
-    results = await asyncio.gather(*tasks)
-    latencies = [x for _, lat in results[:8] for x in lat]
+async def _clients(port: int, requests: list[bytes], n: int, seconds: float) -> dict:
+    until = time.perf_counter() + seconds
+    shares = [requests[i::n] or requests for i in range(n)]
+    results = await asyncio.gather(*(_loop(port, share, until) for share in shares))
+    latencies = [x for _, lat in results for x in lat]
     return {
-        "recommend_rps": sum(ok for ok, _ in results[:8]) / s,
-        "recommend_p50_ms": float(np.percentile(latencies, 50) * 1e3) if latencies else None,
-        "flood_rps": sum(ok for ok, _ in results[8:]) / s,
+        "rps": sum(ok for ok, _ in results) / seconds,
+        "p50_ms": float(np.percentile(latencies, 50) * 1e3) if latencies else None,
+    }
+
+
+def _client_process(
+    port: int, kind: str, n: int, seconds: float, nice: int, checkpoint: Path
+) -> subprocess.Popen[str]:
+    """``n`` looping clients in a process of their own, at niceness ``nice``."""
+    command = ["nice", "-n", str(nice), sys.executable, __file__, "--client", kind]
+    command += ["--port", str(port), "--n", str(n), "--seconds", str(seconds)]
+    command += ["--checkpoint", str(checkpoint)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
+def starvation(port: int, checkpoint: Path, flood: str, n: int, seconds: float, nice: int) -> dict:
+    """/recommend from 8 clients beside ``n`` clients looping on ``flood``. Each side runs in
+    its own process (as other machines would); the flood starts first and ends last."""
+    flooders = _client_process(port, flood, n, seconds + 2.0, nice, checkpoint) if n else None
+    if flooders is not None:
+        time.sleep(1.0)
+    recommend = _client_process(port, "recommend", 8, seconds, nice, checkpoint)
+    mine = json.loads(recommend.communicate()[0])
+    theirs = json.loads(flooders.communicate()[0]) if flooders is not None else {"rps": 0.0}
+    return {
+        "recommend_rps": mine["rps"],
+        "recommend_p50_ms": mine["p50_ms"],
+        "flood_rps": theirs["rps"],
     }
 
 
@@ -209,6 +235,16 @@ def abandonment(server: Served, requests: list[bytes], args: argparse.Namespace)
     return result
 
 
+def _run_clients(args: argparse.Namespace) -> int:
+    if args.client == "recommend":
+        requests = build_requests(args.checkpoint, 64, 5, 10, seed=0)
+    else:
+        requests = [ITEMS if args.client == "items" else HEALTH]
+    result = asyncio.run(_clients(args.port, requests, args.n, args.seconds))
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="default: train a 1-epoch one")
@@ -224,7 +260,22 @@ def main(argv: list[str] | None = None) -> int:
         default="process,thread",
         help="where the model computes, compared in one run (MELU_MODEL_PROCESS)",
     )
+    parser.add_argument(
+        "--client-nice",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=[0, 19],
+        help="niceness of the starvation clients, one run each: 19 stands for clients on "
+        "other machines, which would not take the server's cores (default: 0,19)",
+    )
+    # Internal: one process of looping clients for the starvation scenario.
+    parser.add_argument(
+        "--client", choices=("recommend", "items", "health"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, default=8, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.client is not None:
+        return _run_clients(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     checkpoint = ensure_checkpoint(args.checkpoint, args.data_dir)
@@ -251,14 +302,16 @@ def probe(
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     try:
-        asyncio.run(starvation(server.port, requests, ITEMS, 0, 2.0))  # warm-up
-        levels = {"alone": (ITEMS, 0), "1 x /items": (ITEMS, 1), "4 x /items": (ITEMS, 4)}
-        levels["32 x /health"] = (HEALTH, 32)
-        results["starvation"] = {}
-        for name, (flood, n) in levels.items() if "starvation" in scenarios else ():
-            level = asyncio.run(starvation(server.port, requests, flood, n, args.seconds))
-            results["starvation"][name] = level
-            log.info("starvation, %s: %s", name, level)
+        starvation(server.port, server.checkpoint, "items", 0, 2.0, 0)  # warm-up
+        levels = {"alone": ("items", 0), "1 x /items": ("items", 1), "4 x /items": ("items", 4)}
+        levels["32 x /health"] = ("health", 32)
+        for nice in args.client_nice if "starvation" in scenarios else ():
+            key = "starvation" if nice == 0 else f"starvation, clients at nice {nice}"
+            results[key] = {}
+            for name, (flood, n) in levels.items():
+                level = starvation(server.port, server.checkpoint, flood, n, args.seconds, nice)
+                results[key][name] = level
+                log.info("%s, %s: %s", key, name, level)
         if "storm" in scenarios:
             results["storm"] = asyncio.run(storm(server.port, requests, args.storm))
             log.info("storm: %s", results["storm"])
@@ -274,13 +327,14 @@ def table(results: dict[str, Any]) -> str:
     modes = list(results)
     lines = ["| /recommend, 8 clients, beside | " + " | ".join(modes) + " |"]
     lines.append("|---|" + "---:|" * len(modes))
-    starved = [results[m].get("starvation", {}) for m in modes]
-    for level in starved[0] if starved else {}:
-        cells = []
-        for s in starved:
-            rps, alone = s[level]["recommend_rps"], s["alone"]["recommend_rps"]
-            cells.append(f"{rps:.1f} ({rps / alone:.0%})" if alone else "-")
-        lines.append(f"| {level} (req/s) | " + " | ".join(cells) + " |")
+    for key in [k for k in results[modes[0]] if k.startswith("starvation")]:
+        starved = [results[m][key] for m in modes]
+        for level in starved[0]:
+            cells = []
+            for s in starved:
+                rps, alone = s[level]["recommend_rps"], s["alone"]["recommend_rps"]
+                cells.append(f"{rps:.1f} ({rps / alone:.0%})" if alone else "-")
+            lines.append(f"| {key}: {level} (req/s) | " + " | ".join(cells) + " |")
     if all("storm" in results[m] for m in modes):
         for status in ("200", "503"):
             cells = []

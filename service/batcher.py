@@ -21,11 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ class DeadlineError(RuntimeError):
 class WorkerLostError(RuntimeError):
     """The worker process died (killed, out of memory) while computing the job's batch; a new
     one was started for the jobs after it."""
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(DeadlineError("the request did not finish before its deadline"))
 
 
 @dataclass(frozen=True)
@@ -129,11 +134,13 @@ class MicroBatcher(Generic[J, R]):
     def _release(self, _: asyncio.Future[R]) -> None:
         self.outstanding -= 1
 
-    async def submit(self, job: J, deadline: float | None = None) -> R:
-        """Queue ``job`` and wait for its result (or the exception its batch raised).
+    def enqueue(self, job: J, deadline: float | None = None) -> asyncio.Future[R]:
+        """Queue ``job``; its future gets the result, the exception its batch raised, or
+        :class:`DeadlineError` at ``deadline`` (``loop.time()`` seconds) if the result is not
+        ready by then. Cancelling the future drops the job (a client that left).
 
-        ``deadline`` is in ``loop.time()`` seconds: past it the job is dropped (if not yet
-        computed) and :class:`DeadlineError` raised. Cancelling the caller drops the job too.
+        No task and no ``wait_for``: on an event loop kept busy by other requests, every task
+        start and every wake-up is one more turn of the loop that the request waits for.
         """
         if self._queue is None or self._task is None or self._task.done():
             raise BatcherClosedError("the batcher is not running")
@@ -144,37 +151,40 @@ class MicroBatcher(Generic[J, R]):
         future: asyncio.Future[R] = loop.create_future()
         self.outstanding += 1
         future.add_done_callback(self._release)
+        if deadline is not None:
+            timer = loop.call_at(deadline, _expire, future)
+            future.add_done_callback(lambda _: timer.cancel())
         self._queue.put_nowait(_Entry(job, future, deadline))
-        if deadline is None:
-            return await future
-        try:
-            # wait_for cancels the future on timeout, so the collector skips the job.
-            return await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
-        except asyncio.TimeoutError:  # not the builtin before Python 3.11
-            raise DeadlineError("the request did not finish before its deadline") from None
+        return future
+
+    async def submit(self, job: J, deadline: float | None = None) -> R:
+        """:meth:`enqueue` and wait for the result."""
+        return await self.enqueue(job, deadline)
+
+    def _offload(self, fn: Callable[..., T], *args: object) -> Awaitable[T]:
+        # A PipeExecutor answers on the loop itself (one wake-up fewer than run_in_executor).
+        assert self._executor is not None
+        submit_async = getattr(self._executor, "submit_async", None)
+        if submit_async is not None:
+            future: Awaitable[T] = submit_async(fn, *args)
+            return future
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the worker, between batches (for other torch work). In a worker
         process ``fn`` must be picklable: a module-level function."""
         if self._executor is None:
             raise BatcherClosedError("the batcher is not running")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await self._offload(fn)
 
     async def _gather(self, queue: asyncio.Queue[_Entry[J, R]]) -> list[_Entry[J, R]]:
         batch = [await queue.get()]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait_s
-        while len(batch) < self.max_size:
-            if not queue.empty():
-                batch.append(queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(queue.get(), remaining))
-            except asyncio.TimeoutError:  # not the builtin before Python 3.11
-                break
+        if queue.empty() and self.max_size > 1 and self.max_wait_s > 0:
+            # One timer for companions to arrive (not a task per wait): under load the queue
+            # is not empty and nobody waits.
+            await asyncio.sleep(self.max_wait_s)
+        while len(batch) < self.max_size and not queue.empty():
+            batch.append(queue.get_nowait())
         return batch
 
     async def _collect(self) -> None:
@@ -197,7 +207,7 @@ class MicroBatcher(Generic[J, R]):
                 continue
             jobs = [job for job, _ in live]
             try:
-                results = await loop.run_in_executor(self._executor, self._process, jobs)
+                results = await self._offload(self._process, jobs)
             except asyncio.CancelledError:
                 for _, future in live:
                     if not future.done():
@@ -231,4 +241,4 @@ class MicroBatcher(Generic[J, R]):
                 now = loop.time()
                 if now - self._idle_at >= 1.0:
                     self._idle_at = now
-                    await loop.run_in_executor(self._executor, self._on_idle)
+                    await self._offload(self._on_idle)

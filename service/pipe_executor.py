@@ -50,7 +50,7 @@ class PipeExecutor(Executor):
         self._process.start()
         child.close()  # the child's end lives in the child: EOF here means it died
         self._ids = itertools.count()
-        self._pending: dict[int, Future[Any]] = {}
+        self._pending: dict[int, Future[Any] | asyncio.Future[Any]] = {}
         self._unsent: list[tuple[int, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self._ready = False
         self._broken: str | None = None
@@ -62,10 +62,27 @@ class PipeExecutor(Executor):
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Send ``fn(*args, **kwargs)`` (``fn`` by reference: a module-level function)."""
-        if self._broken is not None:
-            raise BrokenProcessPool(self._broken)
         future: Future[T] = Future()
         future.set_running_or_notify_cancel()  # a call sent cannot be taken back
+        self._call(future, fn, args, kwargs)
+        return future
+
+    def submit_async(self, fn: Callable[..., T], /, *args: Any) -> asyncio.Future[T]:
+        """:meth:`submit` with an asyncio future, resolved directly by the loop's reader (no
+        cross-thread wake-up). Cancelling it only discards the answer."""
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._call(future, fn, args, {})
+        return future
+
+    def _call(
+        self,
+        future: Future[Any] | asyncio.Future[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        if self._broken is not None:
+            raise BrokenProcessPool(self._broken)
         key = next(self._ids)
         self._pending[key] = future
         call = (key, fn, args, kwargs)
@@ -73,7 +90,6 @@ class PipeExecutor(Executor):
             self._send(call)
         else:
             self._unsent.append(call)
-        return future
 
     def _send(self, call: tuple[int, Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> None:
         try:
@@ -100,6 +116,8 @@ class PipeExecutor(Executor):
                 self._send(call)
             return
         future = self._pending.pop(key)
+        if future.done():  # an asyncio future whose caller stopped waiting
+            return
         if ok:
             future.set_result(value)
         else:
@@ -113,7 +131,8 @@ class PipeExecutor(Executor):
             self._loop.remove_reader(self._conn.fileno())
         pending, self._pending, self._unsent = self._pending, {}, []
         for future in pending.values():
-            future.set_exception(BrokenProcessPool(why))
+            if not future.done():
+                future.set_exception(BrokenProcessPool(why))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the worker. With ``wait``, the calls already sent are finished and answered

@@ -107,11 +107,12 @@ class ClientGoneError(Exception):
     """The client closed its connection while its request waited: nobody reads the answer."""
 
 
-async def _until_disconnected(request: Request) -> None:
+async def _on_disconnect(request: Request, leave: Callable[[], None]) -> None:
     # The body has been read, so the next message is the disconnect (or the end of the
     # response, which never comes while we wait here).
     while (await request.receive())["type"] != "http.disconnect":
         pass
+    leave()
 
 
 async def _adapt(
@@ -120,16 +121,23 @@ async def _adapt(
     """The job's outcome, or an error; the job is dropped uncomputed if the client leaves or
     the deadline passes first."""
     loop = asyncio.get_running_loop()
-    work = asyncio.ensure_future(batcher.submit(job, loop.time() + settings.request_timeout))
-    gone = asyncio.ensure_future(_until_disconnected(request))
+    future = batcher.enqueue(job, loop.time() + settings.request_timeout)
+    left = False
+
+    def leave() -> None:
+        nonlocal left
+        left = True
+        future.cancel()  # the batcher skips a cancelled job
+
+    watcher = asyncio.ensure_future(_on_disconnect(request, leave))
     try:
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        return await future
+    except asyncio.CancelledError:
+        if left:
+            raise ClientGoneError from None
+        raise  # the server is stopping this request
     finally:
-        gone.cancel()
-    if not work.done():
-        work.cancel()  # the batcher skips a cancelled job
-        raise ClientGoneError
-    return work.result()
+        watcher.cancel()
 
 
 @router.post("/recommend", responses=_ERRORS)
