@@ -105,8 +105,8 @@ def create_app(
         built = recommender
         if built is None:
             # With a worker process this copy only encodes requests and describes items.
-            device = "cpu" if settings.model_process else None
-            built = await asyncio.to_thread(build, settings, checkpoint, device)
+            compute = not settings.model_process
+            built = await asyncio.to_thread(build, settings, checkpoint, compute=compute)
         worker = ModelWorker(settings, built)
         batcher = _batcher(settings, worker)
         if worker.in_process:
@@ -271,9 +271,9 @@ def serve(
     sock = listen(host, port)
     try:
         resolve_device(settings.device)  # a device this machine lacks fails here, in one line
-        # With a worker process, the server's own copy stays on the CPU (the worker loads the
-        # model on the device): this build is the checkpoint's check.
-        recommender = build(settings, device="cpu" if settings.model_process else None)
+        # With a worker process, the server's own copy only encodes requests (the worker loads
+        # the model on the device): this build is the checkpoint's check.
+        recommender = build(settings, compute=not settings.model_process)
     except BaseException:
         sock.close()
         raise

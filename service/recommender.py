@@ -156,8 +156,13 @@ class Recommender:
         device: torch.device,
         local_steps: int | None,
         retrieval_fraction: float = 0.0,
+        compute: bool = True,
     ):
+        """``compute=False``: a copy that only encodes requests and describes items (the
+        server's, when a worker process computes): no per-item caches, which at a million
+        items are the bulk of the memory, and :meth:`run` is refused."""
         self.checkpoint = checkpoint
+        self.computes = compute
         self.device = device
         self.catalogue = checkpoint.catalogue
         self.encoder = checkpoint.encoder
@@ -179,7 +184,9 @@ class Recommender:
         self.features: torch.Tensor | None = None
         self.item_side: CachedItemSide | None = None
         self.retrieval: ClusterRetrieval | None = None
-        if self.learner.head_only:
+        if not compute:
+            pass
+        elif self.learner.head_only:
             # Items embed the same way for every user when only the head adapts: embed the
             # catalogue once here and let each request run the head only.
             with torch.no_grad():
@@ -383,6 +390,8 @@ class Recommender:
 
     def run(self, jobs: Sequence[Job]) -> list[Outcome]:
         """Adapt every job in one ``adapt`` call and score the catalogue for each."""
+        if not self.computes:
+            raise RuntimeError("this copy of the model only encodes requests (compute=False)")
         width = max(len(job.rows) for job in jobs)
         rows = [list(j.rows) + [0] * (width - len(j.rows)) for j in jobs]
         ratings = [list(j.ratings) + [0.0] * (width - len(j.ratings)) for j in jobs]
@@ -563,7 +572,7 @@ class Recommender:
             items=len(self),
             local_steps=self.steps,
             head_only=self.learner.head_only,
-            precomputed_item_features=self.features is not None,
+            precomputed_item_features=self.learner.head_only,
             user_values=self.user_values,
             configs={
                 "data": to_dict(ck.data),

@@ -35,23 +35,26 @@ THREAD_NAME = "melu-torch"
 
 
 def build(
-    settings: Settings, checkpoint: Checkpoint | None = None, device: str | None = None
+    settings: Settings, checkpoint: Checkpoint | None = None, *, compute: bool = True
 ) -> Recommender:
     """Load, check and warm up the model (blocking). Raises a ``MeluError`` for a checkpoint
-    that cannot be served (missing, wrong shapes, NaN weights)."""
+    that cannot be served (missing, wrong shapes, NaN weights). ``compute=False``: the
+    server's copy beside a worker process, on the CPU, without per-item caches or warm-up."""
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
     if checkpoint is None:
         checkpoint = load(settings.checkpoint)
     recommender = Recommender(
         checkpoint,
-        resolve_device(device if device is not None else settings.device),
+        resolve_device(settings.device if compute else "cpu"),
         settings.local_steps,
         retrieval_fraction=settings.retrieval_fraction,
+        compute=compute,
     )
-    # The first adapt call pays one-time setup (allocations, lazy inits): before any client.
-    unknown_user = tuple(recommender.encoder.encode_user({}))
-    recommender.run([Job(unknown_user, (1,), (3.0,), TopK(1, None, ()))])
+    if compute:
+        # The first adapt call pays one-time setup (allocations, lazy inits): before any client.
+        unknown_user = tuple(recommender.encoder.encode_user({}))
+        recommender.run([Job(unknown_user, (1,), (3.0,), TopK(1, None, ()))])
     return recommender
 
 
