@@ -388,13 +388,26 @@ def _melu(*args: str, log: Path | None = None) -> subprocess.Popen[str]:
             out.close()  # type: ignore[union-attr]
 
 
-def test_sigterm_drains_requests_in_flight(checkpoint: Path, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _melu_serve(checkpoint: Path, log: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``melu serve`` on a free port, up; stopped (killed if need be) on the way out."""
     port = _free_port()
-    log = tmp_path / "serve.log"
     process = _melu("serve", "--checkpoint", str(checkpoint), "--port", str(port), log=log)
     try:
         _wait_until_up(process, port)
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
+
+def test_sigterm_drains_requests_in_flight(checkpoint: Path, tmp_path: Path) -> None:
+    with _melu_serve(checkpoint, tmp_path / "serve.log") as (process, port):
         big = [_post("/recommend", b) for b in _bodies(checkpoint, 16, ratings=50)]
         ends: list[str] = []
 
@@ -433,10 +446,6 @@ def test_sigterm_drains_requests_in_flight(checkpoint: Path, tmp_path: Path) -> 
         # And it no longer accepts connections.
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def _children(pid: int) -> list[int]:
@@ -454,11 +463,8 @@ def _children(pid: int) -> list[int]:
 
 
 def test_a_killed_model_worker_is_replaced(checkpoint: Path, tmp_path: Path) -> None:
-    port = _free_port()
     log = tmp_path / "serve.log"
-    process = _melu("serve", "--checkpoint", str(checkpoint), "--port", str(port), log=log)
-    try:
-        _wait_until_up(process, port)
+    with _melu_serve(checkpoint, log) as (process, port):
         url = f"http://127.0.0.1:{port}"
         body = json.loads(_bodies(checkpoint, 1)[0])
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -485,9 +491,6 @@ def test_a_killed_model_worker_is_replaced(checkpoint: Path, tmp_path: Path) -> 
             assert statuses[-1] == 200 and set(statuses) <= {200, 503}, statuses
             assert client.get("/health").json()["status"] == "ok"
         assert "the model worker process died; starting a new one" in log.read_text()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_nan_checkpoint_is_refused(checkpoint: Path, tmp_path: Path) -> None:
