@@ -1,11 +1,11 @@
 """Micro-batching: requests that arrive together are adapted together in one vmapped call.
 
-One collector task on the event loop takes the first waiting job, gathers more until the batch
-is full or ``max_wait`` has passed, and hands the batch to a single worker (a thread, or a
-process: see service/worker.py). One worker means torch calls never overlap (they would only
-fight over the same cores) and the event loop stays free to parse and answer other requests
-meanwhile. While the worker is busy new jobs queue
-up, so under load batches fill by themselves and the wait only matters when the server is idle.
+One collector task on the event loop takes the first waiting job, gives others ``max_wait`` to
+join it if none are waiting, and hands up to ``max_size`` of them to a single worker (a thread,
+or a process: see service/worker.py). One worker means torch calls never overlap (they would
+only fight over the same cores) and the event loop stays free to parse and answer other
+requests meanwhile. While the worker is busy new jobs queue up, so under load batches fill by
+themselves and the wait only matters when the server is idle.
 
 With ``max_size=1`` the same path processes every request alone.
 
