@@ -173,9 +173,22 @@ class MicroBatcher(Generic[J, R]):
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the worker, between batches (for other torch work). In a worker
         process ``fn`` must be picklable: a module-level function."""
-        if self._executor is None:
+        executor = self._executor
+        if executor is None:
             raise BatcherClosedError("the batcher is not running")
-        return await self._offload(fn)
+        try:
+            return await self._offload(fn)
+        except BrokenProcessPool:
+            self._replace(executor)
+            raise WorkerLostError("the model worker was restarted") from None
+
+    def _replace(self, broken: Executor) -> None:
+        """A fresh executor for one whose process died (once, if a batch and a call both saw
+        it die), rather than a service that fails every request from now on."""
+        if self._executor is broken:
+            log.error("the model worker process died; starting a new one")
+            broken.shutdown(wait=False)
+            self._executor = self._new_executor()
 
     async def _gather(self, queue: asyncio.Queue[_Entry[J, R]]) -> list[_Entry[J, R]]:
         batch = [await queue.get()]
@@ -206,6 +219,7 @@ class MicroBatcher(Generic[J, R]):
             if not live:
                 continue
             jobs = [job for job, _ in live]
+            executor = self._executor
             try:
                 results = await self._offload(self._process, jobs)
             except asyncio.CancelledError:
@@ -214,11 +228,7 @@ class MicroBatcher(Generic[J, R]):
                         future.set_exception(BatcherClosedError("the service is shutting down"))
                 raise
             except BrokenProcessPool:
-                # The process died under this batch (its callers get 503); the next batch
-                # gets a fresh one rather than a service that fails every request from now on.
-                log.error("the model worker process died; starting a new one")
-                self._executor.shutdown(wait=False)
-                self._executor = self._new_executor()
+                self._replace(executor)  # its callers get 503 worker_lost, the next batch runs
                 for _, future in live:
                     if not future.done():
                         future.set_exception(WorkerLostError("the model worker was restarted"))

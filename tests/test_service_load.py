@@ -462,6 +462,15 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _kill_model_worker(server: int) -> None:
+    workers = [
+        c for c in _children(server) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
+    ]
+    assert workers, "the model computes in a child process"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_a_killed_model_worker_is_replaced(checkpoint: Path, tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     with _melu_serve(checkpoint, log) as (process, port):
@@ -470,14 +479,7 @@ def test_a_killed_model_worker_is_replaced(checkpoint: Path, tmp_path: Path) -> 
         with httpx.Client(base_url=url, timeout=60) as client:
             first = client.post("/recommend", json=body)
             assert first.status_code == 200
-            workers = [
-                c
-                for c in _children(process.pid)
-                if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
-            ]
-            assert workers, "the model computes in a child process"
-            for pid in workers:
-                os.kill(pid, signal.SIGKILL)
+            _kill_model_worker(process.pid)
             # The request computing when the worker died gets 503 (retry); those after it
             # get the same answer as before from a new worker.
             statuses = []
@@ -490,6 +492,15 @@ def test_a_killed_model_worker_is_replaced(checkpoint: Path, tmp_path: Path) -> 
                     assert answer.json()["items"] == first.json()["items"]
             assert statuses[-1] == 200 and set(statuses) <= {200, 503}, statuses
             assert client.get("/health").json()["status"] == "ok"
+
+            # A call other than a batch (/model hashes the weights in the worker) that finds
+            # the worker dead gets the same 503 and the same replacement.
+            _kill_model_worker(process.pid)
+            time.sleep(0.5)
+            lost = client.get("/model")
+            assert lost.status_code == 503, lost.text
+            assert lost.json()["detail"][0]["type"] == "worker_lost"
+            assert client.get("/model").status_code == 200
         assert "the model worker process died; starting a new one" in log.read_text()
 
 
