@@ -8,16 +8,13 @@ answers can be compared with answers computed alone.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import math
 import re
 import shlex
-import socket
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,58 +22,18 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
-from fastapi import FastAPI
+from servers import Threaded, start_server, stop_server
 
 from melu.checkpoint import Checkpoint, load, save
 from melu.errors import CheckpointError
 from melu.ranking import RANK_GRID
 from service.batcher import MicroBatcher, QueueFullError
-from service.main import STATIC_DIR, create_app, example_curl, uvicorn_config
+from service.main import STATIC_DIR, create_app, example_curl
 from service.recommender import Job, Pick, Recommender, TopK
 from service.settings import Settings
 from service.worker import build
 
 MAX_RATINGS = 100
-
-
-@dataclass
-class Running:
-    url: str
-    app: FastAPI
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    @functools.cached_property
-    def recommender(self) -> Recommender:
-        """The served model, computing in this process (the server's own copy only encodes
-        requests: its worker process computes)."""
-        settings: Settings = self.app.state.settings
-        return build(settings, self.app.state.recommender.checkpoint)
-
-    def health(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/health", timeout=10).json()
-
-
-def _start(app: FastAPI) -> Running:
-    # Bind first and hand the socket to uvicorn: no race for a "free" port.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, app.state.settings, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the service did not start", pytrace=False)
-        time.sleep(0.02)
-    return Running(f"http://127.0.0.1:{port}", app, server, thread)
-
-
-def _stop(running: Running) -> None:
-    running.server.should_exit = True
-    running.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -90,24 +47,33 @@ def ckpt(checkpoint_path: Path) -> Checkpoint:
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint_path: Path) -> Iterator[Running]:
-    running = _start(create_app(Settings(checkpoint=checkpoint_path, max_ratings=MAX_RATINGS)))
+def server(checkpoint_path: Path) -> Iterator[Threaded]:
+    running = start_server(
+        create_app(Settings(checkpoint=checkpoint_path, max_ratings=MAX_RATINGS))
+    )
     yield running
-    _stop(running)
+    stop_server(running)
 
 
 @pytest.fixture(scope="module")
-def unbatched(checkpoint_path: Path) -> Iterator[Running]:
+def model(server: Threaded) -> Recommender:
+    """The served model, computing in this process (the server's own copy only encodes
+    requests: its worker process computes)."""
+    return build(server.app.state.settings, server.app.state.recommender.checkpoint)
+
+
+@pytest.fixture(scope="module")
+def unbatched(checkpoint_path: Path) -> Iterator[Threaded]:
     # Also the other place the model can compute: a thread of the server. The answers must
     # equal the worker process's (test_concurrent_equals_sequential).
     settings = Settings(checkpoint=checkpoint_path, micro_batching=False, model_process=False)
-    running = _start(create_app(settings))
+    running = start_server(create_app(settings))
     yield running
-    _stop(running)
+    stop_server(running)
 
 
 @pytest.fixture(scope="module")
-def client(server: Running) -> Iterator[httpx.Client]:
+def client(server: Threaded) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
 
@@ -276,8 +242,8 @@ def test_static_page(client: httpx.Client) -> None:
         assert response.status_code == 404
 
 
-def test_startup_example_works(client: httpx.Client, server: Running) -> None:
-    command = shlex.split(example_curl(server.url, server.recommender))
+def test_startup_example_works(client: httpx.Client, server: Threaded) -> None:
+    command = shlex.split(example_curl(server.url, server.app.state.recommender))
     body = json.loads(command[command.index("-d") + 1])
     assert client.post("/recommend", json=body).status_code == 200
 
@@ -399,7 +365,7 @@ def test_wrong_content_type(client: httpx.Client, item_ids: list[int]) -> None:
     assert ok.status_code == 200
 
 
-def test_body_too_large(server: Running, item_ids: list[int]) -> None:
+def test_body_too_large(server: Threaded, item_ids: list[int]) -> None:
     limit = server.app.state.settings.max_body_bytes
     big = json.dumps({"ratings": [{"item_id": item_ids[0], "rating": 4}], "pad": "x" * limit})
     headers = {"content-type": "application/json"}
@@ -429,7 +395,7 @@ def test_unknown_route(client: httpx.Client) -> None:
 
 
 def test_meta_parameters_unchanged(
-    server: Running, client: httpx.Client, item_ids: list[int]
+    server: Threaded, client: httpx.Client, item_ids: list[int]
 ) -> None:
     # Hashed where the model computes (the worker process): its weights after 100 requests.
     before = client.get("/model").json()["parameters_sha256_now"]
@@ -468,7 +434,7 @@ def _assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 
 def test_concurrent_equals_sequential(
-    server: Running, unbatched: Running, item_ids: list[int]
+    server: Threaded, unbatched: Threaded, item_ids: list[int]
 ) -> None:
     # Different support sizes, so batched requests are padded and masked.
     payloads = [_request(item_ids, seed=500 + i, n=1 + (i * 7) % 30, k=10) for i in range(32)]
@@ -491,9 +457,9 @@ def test_concurrent_equals_sequential(
         _assert_same(a, b)
 
 
-def test_batched_run_equals_alone(server: Running, item_ids: list[int]) -> None:
+def test_batched_run_equals_alone(model: Recommender, item_ids: list[int]) -> None:
     """The recommender itself: one padded batch gives each job's answer alone."""
-    rec = server.recommender
+    rec = model
     rng = np.random.default_rng(0)
     jobs = []
     for n in (1, 3, 17, 40):
@@ -561,8 +527,8 @@ def test_missing_checkpoint_fails_startup(tmp_path: Path) -> None:
         asyncio.run(start())
 
 
-def test_ranking_ties_by_item_id(server: Running) -> None:
-    rec = server.recommender
+def test_ranking_ties_by_item_id(model: Recommender) -> None:
+    rec = model
     n = len(rec)
     rng = np.random.default_rng(1)
     # Few distinct values, so that many items tie, also across the k-th place.
@@ -681,11 +647,11 @@ def _same_list(a: list[Any], b: list[Any]) -> int:
     return sum(x.row != y.row for x, y in zip(a, b, strict=True))
 
 
-def test_batching_never_changes_order(server: Running) -> None:
+def test_batching_never_changes_order(model: Recommender) -> None:
     """Scores differ by ~1e-7 between a padded batch and a solo run; ranking on the
     batch-invariant grid keeps items in the same order and with the same scores, except a
     value that lies within that noise of a grid boundary (rare: one score in three runs here)."""
-    rec = server.recommender
+    rec = model
     rng = np.random.default_rng(11)
     n = len(rec)
     jobs = []
@@ -771,7 +737,7 @@ def test_onboarding_endpoint(client: httpx.Client, ckpt: Checkpoint, tmp_path: P
                                                            "entropy")}, "info": {}})  # fmt: skip
     path = tmp_path / "with-lists.pt"
     save(path, stored)
-    running = _start(create_app(Settings(checkpoint=path)))
+    running = start_server(create_app(Settings(checkpoint=path)))
     try:
         with httpx.Client(base_url=running.url, timeout=30) as c:
             body = c.get("/onboarding", params={"n": 5}).json()
@@ -783,7 +749,7 @@ def test_onboarding_endpoint(client: httpx.Client, ckpt: Checkpoint, tmp_path: P
             popular = c.get("/onboarding", params={"strategy": "popularity", "n": 200}).json()
             assert [it["item_id"] for it in popular["items"]] == ids
     finally:
-        _stop(running)
+        stop_server(running)
 
 
 def test_batcher_counts_every_refusal() -> None:

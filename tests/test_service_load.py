@@ -1,7 +1,7 @@
 """The service under load, slow clients, signals and a fuzzer, through real servers.
 
 `melu serve` runs as a subprocess where a signal or the process's exit is the point (SIGTERM,
-a refused checkpoint); elsewhere uvicorn runs in a thread, as in test_service.py. Clients are
+a refused checkpoint); elsewhere uvicorn runs in a thread (tests/servers.py). Clients are
 raw asyncio sockets: cheap enough that one test process can hold hundreds of connections
 without starving the server it measures, and able to misbehave (stop mid-header, leave).
 Every loop is bounded by a count and a deadline.
@@ -18,62 +18,25 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
-from fastapi import FastAPI
+from servers import Threaded, start_server, stop_server
 
 from melu.checkpoint import load, save
-from service.main import create_app, uvicorn_config
+from service.main import create_app
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 # schemathesis: a few hundred cases per operation, about a minute.
 CASES_PER_OPERATION = 200
-
-
-@dataclass
-class Threaded:
-    port: int
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def health(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/health", timeout=10).json()
-
-
-def _start(settings: Settings, app: FastAPI | None = None) -> Threaded:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    app = app if app is not None else create_app(settings)
-    server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the service did not start", pytrace=False)
-        time.sleep(0.02)
-    return Threaded(sock.getsockname()[1], server, thread)
-
-
-def _stop(running: Threaded) -> None:
-    running.server.should_exit = True
-    running.thread.join(timeout=30)
 
 
 def _bodies(checkpoint: Path, n: int, ratings: int = 5) -> list[bytes]:
@@ -174,9 +137,9 @@ def served(checkpoint: Path) -> Iterator[Threaded]:
         read_timeout=3.0,
         request_timeout=5.0,
     )
-    running = _start(settings)
+    running = start_server(create_app(settings))
     yield running
-    _stop(running)
+    stop_server(running)
 
 
 # --- overload: a bounded queue, 503 at once, abandoned work dropped --------------------------
@@ -209,7 +172,9 @@ def test_overload_is_refused_at_once(served: Threaded, bodies: list[bytes]) -> N
 def test_clients_that_leave_are_not_computed(checkpoint: Path) -> None:
     # One request per adapt call and supports of 100 ratings: 40 requests take a few hundred
     # ms of work, while the clients leave after 50 ms.
-    running = _start(Settings(checkpoint=checkpoint, torch_threads=1, batch_max_size=1))
+    running = start_server(
+        create_app(Settings(checkpoint=checkpoint, torch_threads=1, batch_max_size=1))
+    )
     requests = [_post("/recommend", b) for b in _bodies(checkpoint, 40, ratings=100)]
 
     async def give_up(request: bytes) -> None:
@@ -237,13 +202,15 @@ def test_clients_that_leave_are_not_computed(checkpoint: Path) -> None:
         assert dropped > 0 and computed + dropped <= 40, (computed, dropped)
         assert computed < 20, (computed, dropped)
     finally:
-        _stop(running)
+        stop_server(running)
 
 
 def test_deadline_drops_queued_work(checkpoint: Path, bodies: list[bytes]) -> None:
     # A deadline shorter than the queue's wait: late requests get 503 and are not computed.
-    running = _start(
-        Settings(checkpoint=checkpoint, torch_threads=1, request_timeout=0.05, batch_max_size=2)
+    running = start_server(
+        create_app(
+            Settings(checkpoint=checkpoint, torch_threads=1, request_timeout=0.05, batch_max_size=2)
+        )
     )
     try:
 
@@ -261,7 +228,7 @@ def test_deadline_drops_queued_work(checkpoint: Path, bodies: list[bytes]) -> No
         assert health["requests"] < len(bodies) + 1  # the warm-up is not counted
         assert health["dropped"] > 0
     finally:
-        _stop(running)
+        stop_server(running)
 
 
 def test_a_bug_is_a_json_500_that_closes_the_connection(checkpoint: Path) -> None:
@@ -272,7 +239,7 @@ def test_a_bug_is_a_json_500_that_closes_the_connection(checkpoint: Path) -> Non
         raise RuntimeError("a bug")
 
     app.add_api_route("/broken", broken)
-    running = _start(settings, app)
+    running = start_server(app)
     try:
         with httpx.Client(base_url=running.url, timeout=30) as client:
             response = client.get("/broken")
@@ -282,7 +249,7 @@ def test_a_bug_is_a_json_500_that_closes_the_connection(checkpoint: Path) -> Non
             assert "a bug" not in response.text  # logged, not shown
             assert client.get("/health").status_code == 200  # a new connection, still up
     finally:
-        _stop(running)
+        stop_server(running)
 
 
 # --- no endpoint starves another --------------------------------------------------------------
