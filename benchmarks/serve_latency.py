@@ -159,6 +159,32 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User plus system CPU seconds of ``root`` and every process below it."""
+    total = 0.0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def tree_rss_mb(root: int) -> float:
+    """Resident memory (MB) of ``root`` and every process below it."""
+    total = 0.0
+    for pid in process_tree(root):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
+
+
 class Server:
     """One service process; stopped (and waited for) on exit."""
 
@@ -204,32 +230,13 @@ class Server:
         result: dict[str, Any] = _get_json(f"{self.url}/health")
         return result
 
-    def _pids(self) -> list[int]:
-        return process_tree(self.process.pid)
-
     def cpu_seconds(self) -> float:
         """CPU time the server has used (all threads and workers): unlike wall time, other
         jobs on the machine barely change it, so it is the steadier measure of our own cost."""
-        total = 0.0
-        for pid in self._pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        return tree_cpu_seconds(self.process.pid)
 
     def rss_mb(self) -> float:
-        total = 0.0
-        for pid in self._pids():
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            for line in status.splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-        return total
+        return tree_rss_mb(self.process.pid)
 
     def stop(self) -> None:
         self.process.terminate()

@@ -43,7 +43,8 @@ from serve_latency import (
     _get_json,
     build_requests,
     ensure_checkpoint,
-    process_tree,
+    tree_cpu_seconds,
+    tree_rss_mb,
 )
 
 log = logging.getLogger("serve_probe")
@@ -84,21 +85,10 @@ class Served:
 
     def rss_mb(self) -> float:
         """Resident memory of the server and its model process."""
-        total = 0.0
-        for pid in process_tree(self.process.pid):
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) / 1024
-        return total
+        return tree_rss_mb(self.process.pid)
 
     def cpu_s(self) -> float:
-        total = 0.0
-        for pid in process_tree(self.process.pid):
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        return tree_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         self.process.terminate()

@@ -184,9 +184,7 @@ class Recommender:
         self.features: torch.Tensor | None = None
         self.item_side: CachedItemSide | None = None
         self.retrieval: ClusterRetrieval | None = None
-        if not compute:
-            pass
-        elif self.learner.head_only:
+        if compute and self.learner.head_only:
             # Items embed the same way for every user when only the head adapts: embed the
             # catalogue once here and let each request run the head only.
             with torch.no_grad():
@@ -199,7 +197,7 @@ class Recommender:
                 self.retrieval = ClusterRetrieval(self.item_side, retrieval_fraction)
             elif retrieval_fraction > 0:
                 log.warning("MELU_RETRIEVAL_FRACTION applies to rating-only models; ignored")
-        else:
+        elif compute:
             log.warning("the encoder adapts per user: every request embeds the whole catalogue")
 
         self.item_ids: list[int] = [int(i) for i in self.catalogue.item_ids.tolist()]
