@@ -491,7 +491,9 @@ class MetaLearner(nn.Module):
         support of the support item that raises that item's watch logit the most (its part of
         the user vector dotted with the item's output embedding; ``tanh`` aside).
 
-        Needs a watch model; padding never wins unless a support is empty (then 0).
+        Needs a watch model. Padding and ratings kept out of the user vector (below
+        ``watch_min_rating``) never win; a support with none left gives ``S``, out of range:
+        no explanation.
         """
         if self.watch is None or adaptation.evidence is None:
             raise ValueError("explanations need a model with the watch objective")
@@ -499,7 +501,9 @@ class MetaLearner(nn.Module):
         contribution = adaptation.evidence @ out.t()  # [B, S, K]
         real = adaptation.evidence.abs().sum(-1, keepdim=True) > 0
         contribution = contribution.masked_fill(~real, float("-inf"))
-        return contribution.argmax(dim=1)
+        picked = contribution.argmax(dim=1)
+        none = ~real.any(dim=1)  # [B, 1]
+        return picked.masked_fill(none, adaptation.evidence.shape[1])
 
     def _catalogue_scorer(
         self, adaptation: Adaptation, users: torch.Tensor

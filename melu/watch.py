@@ -5,8 +5,9 @@ catalogue it favours acclaimed films whoever the user is. This tower learns the 
 multinomial over the catalogue (Liang et al., Mult-VAE, WWW 2018), from the same support sets:
 
 - each support item contributes its input embedding (a learned id vector plus its content
-  features, so new items still count) scaled by a learned weight per rating value (a 1-star
-  rating may push away) plus a learned vector per rating value;
+  features, so new items still count) scaled by a learned weight per rating value plus a
+  learned vector per rating value; ratings below ``ModelConfig.watch_min_rating`` (3 in the
+  default preset) are left out, as a learned weight kept them pulling their kind in;
 - their sum over ``sqrt(n)``, plus the user's demographics, through ``tanh`` is the user vector;
 - an item's logit is the user vector dotted with the item's output embedding, plus its bias.
 
@@ -47,6 +48,7 @@ class WatchTower(nn.Module):
         self.id_dropout = cfg.watch_id_dropout
         self.pooling = cfg.watch_pooling
         self.activation = cfg.watch_activation
+        self.min_rating = cfg.watch_min_rating
         content = [s for s in item_specs if s.name in cfg.item_fields]
         self.id_in = nn.Embedding(ids.vocab_size, dim)
         self.id_out = nn.Embedding(ids.vocab_size, dim + 1)  # last column: the item's bias
@@ -88,6 +90,8 @@ class WatchTower(nn.Module):
     ) -> torch.Tensor:
         """Each support item's contribution ``[B, S, D]`` to the user vector (0 on padding)."""
         level = y_spt.round().long().clamp(0, RATING_LEVELS - 1)
+        if self.min_rating > 0:
+            mask = mask & (y_spt >= self.min_rating)
         weight = mask.to(self.rating_scale.dtype).unsqueeze(-1)
         n = weight.sum(-2, keepdim=True).clamp(min=1.0)
         contribution = self.item_in(x_spt) * self.rating_scale[level].unsqueeze(-1)

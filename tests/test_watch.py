@@ -244,6 +244,42 @@ def test_explain_points_at_the_support_item_behind_a_recommendation() -> None:
             torch.testing.assert_close(parts.argmax(0), index[t])
 
 
+def test_ratings_below_the_minimum_leave_the_user_vector_alone() -> None:
+    """With ``watch_min_rating`` 3 a support item rated 1 or 2 changes neither the user vector
+    nor the explanations, yet still adapts the rating head; at 0 it counts like the others."""
+    table = catalogue()
+    b = features(make_tasks(), table)
+    low = (b.y_spt < 3) & b.mask_spt
+    assert low.any() and (b.mask_spt & ~low).any(1).all()
+    results = {}
+    for minimum in (0.0, 3.0):
+        learner = make_learner().eval()
+        assert learner.watch is not None
+        learner.watch.min_rating = minimum
+        with torch.no_grad():
+            full = learner.adapt(b.users, b.x_spt, b.y_spt, b.mask_spt)
+            kept = learner.adapt(b.users, b.x_spt, b.y_spt, b.mask_spt & ~low)
+        results[minimum] = (full, kept)
+    full, kept = results[3.0]
+    assert full.user is not None and kept.user is not None and full.evidence is not None
+    torch.testing.assert_close(full.user, kept.user)
+    assert (full.evidence[low] == 0).all()
+    # Explanations point at kept items only; a support of low ratings alone has none.
+    items = learner.item_features(table)
+    rows = torch.tensor([1, 5, 12])
+    with torch.no_grad():
+        picked = learner.explain(full, b.users, items, rows)
+        only_low = learner.adapt(b.users, b.x_spt, b.y_spt, low)
+        nothing = learner.explain(only_low, b.users, items, rows)
+    assert not low.gather(1, picked).any()
+    assert (nothing == b.x_spt.shape[1]).all()
+    # The rating head still sees every rating: its fast weights differ without the low ones.
+    assert any(not torch.equal(full.fast[name], kept.fast[name]) for name in full.fast)
+    full, kept = results[0.0]
+    assert full.user is not None and kept.user is not None
+    assert not torch.allclose(full.user, kept.user)
+
+
 # A small model's share of (5-star, 1-star) support pairs ordered right; 3 epochs on 480 users
 # reach about 0.72 with whole supports (the full default model: 0.85-0.9 from 5-10 ratings).
 THRESHOLD_PAIRS = 0.65
