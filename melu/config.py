@@ -100,8 +100,8 @@ class ModelConfig:
     # learned weight stayed positive). The default preset's 3, against 0, on validation users
     # (3 seeds, retrained): loved-genre share 0.42 -> 0.56, 5-star above 1-star support pairs
     # 0.87 -> 0.94 from 5 ratings and 0.84 -> 0.88 from 10, Recall@10 from 3/5/10/20 ratings
-    # 0.345/0.374/0.386/0.382 -> 0.340/0.371/0.380/0.383 (within seed noise). A cut at 4,
-    # tried at scoring time only (seeds 1, 2), cost up to 0.03 of Recall@10.
+    # 0.345/0.373/0.386/0.382 -> 0.340/0.371/0.381/0.383 (within seed noise). A cut at 4,
+    # tried at scoring time only, cost 0.01-0.02 (benchmarks/watch_min_rating.py).
     watch_min_rating: float = 0.0
 
 
