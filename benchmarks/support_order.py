@@ -25,6 +25,19 @@ from melu.evaluation import catalogue as C
 log = logging.getLogger("support_order")
 
 
+def five_above_one(cases: C.Cases, scores: np.ndarray) -> tuple[int, int]:
+    """(pairs ordered right, all pairs) over every user's (5-star, 1-star) support items,
+    given each user's scores over every row."""
+    at_support = np.take_along_axis(scores, cases.supports.rows, axis=1)
+    ratings = cases.supports.ratings
+    good = pairs = 0
+    for i in range(len(cases)):
+        diff = at_support[i][ratings[i] == 5][:, None] - at_support[i][ratings[i] == 1][None, :]
+        good += int((diff > 0).sum())
+        pairs += diff.size
+    return good, pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -44,18 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         scores = C.model_scores(
             learner, data.user_table, data.catalogue.table, cases.user_rows, cases.supports
         )
-        at_support = np.take_along_axis(scores, cases.supports.rows, axis=1)
-        ratings = cases.supports.ratings
-        good = bad = 0
-        for i in range(len(cases)):
-            fives = at_support[i][ratings[i] == 5]
-            ones = at_support[i][ratings[i] == 1]
-            diff = fives[:, None] - ones[None, :]
-            good += int((diff > 0).sum())
-            bad += int((diff <= 0).sum())
-        share = good / max(1, good + bad)
-        rows.append({"size": size, "pairs": good + bad, "five_above_one": share})
-        sys.stdout.write(f"S={size:>3}: {good + bad:>5} (5, 1) pairs, 5 above 1 in {share:.3f}\n")
+        good, pairs = five_above_one(cases, scores)
+        share = good / max(1, pairs)
+        rows.append({"size": size, "pairs": pairs, "five_above_one": share})
+        sys.stdout.write(f"S={size:>3}: {pairs:>5} (5, 1) pairs, 5 above 1 in {share:.3f}\n")
     if args.json is not None:
         ckpt.atomic_write_text(
             args.json, json.dumps({"checkpoint": str(args.checkpoint), "rows": rows}, indent=1)

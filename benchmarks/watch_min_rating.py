@@ -30,8 +30,13 @@ from melu.config import PRESETS, DataConfig, MetaConfig, TrainConfig
 from melu.data import ColdStartData, prepare
 from melu.evaluation import catalogue as C
 from melu.evaluation.rankers import Supports
+from melu.evaluation.run import genre_test_rows, no_demographics
 from melu.maml import MetaLearner
 from melu.train import CHECKPOINT_NAME, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import finished
+from support_order import five_above_one
 
 log = logging.getLogger("watch_min_rating")
 
@@ -43,24 +48,13 @@ SCORING = (3.0, 4.0)  # cuts applied at scoring time to the runs trained with ev
 
 def run(data_dir: Path, runs: Path, seed: int, minimum: float) -> Path:
     path = runs / f"min{minimum:g}-seed{seed}" / CHECKPOINT_NAME
-    if path.is_file() and ckpt.load(path).resume.get("epoch", 0) >= TrainConfig().epochs:
+    if finished(path, TrainConfig().epochs):
         log.info("reusing %s", path)
         return path
     data = prepare(data_dir, DataConfig(seed=seed))
     model = dataclasses.replace(PRESETS["default"], watch_min_rating=minimum)
     train(data, path.parent, model, MetaConfig(), TrainConfig(seed=seed), progress=False)
     return path
-
-
-def order_share(cases: C.Cases, scores: np.ndarray) -> float:
-    at = np.take_along_axis(scores, cases.supports.rows, axis=1)
-    ratings = cases.supports.ratings
-    good = total = 0
-    for i in range(len(cases)):
-        diff = at[i][ratings[i] == 5][:, None] - at[i][ratings[i] == 1][None, :]
-        good += int((diff > 0).sum())
-        total += diff.size
-    return good / max(total, 1)
 
 
 def measure(learner: MetaLearner, data: ColdStartData, seed: int) -> dict[str, Any]:
@@ -73,17 +67,14 @@ def measure(learner: MetaLearner, data: ColdStartData, seed: int) -> dict[str, A
         result = C.judge(cases, scores, counts)
         row[f"recall@10 S={size}"] = float(result.per_user["liked"]["recall@10"].mean())
         if size in ORDER_SIZES:
-            row[f"5 above 1 S={size}"] = order_share(cases, scores)
-    genre_cases = C.genre_cases(data, counts)
-    candidates = counts > 0
-    candidates[0] = False
-    unknown = np.zeros(len(genre_cases), dtype=np.int64)
+            good, pairs = five_above_one(cases, scores)
+            row[f"5 above 1 S={size}"] = good / max(pairs, 1)
 
     def scorer(s: Supports) -> np.ndarray:
-        return C.model_scores(learner, users, items, unknown, s)
+        return C.model_scores(learner, users, items, no_demographics(s), s)
 
-    shares = C.genre_shares(genre_cases, scorer, candidates, C.item_genres(data))
-    row["loved genre"] = float(np.mean(shares))
+    genre = genre_test_rows(data, counts, {"melu": scorer})
+    row["loved genre"] = float(np.mean([g.share for g in genre]))
     return row
 
 

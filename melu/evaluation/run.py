@@ -34,6 +34,7 @@ from melu.evaluation.onboarding import choose_lists, model_scorer, simulate
 from melu.evaluation.rankers import (
     Ranker,
     Setting,
+    Supports,
     TrainingData,
     catalogue_baselines,
     describe,
@@ -253,19 +254,31 @@ def loved_genre_test(
     sizes: Sequence[int],
 ) -> list[GenreRow]:
     """Every method's loved-genre share (:func:`melu.evaluation.catalogue.genre_cases`)."""
-    cases = C.genre_cases(data, counts)
-    genres = C.item_genres(data)
-    candidates = counts > 0
-    candidates[0] = False
     size = min(sizes, key=lambda s: abs(s - GENRE_TEST_SIZE))
-    unknown_user = np.zeros(len(cases), dtype=np.int64)  # row 0: no demographics given
     scorers: dict[str, Any] = {
-        MELU: lambda s: melu_scores(unknown_user, s, None),
-        "melu_no_adapt": lambda s: melu_scores(unknown_user, s, 0),
+        MELU: lambda s: melu_scores(no_demographics(s), s, None),
+        "melu_no_adapt": lambda s: melu_scores(no_demographics(s), s, 0),
     }
     for ranker in rankers:
         setting = chosen.get(ranker.name, {}).get(size, ranker.grid()[0])
         scorers[ranker.name] = lambda s, r=ranker, st=setting: r.score(s, st)
+    return genre_test_rows(data, counts, scorers)
+
+
+def no_demographics(supports: Supports) -> np.ndarray:
+    """User-table rows for the loved-genre test's users: row 0, no demographics given."""
+    return np.zeros(len(supports.rows), dtype=np.int64)
+
+
+def genre_test_rows(
+    data: ColdStartData, counts: np.ndarray, scorers: dict[str, Any]
+) -> list[GenreRow]:
+    """The loved-genre test for each named scorer (supports -> scores over every row), its top
+    10 drawn from the items with training ratings."""
+    cases = C.genre_cases(data, counts)
+    genres = C.item_genres(data)
+    candidates = counts > 0
+    candidates[0] = False
     rows = []
     for name, scorer in scorers.items():
         shares = C.genre_shares(cases, scorer, candidates, genres)
