@@ -132,20 +132,39 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _existing_ancestor(folder: Path) -> Path:
+    """``folder`` or its nearest ancestor that exists."""
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            return candidate
+    return Path.cwd()  # a relative path whose every part is missing
+
+
 @contextlib.contextmanager
 def _temporary(folder: Path, name: str) -> Iterator[tuple[IO[bytes], Path]]:
-    """A temporary file beside its target (same filesystem, so the rename is atomic).
+    """A temporary file for a target in ``folder``, on the same filesystem (the rename is
+    atomic): in ``folder`` if it exists, else in its nearest existing ancestor, so that a
+    failed download (no network, a mistyped ``DATA_DIR``) leaves no empty ``melu/`` behind.
+    A folder that does not exist yet cannot be a mount point, so it is on its ancestor's
+    filesystem. :func:`_move_into_place` creates the folder once the file is complete.
 
-    It is removed unless the caller has renamed it away, so a failure leaves nothing behind.
+    The file is removed unless the caller has moved it into place, so a failure leaves nothing
+    behind.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    where = _existing_ancestor(folder)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=where)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh, tmp
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename a complete temporary file onto ``target``, creating its folder only now."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, target)
 
 
 def _network_error(url: str, exc: BaseException, hint: str) -> MeluError:
@@ -198,7 +217,7 @@ def _fetch(url: str, target: Path, expected: str, progress: bool, hint: str) -> 
         got = digest.hexdigest()
         if got != expected:
             raise DataError(target, f"sha256 mismatch: expected {expected}, got {got}")
-        os.replace(tmp, target)
+        _move_into_place(tmp, target)
     log.info("saved %s (sha256 ok)", target)
 
 
@@ -251,7 +270,7 @@ def _extract(archive: Path, top: str, data_dir: Path) -> list[Path]:
                     with zf.open(info) as src:
                         shutil.copyfileobj(src, out, _CHUNK)
                     out.close()
-                    os.replace(tmp, target)
+                    _move_into_place(tmp, target)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
         raise DataError(archive, f"cannot extract: {_one_line(exc)}") from None
     if not extracted:

@@ -190,6 +190,12 @@ def test_unreachable_server(tmp_path: Path, dataset: str, where: list[str]) -> N
         assert part in message, part
     assert str(data_dir) in message
     assert all_files(tmp_path) == []
+    # No folder either: a mistyped DATA_DIR used to leave an empty data/melu/ behind.
+    assert not data_dir.exists()
+    data_dir.mkdir()
+    with pytest.raises(MeluError):
+        dl.download(dataset, data_dir, progress=False, urls={dataset: url})  # type: ignore[arg-type]
+    assert list(data_dir.iterdir()) == []
 
 
 def test_missing_file_on_server(server: Server, tmp_path: Path) -> None:
@@ -197,7 +203,7 @@ def test_missing_file_on_server(server: Server, tmp_path: Path) -> None:
         dl.download("ml-1m", tmp_path / "data", progress=False, urls={"ml-1m": server.url})
     assert "\n" not in str(info.value)
     assert "ratings.dat" in str(info.value)
-    assert all_files(tmp_path / "data") == []
+    assert not (tmp_path / "data").exists()
 
 
 def test_unsafe_zip_member(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
