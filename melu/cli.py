@@ -108,7 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     summary = data_sub.add_parser("summary", help="tasks per cold-start scenario")
     _add_data_args(summary)
     summary.add_argument("--json", action="store_true", help="print JSON")
-    summary.add_argument("--seed", type=int, default=0)
+    summary.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the validation users and query items (default: 0)",
+    )
 
     train = sub.add_parser(
         "train",
@@ -168,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--patience",
         type=_positive,
-        help=f"stop after this many epochs without a better validation MAE "
-        f"(default: {_TRAIN.patience})",
+        help="stop after this many epochs in which neither validation MAE nor, with the watch "
+        "objective (the default preset's), validation Recall@10 from 5 ratings improved; the "
+        "checkpoint keeps the rating network of the best MAE epoch and the watch model of the "
+        f"best Recall@10 epoch (default: {_TRAIN.patience})",
     )
     train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     train.add_argument(
@@ -202,27 +209,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Both protocols: the catalogue ranking a new user gets from 3, 5, 10, 20 "
         "ratings (against popularity, EASE, ALS, item kNN, ...), and MeLU's 10-item protocol.",
     )
-    evaluate.add_argument("--checkpoint", type=Path, required=True)
+    evaluate.add_argument(
+        "--checkpoint", type=Path, required=True, help="checkpoint.pt of a run (melu train --out)"
+    )
     _add_data_args(evaluate, dataset=False)
     evaluate.add_argument(
         "--json",
         type=_report_path,
         dest="json_out",
-        help="write the report as JSON (its folder must exist)",
+        help="write the report as JSON (its folder must exist; default: not written)",
     )
     evaluate.add_argument(
-        "--markdown", type=_report_path, help="write the report as Markdown (its folder must exist)"
+        "--markdown",
+        type=_report_path,
+        help="write the report as Markdown (its folder must exist; default: not written)",
     )
     evaluate.add_argument("--warm", action="store_true", help="also report training users")
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default: auto)"
+    )
     evaluate.add_argument(
         "--bootstrap",
         type=_non_negative,
         default=1000,
-        help="bootstrap resamples for confidence intervals",
+        help="bootstrap resamples for confidence intervals (default: 1000)",
     )
     evaluate.add_argument(
-        "--seed", type=int, default=0, help="support draws, bootstrap and baselines' seed"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of support draws, bootstrap and baselines (default: 0)",
     )
 
     onboarding = sub.add_parser(
@@ -232,15 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
         "none stored) the lists are computed from the training ratings: MeLU's evidence "
         "score, popularity, popularity x rating entropy, and a diverse re-ordering.",
     )
-    onboarding.add_argument("--checkpoint", type=Path, required=True)
     onboarding.add_argument(
-        "--data-dir", type=Path, help="recompute the lists from this data folder"
+        "--checkpoint", type=Path, required=True, help="checkpoint file, or its run folder"
     )
-    onboarding.add_argument("--top", type=_positive, default=20, help="items to print")
+    onboarding.add_argument(
+        "--data-dir",
+        type=Path,
+        help="recompute the lists from this data folder (default: the lists stored in the "
+        "checkpoint)",
+    )
+    onboarding.add_argument(
+        "--top", type=_positive, default=20, help="items to print (default: 20)"
+    )
     onboarding.add_argument(
         "--strategy",
         choices=("evidence", "popularity", "entropy", "diverse"),
         default="diverse",
+        help="which list (default: diverse)",
     )
     onboarding.add_argument(
         "--save", action="store_true", help="store the computed lists in the checkpoint"
@@ -257,9 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--checkpoint", type=Path, required=True, help="checkpoint file, or its run folder"
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=_port, default=8000, help="1..65535")
-    serve.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 for every interface (default: 127.0.0.1, this "
+        "machine only)",
+    )
+    serve.add_argument("--port", type=_port, default=8000, help="1..65535 (default: 8000)")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (default: cpu)")
     serve.add_argument(
         "--workers",
         type=_positive,
@@ -354,6 +383,7 @@ def _check_resume(args: argparse.Namespace, given: dict[str, Any]) -> bool:
     configuration (it would silently keep its own), and say so when the run has finished.
     Returns whether there is training left to do."""
     from melu.checkpoint import load
+    from melu.train import kept_weights
 
     path = args.out / "checkpoint.pt"
     if not (args.resume and path.exists()):
@@ -378,29 +408,31 @@ def _check_resume(args: argparse.Namespace, given: dict[str, Any]) -> bool:
             "a new folder (--out, or RUN_DIR=... with make)"
         )
     done = int(previous.resume.get("epoch", 0)) if previous.resume else None
-    metrics = previous.metrics
     if done is None or done >= previous.train.epochs:
-        how = (
-            "stopped early (no validation improvement for "
-            f"{previous.train.patience} epochs) after epoch {len(metrics.get('history', []))}"
-            if metrics.get("stopped_early")
-            else f"finished all {previous.train.epochs} epochs"
-        )
         log.info(
-            "%s already %s; best validation MAE %.4f at epoch %s. Nothing to resume: train "
-            "into a new folder to start over",
+            "%s already %s; it keeps %s. Nothing to resume: train into a new folder to start over",
             args.out,
-            how,
-            metrics.get("best_val_mae", float("nan")),
-            metrics.get("best_epoch"),
+            _how_it_ended(previous.metrics, previous.train),
+            kept_weights(previous.metrics),
         )
         return False
     return True
 
 
+def _how_it_ended(metrics: dict[str, Any], train_cfg: TrainConfig) -> str:
+    from melu.train import stop_measures
+
+    if not metrics.get("stopped_early"):
+        return f"finished all {train_cfg.epochs} epochs"
+    return (
+        f"stopped early after epoch {len(metrics.get('history', []))} (no better "
+        f"{stop_measures('best_recall_epoch' in metrics)} for {train_cfg.patience} epochs)"
+    )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from melu.data import prepare
-    from melu.train import resolve_device, train
+    from melu.train import kept_weights, resolve_device, train
 
     resolve_device(args.device)  # fail on a bad device before minutes of data loading
     model_cfg, meta_cfg, train_cfg, given = _train_configs(args)
@@ -418,10 +450,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     log.info(
-        "best validation MAE %.4f at epoch %d; checkpoint %s",
-        result.metrics["best_val_mae"],
-        result.metrics["best_epoch"],
+        "training %s; %s keeps %s",
+        _how_it_ended(result.metrics, result.train),
         args.out / "checkpoint.pt",
+        kept_weights(result.metrics),
     )
     if not args.no_onboarding and int(os.environ.get("RANK", "0")) == 0:
         from melu import checkpoint as ckpt

@@ -38,6 +38,29 @@ WATCH_PREFIX = "net.watch."
 SELECT_SUPPORT = 5
 
 
+def stop_measures(watch: bool) -> str:
+    """The validation measures early stopping watches, in words: training stops after
+    ``patience`` epochs in which none of them improved."""
+    if not watch:
+        return "validation MAE"
+    return f"validation MAE or Recall@10 from {SELECT_SUPPORT} ratings"
+
+
+def kept_weights(metrics: dict[str, Any]) -> str:
+    """Which epochs' weights a checkpoint holds, and why: the rating network's from its best
+    validation MAE, the watch model's (when there is one) from its best validation Recall@10."""
+    text = (
+        f"the rating network from epoch {metrics.get('best_epoch')} (best validation MAE "
+        f"{float(metrics.get('best_val_mae', math.nan)):.4f})"
+    )
+    if "best_recall_epoch" in metrics:
+        text += (
+            f" and the watch model from epoch {metrics['best_recall_epoch']} (best validation "
+            f"Recall@10 from {SELECT_SUPPORT} ratings {float(metrics['best_val_recall']):.4f})"
+        )
+    return text
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -109,6 +132,10 @@ def train(
     stop_after_epoch: int | None = None,
 ) -> ckpt.Checkpoint:
     """Meta-train on ``data.tasks["warm"]``, early-stopping on ``data.tasks["validation"]``.
+
+    Training stops after ``train_cfg.patience`` epochs in which neither validation MAE nor (a
+    watch model's) validation Recall@10 improved; the checkpoint holds the rating network of
+    the best MAE epoch and the watch model of the best Recall@10 epoch (:func:`kept_weights`).
 
     ``stop_after_epoch`` ends the run after that many epochs as if interrupted (tests use it
     to check that ``resume`` continues to the same result).
@@ -266,9 +293,18 @@ def train(
         history.append(row)
         bad_epochs = 0 if improved else bad_epochs + 1
         stop = bad_epochs >= train_cfg.patience
+        metrics: dict[str, Any] = {
+            "history": history,
+            "best_epoch": best["epoch"],
+            "best_val_mae": best["val_mae"],
+            "stopped_early": stop,
+        }
+        if watch:
+            metrics["best_val_recall"] = best_watch["recall"]
+            metrics["best_recall_epoch"] = best_watch["epoch"]
         if world.is_main:
             log.info(
-                "epoch %d: train loss %.4f, validation MAE %.4f (best %.4f at epoch %d)%s, %.1fs",
+                "epoch %d: train loss %.4f, validation MAE %.4f (best %.4f at epoch %d)%s, %.1fs%s",
                 epoch + 1,
                 row["train_loss"],
                 val["mae"],
@@ -279,16 +315,13 @@ def train(
                 if watch
                 else "",
                 row["seconds"],
+                # How close early stopping is, so that a run going on past its best MAE epoch
+                # is no surprise.
+                f"; {bad_epochs} of {train_cfg.patience} epochs without a better "
+                f"{stop_measures(watch)}"
+                if bad_epochs
+                else "",
             )
-            metrics = {
-                "history": history,
-                "best_epoch": best["epoch"],
-                "best_val_mae": best["val_mae"],
-                "stopped_early": stop,
-            }
-            if watch:
-                metrics["best_val_recall"] = best_watch["recall"]
-                metrics["best_recall_epoch"] = best_watch["epoch"]
             checkpoint = ckpt.Checkpoint(
                 data=data.config,
                 model=model_cfg,
@@ -309,8 +342,15 @@ def train(
             )
             ckpt.save(path, checkpoint)
             _write_metrics(run_dir, history)
+        if stop and world.is_main:
+            log.info(
+                "early stop after epoch %d: no better %s for %d epochs; the checkpoint keeps %s",
+                epoch + 1,
+                stop_measures(watch),
+                train_cfg.patience,
+                kept_weights(metrics),
+            )
         if stop:
-            log.info("early stop: no validation improvement for %d epochs", train_cfg.patience)
             break
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break

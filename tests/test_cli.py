@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,20 +43,39 @@ def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str
     return lines[0]
 
 
-def _subparser(name: str) -> argparse.ArgumentParser:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    chosen: argparse.ArgumentParser = sub.choices[name]
-    return chosen
+def _subparsers(
+    parser: argparse.ArgumentParser, prefix: str = "melu"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every command's parser, nested ones (``melu data download``) included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{prefix} {name}", sub
+                yield from _subparsers(sub, f"{prefix} {name}")
 
 
-def test_train_help_describes_every_flag_with_its_default() -> None:
-    train = _subparser("train")
-    for action in train._actions:
-        assert action.help, action.option_strings
-        takes_value = action.nargs != 0 and action.option_strings != ["--out"]
-        if takes_value and action.option_strings[0] not in ("--help",):
-            assert "default" in action.help, action.option_strings
+def test_help_describes_every_flag_with_its_default() -> None:
+    """Every option of every command says what it does, and each optional one that takes a
+    value gives its default (``melu serve --help`` had none for --host and --port, ``melu
+    evaluate --help`` said nothing for --checkpoint and --device)."""
+    commands = dict(_subparsers(build_parser()))
+    assert {"melu train", "melu evaluate", "melu serve", "melu data download"} <= set(commands)
+    for command, parser in commands.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction) or action.dest == "help":
+                continue
+            assert action.help, (command, action.option_strings)
+            if action.nargs != 0 and not action.required:
+                assert "default" in action.help, (command, action.option_strings)
+    serve = commands["melu serve"].format_help()
+    assert "(default: 127.0.0.1" in serve and "(default: 8000)" in serve
+
+
+def test_patience_help_names_what_stops_and_what_is_kept() -> None:
+    help_text = " ".join(dict(_subparsers(build_parser()))["melu train"].format_help().split())
+    assert "neither validation MAE nor" in help_text
+    assert "validation Recall@10 from 5 ratings" in help_text
+    assert "keeps the rating network of the best MAE epoch" in help_text
 
 
 def test_serve_help_lists_the_settings() -> None:
@@ -137,7 +157,12 @@ def test_resume_says_when_a_run_stopped_early(
     ckpt.save(run / "checkpoint.pt", saved)
     result = melu("train", "--data-dir", str(shared_data), "--out", str(run), "--resume")
     assert result.returncode == 0, result.stderr
-    assert "stopped early (no validation improvement for 5 epochs) after epoch 1" in (result.stderr)
+    # Which measures stop a run, and which epoch's weights the checkpoint holds, by which one.
+    assert (
+        "stopped early after epoch 1 (no better validation MAE or Recall@10 from 5 ratings for "
+        "5 epochs); it keeps the rating network from epoch 1 (best validation MAE "
+    ) in result.stderr
+    assert "and the watch model from epoch 1 (best validation Recall@10 from 5" in result.stderr
 
 
 @pytest.mark.parametrize("target", ["check-port"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from melu import checkpoint as ckpt
-from melu.config import MetaConfig, ModelConfig, TrainConfig
+from melu.config import PRESETS, MetaConfig, ModelConfig, TrainConfig
 from melu.data import ColdStartData
 from melu.errors import CheckpointError
 from melu.maml import gather
@@ -142,6 +143,32 @@ def test_resumed_run_equals_uninterrupted_run(small_data: ColdStartData, tmp_pat
         assert torch.equal(value, resumed.state[name]), name
 
 
+def test_early_stop_says_what_stopped_it_and_what_is_kept(
+    small_data: ColdStartData, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a learning rate of 0 no validation measure can improve after epoch 1, so the
+    default model (rating network and watch model) stops after 1 + patience epochs, and the
+    log says by which measures and which epoch's weights of each part the checkpoint holds.
+    The rule is "neither measure improved": a run used to go on past its best MAE epoch while
+    the log and --patience spoke of MAE alone."""
+    cfg = dataclasses.replace(SMALL, epochs=6, patience=2, lr=0.0)
+    with caplog.at_level(logging.INFO, logger="melu.train"):
+        result = train(small_data, tmp_path, PRESETS["default"], MetaConfig(), cfg, progress=False)
+    history = result.metrics["history"]
+    assert len(history) == 3 and result.metrics["stopped_early"]
+    assert len({row["val_mae"] for row in history}) == len({r["val_recall"] for r in history}) == 1
+    assert result.metrics["best_epoch"] == result.metrics["best_recall_epoch"] == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.endswith("; 2 of 2 epochs without a better validation MAE or Recall@10 from 5 "
+                          "ratings") for m in messages), messages  # fmt: skip
+    (stop,) = [m for m in messages if m.startswith("early stop")]
+    assert stop.startswith(
+        "early stop after epoch 3: no better validation MAE or Recall@10 from 5 ratings for 2 "
+        "epochs; the checkpoint keeps the rating network from epoch 1 (best validation MAE "
+    )
+    assert "and the watch model from epoch 1 (best validation Recall@10 from 5 ratings " in stop
+
+
 def test_bad_checkpoints_are_reported(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         ckpt.load(tmp_path / "missing.pt")
@@ -193,7 +220,12 @@ def test_cli_trains_and_resumes(shared_data: Path, tmp_path: Path) -> None:
         "--local-update", "vmap",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "best validation MAE" in result.stderr
+    # The closing line says which epoch's weights of each part the checkpoint holds.
+    assert "training finished all 1 epochs; " in result.stderr
+    assert "keeps the rating network from epoch 1 (best validation MAE " in result.stderr
+    assert "the watch model from epoch 1 (best validation Recall@10 from 5 ratings " in (
+        result.stderr
+    )
     saved = ckpt.load(out / "checkpoint.pt")
     assert saved.meta.local_steps == 1 and saved.train.batch_size == 256
     assert saved.meta.local_update == "vmap"  # the generic path, end to end
