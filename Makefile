@@ -1,6 +1,7 @@
 # Two commands: `make run` (data, train, evaluate, serve) and `make test` (ruff, mypy, pytest).
 # Steps alone: `make data`, `make train`, `make evaluate`, `make serve` (serves RUN_DIR's
-# checkpoint on PORT; the server prints an example request when it is up).
+# checkpoint on PORT; the server prints the page's address and an example request when it is
+# up). A second `make run` trains and evaluates nothing again: it serves at once.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
@@ -17,6 +18,8 @@ PORT ?= 8000
 # torch CPU threads (melu --threads); empty: one per core. THREADS=1 when other jobs share them.
 THREADS ?=
 MELU_RUN = $(MELU)$(if $(THREADS), --threads $(THREADS))
+CHECKPOINT = $(RUN_DIR)/checkpoint.pt
+REPORT = $(RUN_DIR)/report.json
 
 .PHONY: install data train evaluate serve check-port run test lint typecheck clean
 
@@ -31,16 +34,24 @@ install: $(VENV)/.installed
 data: install
 	$(MELU_RUN) data download --dataset melu --data-dir $(DATA_DIR)
 
-train: data
+# `melu train --resume` runs every time (it continues an interrupted run and says when a run
+# has finished) but writes the checkpoint only when it trains, so the checkpoint's time stamp
+# tells whether the report below is out of date.
+train: $(CHECKPOINT)
+$(CHECKPOINT): data
 	$(MELU_RUN) train --dataset melu --data-dir $(DATA_DIR) --out $(RUN_DIR) --epochs $(EPOCHS) --resume
 
-evaluate: train
-	$(MELU_RUN) evaluate --checkpoint $(RUN_DIR)/checkpoint.pt --data-dir $(DATA_DIR) \
-		--json $(RUN_DIR)/report.json --markdown $(RUN_DIR)/report.md
+# The evaluation (minutes) runs only when the report is missing or older than the checkpoint.
+evaluate: $(REPORT)
+	@echo "report: $(REPORT) and report.md beside it (newer than the checkpoint; delete report.json to evaluate again)"
+$(REPORT): $(CHECKPOINT)
+	$(MELU_RUN) evaluate --checkpoint $(CHECKPOINT) --data-dir $(DATA_DIR) \
+		--json $(REPORT) --markdown $(RUN_DIR)/report.md
 
-# The server itself prints the example request (the one in README.md) once it listens.
+# The server itself prints the page's address and the example request (the one in README.md)
+# once it listens.
 serve: install
-	$(MELU_RUN) serve --checkpoint $(RUN_DIR)/checkpoint.pt --host 127.0.0.1 --port $(PORT)
+	$(MELU_RUN) serve --checkpoint $(CHECKPOINT) --host 127.0.0.1 --port $(PORT)
 
 # Before minutes of training: is PORT free for the server at the end of `make run`?
 check-port: install

@@ -183,3 +183,42 @@ def test_make_checks_the_port_first(target: str) -> None:
         )
     assert result.returncode != 0
     assert f"port {port} is in use" in result.stderr
+
+
+def test_make_evaluates_only_a_newer_checkpoint(tmp_path: Path) -> None:
+    """A second `make run` redid the minutes of evaluation before serving: the report is a
+    file target, rebuilt only when the checkpoint is newer. ``melu`` is replaced by a script
+    that records its commands (and writes the report, as the real one does)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    venv = Path(sys.executable).parent.parent
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "melu"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$1" >> "{calls}"\n'
+        'while [ $# -gt 0 ]; do [ "$1" = --json ] && : > "$2"; shift; done\n'
+    )
+    fake.chmod(0o755)
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint = run / "checkpoint.pt"
+    checkpoint.write_bytes(b"")  # a finished run: `melu train --resume` leaves it alone
+
+    def make_evaluate() -> list[str]:
+        calls.write_text("")
+        result = subprocess.run(
+            ["make", "-s", "evaluate", f"RUN_DIR={run}", f"DATA_DIR={tmp_path}",
+             f"VENV={venv}", f"MELU={fake}"],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return calls.read_text().split()
+
+    assert make_evaluate() == ["data", "train", "evaluate"]
+    assert (run / "report.json").is_file()
+    assert make_evaluate() == ["data", "train"]
+    # A checkpoint written after the report (training went on) is evaluated again.
+    later = (run / "report.json").stat().st_mtime + 10
+    os.utime(checkpoint, (later, later))
+    assert make_evaluate() == ["data", "train", "evaluate"]
