@@ -486,20 +486,23 @@ class MetaLearner(nn.Module):
         users: torch.Tensor,
         item_features: torch.Tensor,
         rows: torch.Tensor,
+        allowed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """For items ``rows [K]`` of ``item_features``: the index ``[B, K]`` into each task's
         support of the support item that raises that item's watch logit the most (its part of
         the user vector dotted with the item's output embedding; ``tanh`` aside).
 
-        Needs a watch model. Padding and ratings kept out of the user vector (below
-        ``watch_min_rating``) never win; a support with none left gives ``S``, out of range:
-        no explanation.
+        Needs a watch model. Padding, ratings kept out of the user vector (below
+        ``watch_min_rating``) and support entries outside ``allowed`` (``[B, S]`` bool; default
+        all) never win; a support with none left gives ``S``, out of range: no explanation.
         """
         if self.watch is None or adaptation.evidence is None:
             raise ValueError("explanations need a model with the watch objective")
         out = item_features[rows, self.net.encoder.item_dim : -1]  # [K, D], bias dropped
         contribution = adaptation.evidence @ out.t()  # [B, S, K]
         real = adaptation.evidence.abs().sum(-1, keepdim=True) > 0
+        if allowed is not None:
+            real = real & allowed.unsqueeze(-1)
         contribution = contribution.masked_fill(~real, float("-inf"))
         picked = contribution.argmax(dim=1)
         none = ~real.any(dim=1)  # [B, 1]

@@ -60,10 +60,31 @@ ML100K_GENRES = (
     "Western",
 )
 # ML-1M's age codes; ML-100K's raw ages are bucketed into them so both share one meaning.
-ML1M_AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
+ML1M_AGE_GROUPS: dict[int, str] = {
+    1: "under 18",
+    18: "18-24",
+    25: "25-34",
+    35: "35-44",
+    45: "45-49",
+    50: "50-55",
+    56: "56+",
+}
+ML1M_AGE_CODES = tuple(ML1M_AGE_GROUPS)
 
 _MISSING = {"", "N/A", "nan", "NaN", "None"}
 _TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
+
+
+def describe_age_codes() -> str:
+    """The age codes and what they mean, for messages that refuse another value."""
+    return ", ".join(f"{code} ({group})" for code, group in ML1M_AGE_GROUPS.items())
+
+
+def split_title_year(text: str) -> tuple[str, str]:
+    """``"Toy Story (1995)"`` -> ``("Toy Story", "1995")``; without a year in parentheses at
+    the end, ``(text, "")``. Titles are stored without their year (MovieLens writes it in)."""
+    match = _TITLE_YEAR.match(text)
+    return (match.group(1), match.group(2)) if match else (text.strip(), "")
 
 
 @dataclass(frozen=True)
@@ -191,8 +212,7 @@ def read_ml1m_movies(path: Path) -> pd.DataFrame:
     """``MovieID::Title (Year)::Genre|Genre``; latin-1 encoded."""
 
     def parse(n: int, f: list[str]) -> dict[str, object]:
-        match = _TITLE_YEAR.match(f[1])
-        title, year = (match.group(1), match.group(2)) if match else (f[1].strip(), "")
+        title, year = split_title_year(f[1])
         return {
             "item_id": _int(path, n, f[0], "movie id"),
             "title": title,
@@ -287,12 +307,9 @@ def read_ml100k_items(path: Path) -> pd.DataFrame:
         flags = f[5:]
         if any(flag not in ("0", "1") for flag in flags):
             raise DataError(path, "genre flags must be 0 or 1", n)
-        match = _TITLE_YEAR.match(f[1])
-        title = match.group(1) if match else f[1].strip()
+        title, title_year = split_title_year(f[1])
         release = f[2].strip()
-        year = release[-4:] if len(release) >= 4 and release[-4:].isdigit() else ""
-        if not year and match:
-            year = match.group(2)
+        year = release[-4:] if len(release) >= 4 and release[-4:].isdigit() else title_year
         genres = [g for g, flag in zip(ML100K_GENRES, flags, strict=True) if flag == "1"]
         return {
             "item_id": _int(path, n, f[0], "movie id"),

@@ -9,10 +9,13 @@ functions, so that what is evaluated is exactly what is served:
   in item-id order (:meth:`melu.data.Catalogue.build` sorts them), so ties go to the smaller
   item id and the same scores always give the same list;
 - :func:`top_k_row` is the same order for one user, cheaper when ``k`` is small;
-- :func:`batch_invariant` rounds scores first, so that batching never reorders near ties.
+- :func:`batch_invariant` rounds scores first, so that batching never reorders near ties;
+- :func:`because` names the movie the user loved that a listed item follows.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -25,6 +28,10 @@ PREDICT_CHUNK = 65_536
 # near-tied items; rounding to this grid first turns such near ties into exact ties, which
 # item ids break. See :func:`batch_invariant`.
 RANK_GRID = 4096.0
+# Only a movie the user loved explains a recommendation: "because you rated X" reads as
+# "because you liked X", and citing a 1- or 3-star rating (which still shapes the watch user
+# vector from 3 up) misled.
+BECAUSE_MIN_RATING = 4.0
 
 
 def batch_invariant(scores: torch.Tensor) -> torch.Tensor:
@@ -121,3 +128,32 @@ def top_k_row(scores: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:
     else:
         order = torch.sort(values, descending=True, stable=True).indices
     return pool[order]
+
+
+def because(
+    learner: MetaLearner,
+    adaptation: Adaptation,
+    users: torch.Tensor,
+    item_features: torch.Tensor,
+    rows: Sequence[int],
+    support_rows: Sequence[int],
+    support_ratings: Sequence[float],
+) -> list[int | None]:
+    """For one user (an adaptation of a batch of one, whose support may be padded beyond
+    ``support_rows``): for each of the catalogue ``rows`` listed for them, the support row the
+    user rated at least :data:`BECAUSE_MIN_RATING` that raises its watch logit the most
+    (:meth:`MetaLearner.explain`), or None: for a row the user rated (it would cite itself),
+    when no loved support item supports it, and for models without a watch tower.
+    """
+    if learner.watch is None or adaptation.evidence is None or not rows:
+        return [None] * len(rows)
+    width = adaptation.evidence.shape[1]
+    loved = [rating >= BECAUSE_MIN_RATING for rating in support_ratings]
+    allowed = torch.tensor([loved + [False] * (width - len(loved))], device=item_features.device)
+    index = torch.tensor(rows, dtype=torch.long, device=item_features.device)
+    picked = learner.explain(adaptation, users, item_features, index, allowed)[0].tolist()
+    rated = set(support_rows)
+    return [
+        None if row in rated or j >= len(support_rows) else support_rows[j]
+        for row, j in zip(rows, picked, strict=True)
+    ]

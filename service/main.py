@@ -75,6 +75,13 @@ def example_curl(base_url: str, recommender: Recommender | None = None) -> str:
     )
 
 
+def _open_the_page(base_url: str) -> str:
+    """The startup line a new user looks for: where the page is (or that there is none)."""
+    if not (STATIC_DIR / "index.html").is_file():
+        return f"no page in this installation; the API is at {base_url}/"
+    return f"open the page: {base_url}/ (rate a few movies, get recommendations)"
+
+
 def _batcher(settings: Settings, worker: ModelWorker) -> MicroBatcher[Job, Outcome]:
     batched = settings.micro_batching
     return MicroBatcher(
@@ -139,6 +146,7 @@ def create_app(
         )
         base_url = getattr(app.state, "base_url", None)
         if base_url is not None:
+            log.info("%s", _open_the_page(base_url))
             log.info("try: %s", example_curl(base_url, built))
             log.info("API docs: %s/docs", base_url)
         try:
@@ -291,5 +299,6 @@ def serve(
     config = uvicorn_config(
         "service.main:create_app", settings, factory=True, workers=workers, log_level="info"
     )
-    log.info("starting %d worker processes; try: %s", workers, example_curl(base_url))
+    log.info("starting %d worker processes; %s", workers, _open_the_page(base_url))
+    log.info("try: %s", example_curl(base_url))
     Multiprocess(config, sockets=[sock]).run()

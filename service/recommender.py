@@ -25,7 +25,8 @@ from melu.checkpoint import Checkpoint
 from melu.config import to_dict
 from melu.errors import CheckpointError
 from melu.features import USER_FIELDS
-from melu.ranking import batch_invariant, catalogue_scores_and_ratings, top_k_row
+from melu.movielens import ML1M_AGE_CODES, describe_age_codes, split_title_year
+from melu.ranking import batch_invariant, because, catalogue_scores_and_ratings, top_k_row
 from service.catalogue import CachedItemSide, ClusterRetrieval
 from service.errors import FieldError, InputError
 from service.schemas import (
@@ -36,7 +37,6 @@ from service.schemas import (
     Limits,
     ModelDetails,
     ModelInfo,
-    OnboardingItem,
     Rating,
     RecommendRequest,
     ScoredItem,
@@ -54,6 +54,9 @@ CLOSED_USER_FIELDS: tuple[str, ...] = ("gender", "age", "occupation")
 MAX_ERRORS_PER_LIST = 20
 # Title searches remembered (the page's search-as-you-type repeats them).
 SEARCH_CACHE = 1024
+# The age vocabulary of MovieLens-1M (and of ML-100K, bucketed into it): a refused age is
+# answered with what each code means.
+AGE_TOKENS: tuple[str, ...] = tuple(str(code) for code in ML1M_AGE_CODES)
 
 
 class NonFiniteError(RuntimeError):
@@ -104,7 +107,7 @@ class Job:
 
 class Scored(NamedTuple):
     """One item of an answer: its row, ranking score, predicted rating (1..5) and the row of
-    the rated item that most supports it (None where the model cannot say)."""
+    the loved item it follows (:func:`melu.ranking.because`; None where there is none)."""
 
     row: int
     score: float
@@ -208,6 +211,7 @@ class Recommender:
         self._by_id = torch.tensor(by_id, dtype=torch.long)
         self._rows_by_id = by_id
         self._lower_titles = [t.lower() for t in self.titles]
+        self._years = [self.catalogue.year(r) for r in range(len(self.item_ids))]
         self._searches: dict[tuple[str, int], tuple[list[CatalogueItem], int]] = {}
 
         self.user_values: dict[str, list[str]] = {
@@ -325,6 +329,9 @@ class Recommender:
                 token = self._canonical[field].get(value.lower())
                 if token is None:
                     allowed = ", ".join(self.user_values[field])
+                    if field == "age" and set(self.user_values["age"]) <= set(AGE_TOKENS):
+                        # The codes alone do not say that 30 is "25" (25-34).
+                        allowed = f"MovieLens age codes {describe_age_codes()}"
                     errors.append(
                         FieldError(
                             ("body", "user", field),
@@ -436,13 +443,13 @@ class Recommender:
             outcomes = []
             for i, job in enumerate(jobs):
                 chosen = self._select(pred[i], job.select)
-                because = self._because(adaptation, users, i, job, chosen)
+                follows = self._because(adaptation, users, i, job, chosen)
                 items = [
                     Scored(
                         row,
                         float(pred[i, row]),
                         float(rated[i, row].clamp(RATING_MIN, RATING_MAX)),
-                        because[k],
+                        follows[k],
                     )
                     for k, row in enumerate(chosen)
                 ]
@@ -452,16 +459,15 @@ class Recommender:
     def _because(
         self, adaptation: Any, users: torch.Tensor, i: int, job: Job, rows: list[int]
     ) -> list[int | None]:
-        """For each listed row, the rated row that most supports it (a watch model's
-        explanation), or None."""
+        """For each listed row, the loved rated row it follows, or None (melu's rule)."""
         if self.learner.watch is None or self.features is None or not rows or not job.rows:
             return [None] * len(rows)
         one = adaptation._replace(
             user=adaptation.user[i : i + 1], evidence=adaptation.evidence[i : i + 1]
         )
-        index = torch.tensor(rows, dtype=torch.long, device=self.features.device)
-        picked = self.learner.explain(one, users[i : i + 1], self.features, index)[0]
-        return [job.rows[int(j)] if int(j) < len(job.rows) else None for j in picked.tolist()]
+        return because(
+            self.learner, one, users[i : i + 1], self.features, rows, job.rows, job.ratings
+        )
 
     def _select(self, pred: torch.Tensor, select: TopK | Pick) -> list[int]:
         """The rows a job answers with: its /score ids in their order, or its top k."""
@@ -485,17 +491,10 @@ class Recommender:
     def scored(self, outcome: Outcome) -> list[ScoredItem]:
         return [
             ScoredItem(
-                item_id=self.item_ids[it.row],
-                title=self.titles[it.row],
-                year=self.catalogue.year(it.row),
-                genres=self.catalogue.genres_of(it.row),
+                **self.item(it.row).model_dump(),
                 score=it.score,
                 predicted_rating=it.rating,
-                because=None
-                if it.because is None
-                else CatalogueItem(
-                    item_id=self.item_ids[it.because], title=self.titles[it.because]
-                ),
+                because=None if it.because is None else self.item(it.because),
             )
             for it in outcome.items
         ]
@@ -510,7 +509,16 @@ class Recommender:
 
     # --- catalogue and metadata --------------------------------------------------------------
 
-    def onboarding(self, strategy: str, n: int) -> tuple[list[OnboardingItem], int]:
+    def item(self, row: int) -> CatalogueItem:
+        """A catalogue row as answers name it: id, title, year and genres."""
+        return CatalogueItem(
+            item_id=self.item_ids[row],
+            title=self.titles[row],
+            year=self._years[row],
+            genres=self.catalogue.genres_of(row),
+        )
+
+    def onboarding(self, strategy: str, n: int) -> tuple[list[CatalogueItem], int]:
         """The first ``n`` movies of a stored onboarding list, and the list's length."""
         lists = self.checkpoint.onboarding.get("lists", {})
         if strategy not in lists:
@@ -520,20 +528,13 @@ class Recommender:
                 "`melu onboarding --checkpoint ... --data-dir ... --save`",
             )
         ids = [i for i in lists[strategy] if i in self.rows]
-        return [self._onboarding_item(i) for i in ids[:n]], len(ids)
-
-    def _onboarding_item(self, item_id: int) -> OnboardingItem:
-        row = self.rows[item_id]
-        return OnboardingItem(
-            item_id=item_id,
-            title=self.titles[row],
-            year=self.catalogue.year(row),
-            genres=self.catalogue.genres_of(row),
-        )
+        return [self.item(self.rows[i]) for i in ids[:n]], len(ids)
 
     def search(self, query: str, limit: int) -> tuple[list[CatalogueItem], int]:
         """Titles containing ``query`` (case-insensitive): exact, then prefix, then the rest,
-        each by item id."""
+        each by item id. A year in parentheses at the end (``Star Wars (1977)``, as the page
+        and MovieLens write titles) keeps the films of that year whose title contains the rest;
+        stored titles carry no year."""
         # This runs on the event loop, so it must stay cheap: no query lists the catalogue in
         # id order without searching, only ``limit`` answers are built, and searches repeat
         # (search-as-you-type), so recent ones are remembered.
@@ -546,17 +547,24 @@ class Recommender:
         if not needle:
             hits = self._rows_by_id
         else:
+            name, year_text = split_title_year(needle)
+            year = int(year_text) if year_text else None
+
             hits = [r for r in range(1, len(titles)) if needle in titles[r]]
+            if year is not None:
+                # Titles carry no year; one that does still matches the query as typed.
+                years = self._years
+                dated = [r for r in range(1, len(titles)) if years[r] == year and name in titles[r]]
+                hits = sorted(set(hits) | set(dated))
 
             def rank(row: int) -> tuple[int, int]:
                 title = titles[row]
-                kind = 0 if title == needle else 1 if title.startswith(needle) else 2
+                words = name if year is not None and self._years[row] == year else needle
+                kind = 0 if title == words else 1 if title.startswith(words) else 2
                 return kind, self.item_ids[row]
 
             hits.sort(key=rank)
-        items = [
-            CatalogueItem(item_id=self.item_ids[r], title=self.titles[r]) for r in hits[:limit]
-        ]
+        items = [self.item(r) for r in hits[:limit]]
         if len(self._searches) >= SEARCH_CACHE:
             self._searches.pop(next(iter(self._searches)))  # the oldest
         self._searches[key] = (items, len(hits))

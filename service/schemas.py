@@ -145,15 +145,16 @@ class ScoreRequest(_Adapted):
 
 
 class CatalogueItem(BaseModel):
+    """A movie as every answer names it: titles carry no year, and two films are titled
+    'Titanic', so the year tells them apart."""
+
     item_id: int
     title: str
-
-
-class ScoredItem(BaseModel):
-    item_id: int
-    title: str
-    year: int | None = Field(description="release year (two films are titled 'Titanic')")
+    year: int | None = Field(description="release year (null where unknown)")
     genres: list[str]
+
+
+class ScoredItem(CatalogueItem):
     score: float = Field(
         allow_inf_nan=False,
         description="the ranking score: higher ranks first. For a model trained with the "
@@ -167,7 +168,9 @@ class ScoredItem(BaseModel):
     )
     because: CatalogueItem | None = Field(
         default=None,
-        description="the rated movie that most supports this one (watch models; null otherwise)",
+        description="the movie the user loved (rated 4 or 5) that most supports this one; null "
+        "for a movie the user rated, when none of their loved movies supports it, and for "
+        "rating-only models",
     )
 
 
@@ -204,16 +207,9 @@ class ScoreResponse(BaseModel):
 OnboardingStrategy = Literal["diverse", "evidence", "popularity", "entropy"]
 
 
-class OnboardingItem(BaseModel):
-    item_id: int
-    title: str
-    year: int | None
-    genres: list[str]
-
-
 class OnboardingResponse(BaseModel):
     strategy: OnboardingStrategy
-    items: list[OnboardingItem] = Field(
+    items: list[CatalogueItem] = Field(
         description="movies to ask a new user to rate first, best first; a user skips what "
         "they have not seen"
     )
@@ -221,7 +217,10 @@ class OnboardingResponse(BaseModel):
 
 
 class ItemsResponse(BaseModel):
-    items: list[CatalogueItem]
+    items: list[CatalogueItem] = Field(
+        description="matching movies: exact titles first, then titles starting with the "
+        "query, then the rest, each by item id"
+    )
     total: int = Field(description="number of matches before the limit")
 
 

@@ -130,9 +130,11 @@ def test_recommend_top_k(client: httpx.Client, item_ids: list[int], ckpt: Checkp
     assert [it["year"] for it in items] == [ckpt.catalogue.year(r) for r in rows]
     assert [it["genres"] for it in items] == [ckpt.catalogue.genres_of(r) for r in rows]
     assert any(it["year"] for it in items) and any(it["genres"] for it in items)
-    # The default model says which of the user's movies each recommendation follows.
-    assert all(it["because"]["item_id"] in rated for it in items)
-    assert all(it["because"]["title"] for it in items)
+    # The default model says which of the movies the user loved each recommendation follows.
+    loved = {r["item_id"] for r in payload["ratings"] if r["rating"] >= 4}
+    assert loved, payload
+    assert all(it["because"]["item_id"] in loved for it in items)
+    assert all(it["because"]["title"] and "year" in it["because"] for it in items)
     assert body["model"]["best_epoch"] == ckpt.metrics["best_epoch"]
     assert body["model"]["versions"]["melu"] == ckpt.versions["melu"]
     adaptation = body["adaptation"]
@@ -187,6 +189,41 @@ def test_score(client: httpx.Client, item_ids: list[int]) -> None:
     assert all(1.0 <= it["predicted_rating"] <= 5.0 for it in items)
 
 
+def test_because_cites_only_a_loved_movie(client: httpx.Client, item_ids: list[int]) -> None:
+    """A recommendation follows a movie the user rated 4 or 5, never a 1- or 3-star one; a
+    movie the user rated cites nothing (it explained itself); without a loved movie there is
+    no explanation. The same rule for /recommend and /score."""
+    loved, hated, middling = item_ids[0], item_ids[1], item_ids[2]
+    ratings = [
+        {"item_id": loved, "rating": 5},
+        {"item_id": hated, "rating": 1},
+        {"item_id": middling, "rating": 3},
+    ]
+    rated = {loved, hated, middling}
+    listed = client.post("/recommend", json={"ratings": ratings, "k": 50}).json()["items"]
+    assert listed and all(it["because"]["item_id"] == loved for it in listed)
+    with_rated = client.post(
+        "/recommend",
+        json={"ratings": ratings, "candidates": [*rated, *item_ids[10:20]], "k": 13,
+              "exclude_rated": False},
+    ).json()["items"]  # fmt: skip
+    assert {it["item_id"] for it in with_rated} >= rated
+    for it in with_rated:
+        if it["item_id"] in rated:
+            assert it["because"] is None, it
+        else:
+            assert it["because"]["item_id"] == loved, it
+    scored = client.post(
+        "/score", json={"ratings": ratings, "item_ids": [loved, middling, item_ids[30]]}
+    ).json()["items"]
+    assert [it["because"] for it in scored[:2]] == [None, None]
+    assert scored[2]["because"]["item_id"] == loved
+    # A 3-star rating shapes the watch model, yet explains nothing.
+    lukewarm = [{"item_id": middling, "rating": 3}, {"item_id": hated, "rating": 2}]
+    listed = client.post("/recommend", json={"ratings": lukewarm, "k": 20}).json()["items"]
+    assert listed and all(it["because"] is None for it in listed)
+
+
 def test_user_values_and_unseen_zip(client: httpx.Client, item_ids: list[int]) -> None:
     payload = _request(item_ids, seed=5)
     as_ints = client.post("/recommend", json=payload).json()
@@ -204,11 +241,37 @@ def test_user_values_and_unseen_zip(client: httpx.Client, item_ids: list[int]) -
     assert client.post("/recommend", json=no_user).status_code == 200
 
 
-def test_items_search(client: httpx.Client) -> None:
+def test_items_search(client: httpx.Client, ckpt: Checkpoint) -> None:
     body = client.get("/items", params={"query": "STAR wars", "limit": 3}).json()
     assert 1 <= len(body["items"]) <= 3
     assert body["total"] >= len(body["items"])
     assert all("star wars" in it["title"].lower() for it in body["items"])
+    # Each match with its year and genres: the two "Titanic" are told apart.
+    titanic = client.get("/items", params={"query": "titanic"}).json()["items"]
+    exact = [(it["item_id"], it["year"]) for it in titanic if it["title"] == "Titanic"]
+    assert exact == [(1721, 1997), (3404, 1953)]  # exact titles first, by item id
+    for it in titanic:
+        row = ckpt.catalogue.rows[it["item_id"]]
+        assert it["year"] == ckpt.catalogue.year(row) and it["genres"] == ckpt.catalogue.genres_of(
+            row
+        )
+    assert "Romance" in titanic[0]["genres"]
+    # A title written with its year, as the page shows it, finds that film alone; without the
+    # year it is found too.
+    for query in ("Star Wars (1977)", "star wars  (1977) ", "Titanic (1997)"):
+        found = client.get("/items", params={"query": query}).json()
+        assert found["total"] == 1, (query, found)
+    assert (
+        client.get("/items", params={"query": "Star Wars (1977)"}).json()["items"][0]["title"]
+        == "Star Wars: Episode IV - A New Hope"
+    )
+    assert (
+        client.get("/items", params={"query": "Titanic (1997)"}).json()["items"][0]["item_id"]
+        == 1721
+    )
+    assert 260 in [it["item_id"] for it in client.get("/items", params={"query": "star wars"})
+                   .json()["items"]]  # fmt: skip
+    assert client.get("/items", params={"query": "Titanic (1990)"}).json()["items"] == []
     assert len(client.get("/items").json()["items"]) == 20
     assert client.get("/items", params={"query": "zzzz-no-such-film"}).json()["items"] == []
     for limit in (0, 101):
@@ -289,7 +352,13 @@ def _bad_cases(ids: list[int]) -> list[tuple[str, Any, str, str]]:
         ("k zero", {"ratings": ok, "k": 0}, "k", "greater than or equal to 1"),
         ("k large", {"ratings": ok, "k": 101}, "k", "less than or equal to 100"),
         ("gender", {"ratings": ok, "user": {"gender": "X"}}, "user.gender", "allowed: F, M"),
-        ("age", {"ratings": ok, "user": {"age": 30}}, "user.age", "allowed: 1, 18"),
+        (
+            "age",
+            {"ratings": ok, "user": {"age": 30}},
+            "user.age",
+            "allowed: MovieLens age codes 1 (under 18), 18 (18-24), 25 (25-34), 35 (35-44), "
+            "45 (45-49), 50 (50-55), 56 (56+)",
+        ),
         ("occupation", {"ratings": ok, "user": {"occupation": 99}}, "user.occupation", "allowed"),
         ("age float", {"ratings": ok, "user": {"age": 2.5}}, "user.age", "integer or a string"),
         ("user typo", {"ratings": ok, "user": {"sex": "F"}}, "user.sex", "not permitted"),
