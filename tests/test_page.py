@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -72,8 +73,11 @@ def checkpoint(
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``melu serve`` on a free 127.0.0.1 port; yields its base URL once /health answers."""
+def served(
+    checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """``melu serve`` on a free 127.0.0.1 port; yields its base URL once /health answers, and
+    the file its log goes to."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("page-server") / "serve.log"
     cmd = [sys.executable, "-m", "melu", "serve", "--checkpoint", str(checkpoint)]
@@ -101,7 +105,7 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                     pytrace=False,
                 )
             time.sleep(0.2)
-        yield base
+        yield base, log_path
     finally:
         proc.terminate()
         try:
@@ -109,6 +113,11 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def server(served: tuple[str, Path]) -> str:
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -162,10 +171,7 @@ def _search_and_rate(page: Any, query: str, stars: int) -> int:
     """Search ``query``, give its first match ``stars``; return that movie's id."""
     from playwright.sync_api import expect
 
-    page.get_by_test_id("search-input").fill(query)
-    page.get_by_test_id("search-button").click()
-    results = page.get_by_test_id("search-results").get_by_test_id("search-result")
-    expect(page.get_by_test_id("search-status")).to_contain_text(query)
+    results = _search(page, query)
     first = results.first
     expect(first).to_be_visible()
     item_id = int(first.get_attribute("data-item-id"))
@@ -174,23 +180,48 @@ def _search_and_rate(page: Any, query: str, stars: int) -> int:
     return item_id
 
 
+# How a recommendation shows its predicted rating: words, not a star glyph beside the five
+# rating stars ("3.8★ ★" read as a one-star rating).
+PREDICTED = re.compile(r"predicted ([1-5]\.[0-9]) / 5")
+
+
+def _search(page: Any, query: str) -> Any:
+    """Search ``query``; the result rows once they answer it."""
+    from playwright.sync_api import expect
+
+    page.get_by_test_id("search-input").fill(query)
+    page.get_by_test_id("search-button").click()
+    expect(page.get_by_test_id("search-status")).to_contain_text(query)
+    return page.get_by_test_id("search-results").get_by_test_id("search-result")
+
+
 def _wait_for_recommendations(page: Any, rated: int) -> list[dict[str, Any]]:
-    """Wait until the list answers the request made with ``rated`` ratings; read it."""
+    """Wait until the list answers the request made with ``rated`` ratings; read it, checking
+    that each predicted rating reads as one."""
     from playwright.sync_api import expect
 
     expect(page.get_by_test_id("rec-status")).to_have_attribute("data-state", "ready")
     expect(page.get_by_test_id("recommendations")).to_have_attribute("data-rated-count", str(rated))
     rows = page.get_by_test_id("recommendation")
-    return [
+    recs = [
         {
             "item_id": int(row.get_attribute("data-item-id")),
             "title": row.locator(".movie-title").inner_text().strip(),
-            "rating": float(row.get_by_test_id("score").inner_text().rstrip("★")),
+            "rating_text": row.get_by_test_id("score").inner_text(),
+            "rating_after": row.get_by_test_id("score").evaluate(
+                "node => getComputedStyle(node, '::after').content"
+            ),
             "score": float(row.get_by_test_id("score").get_attribute("data-rank-score")),
             "because": row.get_by_test_id("because").all_inner_texts(),
         }
         for row in rows.all()
     ]
+    for rec in recs:
+        shown = PREDICTED.fullmatch(rec["rating_text"])
+        assert shown, rec
+        assert rec["rating_after"] in ("none", "normal"), rec  # no glyph added by CSS
+        rec["rating"] = float(shown.group(1))
+    return recs
 
 
 def test_search_rate_and_recommend(page: Any, server: str, tmp_path: Path) -> None:
@@ -216,6 +247,10 @@ def test_search_rate_and_recommend(page: Any, server: str, tmp_path: Path) -> No
     expect(page.get_by_test_id("rated-count")).to_have_text("3")
     expect(page.get_by_test_id("rated-item")).to_have_count(3)
 
+    # Rated movies are listed with their year.
+    names = page.get_by_test_id("rated-item").get_by_test_id("movie-name").all_inner_texts()
+    assert [n for n in names if n.startswith("Titanic")] == ["Titanic (1997)"], names
+
     recs = _wait_for_recommendations(page, rated=3)
     assert len(recs) == 10
     assert not {r["item_id"] for r in recs} & set(rated), "a rated movie was recommended"
@@ -224,8 +259,12 @@ def test_search_rate_and_recommend(page: Any, server: str, tmp_path: Path) -> No
     assert all(1.0 <= r["rating"] <= 5.0 for r in recs), recs
     scores = [r["score"] for r in recs]
     assert scores == sorted(scores, reverse=True), "recommendations are not ranked by score"
-    # Each says which of the rated movies it follows.
-    assert all(len(r["because"]) == 1 and "because you rated" in r["because"][0] for r in recs)
+    # Each follows one of the movies rated 4 or more (Toy Story 5, Fargo 4), never the
+    # 2-star Titanic, and names it with its year.
+    loved = {"Toy Story (1995)", "Fargo (1996)"}
+    for r in recs:
+        assert len(r["because"]) == 1, r
+        assert r["because"][0].removeprefix("because you loved ") in loved, r
 
     # The adaptation panel shows the support loss before and after the local steps.
     expect(page.get_by_test_id("adaptation")).to_be_visible()
@@ -295,3 +334,28 @@ def test_onboarding_first_screen(page: Any) -> None:
     assert len(recs) == 10
     assert not {r["item_id"] for r in recs} & set(rated)
     assert all(1.0 <= r["rating"] <= 5.0 for r in recs)
+
+
+def test_search_shows_years_and_finds_a_title_with_its_year(page: Any) -> None:
+    """Two films are titled "Titanic": the results show each with its year (the page showed
+    "Titanic #1721"), and a title typed as shown, with its year, finds that film."""
+    from playwright.sync_api import expect
+
+    results = _search(page, "titanic")
+    expect(results.first).to_be_visible()
+    names = results.get_by_test_id("movie-name").all_inner_texts()
+    assert names[:2] == ["Titanic (1997)", "Titanic (1953)"], names
+    assert not [n for n in names if "#" in n]
+    assert "Drama, Romance" in results.first.inner_text()
+    results = _search(page, "Star Wars (1977)")
+    expect(results).to_have_count(1)
+    expect(results.get_by_test_id("movie-name")).to_have_text(
+        "Star Wars: Episode IV - A New Hope (1977)"
+    )
+
+
+def test_startup_log_names_the_page(served: tuple[str, Path]) -> None:
+    base, log_path = served
+    log = log_path.read_text()
+    assert f"open the page: {base}/ " in log, log
+    assert f"try: curl -s {base}/recommend" in log

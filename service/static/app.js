@@ -40,7 +40,7 @@
     onboardingMore: $("onboarding-more"),
   };
 
-  // item_id -> {item_id, title, rating}, in the order the user rated them.
+  // item_id -> {item_id, title, year, rating}, in the order the user rated them.
   const ratings = new Map();
   let searchItems = [];
   let onboardingItems = [];
@@ -118,6 +118,26 @@
     return Number.isInteger(item.year) ? `${title} (${item.year})` : title;
   }
 
+  function genresOf(item) {
+    return Array.isArray(item.genres) && item.genres.length
+      ? el("span", { className: "movie-genres", text: item.genres.join(", ") })
+      : null;
+  }
+
+  // A listed movie: "Titanic (1997)" over its genres.
+  function titleBlock(item) {
+    return el(
+      "span",
+      { className: "movie-title" },
+      el("span", {
+        className: "movie-name",
+        dataset: { testid: "movie-name" },
+        text: titleWithYear(item),
+      }),
+      genresOf(item),
+    );
+  }
+
   // ---------- persistence ----------
 
   function saveRatings() {
@@ -133,7 +153,7 @@
       const saved = JSON.parse(localStorage.getItem(STORAGE_KEY) || "[]");
       for (const r of saved) {
         if (Number.isInteger(r.item_id) && r.rating >= 1 && r.rating <= 5) {
-          ratings.set(r.item_id, { item_id: r.item_id, title: String(r.title), rating: r.rating });
+          ratings.set(r.item_id, rated(r, r.rating));
         }
       }
     } catch (_) {
@@ -183,8 +203,14 @@
 
   // ---------- ratings ----------
 
+  // What is kept of a rated movie: enough to show "Titanic (1997)" in the list.
+  function rated(item, rating) {
+    const year = Number.isInteger(item.year) ? item.year : null;
+    return { item_id: item.item_id, title: String(item.title ?? item.item_id), year, rating };
+  }
+
   function setRating(item, rating) {
-    ratings.set(item.item_id, { item_id: item.item_id, title: item.title, rating });
+    ratings.set(item.item_id, rated(item, rating));
     ratingsChanged();
   }
 
@@ -216,7 +242,7 @@
       const remove = el("button", {
         type: "button",
         className: "icon-button",
-        "aria-label": `Remove rating of ${r.title}`,
+        "aria-label": `Remove rating of ${titleWithYear(r)}`,
         title: "Remove",
         dataset: { testid: "remove-rating" },
         text: "×",
@@ -225,7 +251,7 @@
       return el(
         "li",
         { className: "movie", dataset: { testid: "rated-item", itemId: String(r.item_id) } },
-        el("span", { className: "movie-title", text: r.title }),
+        titleBlock(r),
         starRating(r, r.rating, "rated"),
         remove,
       );
@@ -247,13 +273,7 @@
           className: rated ? "movie is-rated" : "movie",
           dataset: { testid: "search-result", itemId: String(item.item_id) },
         },
-        el(
-          "span",
-          { className: "movie-title" },
-          item.title,
-          // Titles carry no year: the id tells remakes apart ("Titanic" and "Titanic").
-          el("span", { className: "movie-id", text: ` #${item.item_id}` }),
-        ),
+        titleBlock(item),
         starRating(item, rated ? rated.rating : 0, "search"),
       );
     });
@@ -277,7 +297,12 @@
       const total = Number.isInteger(body.total) ? body.total : itemsOf(body).length;
       searchItems = itemsOf(body)
         .filter((it) => Number.isInteger(it.item_id))
-        .map((it) => ({ item_id: it.item_id, title: String(it.title ?? it.item_id) }));
+        .map((it) => ({
+          item_id: it.item_id,
+          title: String(it.title ?? it.item_id),
+          year: Number.isInteger(it.year) ? it.year : null,
+          genres: Array.isArray(it.genres) ? it.genres : [],
+        }));
       renderSearchResults();
       const n = searchItems.length;
       els.searchStatus.textContent =
@@ -337,14 +362,7 @@
       return el(
         "li",
         { className: "movie", dataset: { testid: "onboarding-item", itemId: String(item.item_id) } },
-        el(
-          "span",
-          { className: "movie-title" },
-          titleWithYear(item),
-          item.genres && item.genres.length
-            ? el("span", { className: "movie-genres", text: ` ${item.genres.join(", ")}` })
-            : null,
-        ),
+        titleBlock(item),
         starRating(item, 0, "onboarding"),
         skip,
       );
@@ -445,13 +463,13 @@
       const rating = Number(item.predicted_rating ?? item.score);
       const share = Math.max(0, Math.min(1, (rating - 1) / 4));
       const title = String(item.title ?? item.item_id);
-      const genres = Array.isArray(item.genres) ? item.genres.join(", ") : "";
+      const year = Number.isInteger(item.year) ? item.year : null;
       const because =
         item.because && item.because.title
           ? el("span", {
               className: "because",
               dataset: { testid: "because" },
-              text: `because you rated ${item.because.title}`,
+              text: `because you loved ${titleWithYear(item.because)}`,
             })
           : null;
       return el(
@@ -465,7 +483,7 @@
           "div",
           { className: "rec-main" },
           el("span", { className: "movie-title", text: titleWithYear({ ...item, title }) }),
-          genres ? el("span", { className: "movie-genres", text: genres }) : null,
+          genresOf(item),
           because,
           el(
             "span",
@@ -478,12 +496,12 @@
           {
             className: "score",
             dataset: { testid: "score", rankScore: formatNumber(Number(item.score), 4) },
-            title: "predicted rating (1–5); the list is ordered by how likely you are to watch and like it",
-            "aria-label": `predicted rating ${formatNumber(rating, 1)} of 5`,
+            title: "the rating the model predicts you would give (1–5); the list is ordered by how likely you are to watch and like it",
           },
-          `${formatNumber(rating, 1)}★`,
+          // Words, not a star glyph: "3.8★" beside the five rating stars read as a rating.
+          `predicted ${formatNumber(rating, 1)} / 5`,
         ),
-        starRating({ item_id: item.item_id, title }, 0, "rec"),
+        starRating({ item_id: item.item_id, title, year }, 0, "rec"),
       );
     });
     els.recList.replaceChildren(...rows);
