@@ -21,6 +21,15 @@ MELU_RUN = $(MELU)$(if $(THREADS), --threads $(THREADS))
 CHECKPOINT = $(RUN_DIR)/checkpoint.pt
 REPORT = $(RUN_DIR)/report.json
 
+# A misspelt variable (`make run DATADIR=...`) was silently ignored: the run went on with the
+# defaults, tried to download into data/ and failed there. Variables given on the command
+# line must be these.
+VARIABLES := VENV PY MELU TORCH_SPEC TORCH_INDEX DATA_DIR RUN_DIR EPOCHS PORT THREADS
+UNKNOWN := $(filter-out $(VARIABLES),$(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v))))
+ifneq ($(UNKNOWN),)
+$(error unknown variable $(UNKNOWN); this Makefile reads $(VARIABLES))
+endif
+
 .PHONY: install data train evaluate serve check-port run test lint typecheck clean
 
 $(VENV)/.installed: pyproject.toml

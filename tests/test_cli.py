@@ -222,3 +222,23 @@ def test_make_evaluates_only_a_newer_checkpoint(tmp_path: Path) -> None:
     later = (run / "report.json").stat().st_mtime + 10
     os.utime(checkpoint, (later, later))
     assert make_evaluate() == ["data", "train", "evaluate"]
+
+
+def test_make_refuses_a_misspelt_variable(tmp_path: Path) -> None:
+    """`make run DATASETT=x` (or DATADIR=) went on with the defaults, tried to download into
+    data/ and left an empty data/melu/ there: an unknown variable is now an error, before
+    anything runs."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    data = tmp_path / "data"
+    result = subprocess.run(
+        ["make", "-s", "data", "DATASETT=x", f"DATA_DIR={data}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "unknown variable DATASETT; this Makefile reads" in result.stderr
+    assert "DATA_DIR" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not data.exists()
