@@ -141,11 +141,14 @@ def test_resume_refuses_other_options(
     line = one_line_error(melu(*common, "--epochs", "5", "--local-steps", "2"), "--resume")
     assert "--epochs 5 (the run has 1)" in line and "--local-steps 2 (the run has 5)" in line
     assert "--out" in line and "RUN_DIR" in line
-    # Options equal to the saved ones are fine; the run is finished, and says so.
+    # Options equal to the saved ones are fine; the run is finished, and says so, and leaves
+    # the checkpoint alone (the Makefile evaluates again only when it changes).
+    written = (run / "checkpoint.pt").stat().st_mtime_ns
     done = melu(*common, "--epochs", "1")
     assert done.returncode == 0, done.stderr
     assert "already finished all 1 epochs" in done.stderr
     assert "resuming" not in done.stderr
+    assert (run / "checkpoint.pt").stat().st_mtime_ns == written
 
 
 def test_resume_says_when_a_run_stopped_early(
