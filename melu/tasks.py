@@ -19,11 +19,13 @@ from melu.config import DataConfig
 
 # Evaluation order; "warm" is meta-training, "validation" is carved out of it.
 SCENARIOS: tuple[str, ...] = ("warm", "validation", "new_user", "new_item", "new_user_new_item")
+SCENARIO_INDEX: dict[str, int] = {name: i for i, name in enumerate(SCENARIOS)}
 COLD_SCENARIOS: tuple[str, ...] = ("new_user", "new_item", "new_user_new_item")
 
 
 def assign_scenarios(ratings: pd.DataFrame, items: pd.DataFrame, cfg: DataConfig) -> pd.Series:
-    """Scenario of each rating for ML-1M / ML-100K, following MeLU's design.
+    """Scenario of each rating for ML-1M / ML-100K, following MeLU's design (the CSV releases
+    split by time instead: :func:`time_scenarios`).
 
     Items from the most recent release years (about ``new_item_fraction`` of rated items) are
     new; a seeded ``new_user_fraction`` of users are new. MeLU's release ships its own split.
@@ -60,10 +62,109 @@ def validation_users(warm_users: Sequence[int], cfg: DataConfig) -> set[int]:
     return set(rng.permutation(ordered)[:n_val].tolist())
 
 
-def eligible(ratings: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
-    """Ratings of users with ``min_ratings`` to ``max_ratings`` ratings in the scenario."""
-    sizes = ratings.groupby("user_id", sort=False)["item_id"].transform("size")
-    return ratings[(sizes >= cfg.min_ratings) & (sizes <= cfg.max_ratings)]
+# --- scenarios by time (the CSV releases) -------------------------------------------------------
+
+
+def time_cutoff(ratings: pd.DataFrame, cfg: DataConfig) -> int:
+    """The time split's cutoff: ``cfg.split_time`` if pinned, else the time (Unix seconds) by
+    which ``1 - cfg.new_user_fraction`` of the users had given their first rating (a user's
+    first rating at exactly the cutoff is not after it, so that user is old)."""
+    if cfg.split_time is not None:
+        return int(cfg.split_time)
+    first = ratings.groupby("user_id", sort=False)["timestamp"].min().to_numpy()
+    return int(np.quantile(first, 1.0 - cfg.new_user_fraction, method="lower"))
+
+
+def time_scenarios(ratings: pd.DataFrame, cutoff: int) -> np.ndarray:
+    """Each rating's scenario, as an index into :data:`SCENARIOS`, split by time.
+
+    New users are those whose first rating comes after ``cutoff``, new items those first rated
+    after it: warm = old users on old items, new_item = old users on new items, new_user = new
+    users on old items, new_user_new_item = new users on new items. Who is new is decided by
+    first ratings alone, so a rating's own time does not matter: an old user's rating of an
+    old item after the cutoff is warm.
+    """
+    codes = np.empty(len(ratings), dtype=np.int8)
+    if not len(ratings):
+        return codes
+    first_user = ratings.groupby("user_id", sort=False)["timestamp"].min()
+    first_item = ratings.groupby("item_id", sort=False)["timestamp"].min()
+    user_new = ratings["user_id"].isin(first_user.index[first_user.to_numpy() > cutoff])
+    item_new = ratings["item_id"].isin(first_item.index[first_item.to_numpy() > cutoff])
+    u, i = user_new.to_numpy(), item_new.to_numpy()
+    codes[~u & ~i] = SCENARIO_INDEX["warm"]
+    codes[u & ~i] = SCENARIO_INDEX["new_user"]
+    codes[~u & i] = SCENARIO_INDEX["new_item"]
+    codes[u & i] = SCENARIO_INDEX["new_user_new_item"]
+    return codes
+
+
+# --- which ratings make tasks -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskSelection:
+    """The ratings that make tasks, and in which order.
+
+    ``order`` lists rating positions grouped by (scenario, user), scenarios in the order of
+    :data:`SCENARIOS`, users ascending; within a user, file order ("drop") or time order
+    ("truncate"). Each (scenario, user) group is one task.
+    """
+
+    order: np.ndarray  # [K] int64 positions into the ratings
+    codes: np.ndarray  # [K] int8 scenario of each
+    users: np.ndarray  # [K] int64 raw user id of each
+
+
+def _sort_key(codes: np.ndarray, user_index: np.ndarray, n_users: int) -> np.ndarray:
+    return codes.astype(np.int64) * n_users + user_index
+
+
+def select_tasks(
+    user_ids: np.ndarray, codes: np.ndarray, timestamps: np.ndarray | None, cfg: DataConfig
+) -> TaskSelection:
+    """Apply the count rule to every (scenario, user) group at once.
+
+    A group is a task when it has at least ``min_ratings`` ratings, and at most
+    ``max_ratings``: ``cfg.long_users == "drop"`` leaves a larger group out (MeLU),
+    ``"truncate"`` keeps its first ``max_ratings`` ratings in time (ties in file order).
+    Linear in the number of ratings but for one sort of the kept ones.
+    """
+    user_index, uniques = pd.factorize(user_ids, sort=True)
+    n_users = max(1, len(uniques))
+    group = _sort_key(codes, user_index, n_users)
+    sizes = np.bincount(group, minlength=len(SCENARIOS) * n_users)
+    size_of = sizes[group]
+    truncate = cfg.long_users == "truncate"
+    keep = size_of >= cfg.min_ratings
+    if not truncate:
+        keep &= size_of <= cfg.max_ratings
+    positions = np.flatnonzero(keep)
+    del size_of, keep
+    key = group[positions]
+    if truncate:
+        if timestamps is None:
+            raise ValueError('long_users="truncate" needs timestamps')
+        ts = timestamps[positions]
+        # One int64 key (group, time) when it fits, else a lexicographic sort.
+        span = int(ts.max() - ts.min()) + 1 if len(ts) else 1
+        if int(key.max(initial=0)) < (1 << 62) // span:
+            order = np.argsort(key * span + (ts - ts.min()), kind="stable")
+        else:
+            order = np.lexsort((ts, key))
+        positions, key = positions[order], key[order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        rank = np.arange(len(key)) - np.repeat(starts, np.diff(np.r_[starts, len(key)]))
+        within = rank < cfg.max_ratings
+        positions, key = positions[within], key[within]
+    else:
+        order = np.argsort(key, kind="stable")
+        positions, key = positions[order], key[order]
+    return TaskSelection(
+        order=positions.astype(np.int64),
+        codes=(key // n_users).astype(np.int8),
+        users=np.asarray(uniques)[key % n_users].astype(np.int64),
+    )
 
 
 @dataclass(frozen=True)
@@ -223,48 +324,99 @@ class TaskSet:
         return replace(self, batch_all=self.batch_all.to(device, dtype))
 
 
-def build_tasks(
+@dataclass(frozen=True)
+class FlatTasks:
+    """Every task of one scenario as flat arrays with offsets (CSR): the compact form a release
+    of 25 million ratings is prepared in, about 9 bytes a rating and no per-task objects.
+
+    Task ``t`` is positions ``offsets[t]:offsets[t + 1]`` of ``items`` and ``ratings``: its
+    support in the order the task selection gave, then its ``query_size`` query items.
+    :meth:`to_taskset` pads them into the :class:`TaskSet` that training reads.
+    """
+
+    name: str
+    user_ids: np.ndarray  # [n] int64 raw user id of each task
+    user_rows: np.ndarray  # [n] int64 row of each task's user in the user table
+    offsets: np.ndarray  # [n + 1] int64
+    items: np.ndarray  # [N] int32 catalogue rows
+    ratings: np.ndarray  # [N] float32
+    query_size: int
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def support_sizes(self) -> np.ndarray:
+        return np.diff(self.offsets) - self.query_size
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.user_ids, self.user_rows, self.offsets, self.items, self.ratings)
+        return sum(a.nbytes for a in arrays)
+
+    def to_taskset(self) -> TaskSet:
+        """The same tasks as padded tensors (support width: the longest support)."""
+        n, q = len(self), self.query_size
+        sizes = self.support_sizes.astype(np.int64)
+        width = int(sizes.max()) if n else 0
+        task = np.repeat(np.arange(n), np.diff(self.offsets))
+        pos = np.arange(len(self.items)) - self.offsets[:-1][task]
+        spt = pos < sizes[task]
+        qry = ~spt
+        x_spt, y_spt = np.zeros((n, width), dtype=np.int64), np.zeros((n, width), np.float32)
+        x_qry, y_qry = np.zeros((n, q), dtype=np.int64), np.zeros((n, q), dtype=np.float32)
+        x_spt[task[spt], pos[spt]], y_spt[task[spt], pos[spt]] = (
+            self.items[spt],
+            self.ratings[spt],
+        )
+        qpos = pos[qry] - sizes[task[qry]]
+        x_qry[task[qry], qpos], y_qry[task[qry], qpos] = self.items[qry], self.ratings[qry]
+        mask_spt = torch.arange(width).unsqueeze(0) < torch.from_numpy(sizes).unsqueeze(1)
+        batch = TaskBatch(
+            users=torch.from_numpy(self.user_rows.astype(np.int64)),
+            x_spt=torch.from_numpy(x_spt),
+            y_spt=torch.from_numpy(y_spt),
+            mask_spt=mask_spt,
+            x_qry=torch.from_numpy(x_qry),
+            y_qry=torch.from_numpy(y_qry),
+            mask_qry=torch.ones(n, q, dtype=torch.bool),
+        )
+        return TaskSet(name=self.name, user_ids=self.user_ids, batch_all=batch, support_sizes=sizes)
+
+
+def build_flat_tasks(
     name: str,
-    ratings: pd.DataFrame,
-    user_rows: dict[int, int],
-    item_rows: dict[int, int],
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    user_rows: np.ndarray,
     cfg: DataConfig,
-) -> TaskSet:
-    """One task per user of ``ratings`` (already filtered by :func:`eligible`).
+) -> FlatTasks:
+    """One task per run of equal ``users`` (raw ids, grouped as :func:`select_tasks` orders
+    them); ``items`` are catalogue rows, ``user_rows`` the user-table row of each run's user.
 
     The query is ``cfg.query_size`` items drawn with a generator seeded by ``(seed, user)``, so
     a user's split does not depend on which other users are present; the support keeps the
-    remaining items in their original order.
+    remaining items in their order. The draw is the one Python loop (a few microseconds a
+    task); the rest is vectorised.
     """
-    user_col = ratings["user_id"].to_numpy(dtype=np.int64)
-    order = np.argsort(user_col, kind="stable")  # by user, original order within a user
-    items_all = (
-        pd.Series(item_rows).reindex(ratings["item_id"].to_numpy()).to_numpy(np.int64)[order]
-    )
-    values_all = ratings["rating"].to_numpy(dtype=np.float32)[order]
-    user_ids, starts, counts = np.unique(user_col[order], return_index=True, return_counts=True)
-    n, q = len(user_ids), cfg.query_size
-    s = int(counts.max()) - q if n else 0
-    users = torch.tensor([user_rows[int(u)] for u in user_ids], dtype=torch.long)
-    x_spt, y_spt = np.zeros((n, s), dtype=np.int64), np.zeros((n, s), dtype=np.float32)
-    x_qry, y_qry = np.zeros((n, q), dtype=np.int64), np.zeros((n, q), dtype=np.float32)
-    sizes = counts - q
-    for t, (uid, start, count) in enumerate(zip(user_ids.tolist(), starts, counts, strict=True)):
-        items, values = items_all[start : start + count], values_all[start : start + count]
+    n_ratings, q = len(users), cfg.query_size
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if n_ratings else np.zeros(0)
+    starts = starts.astype(np.int64)
+    counts = np.diff(np.r_[starts, n_ratings]).astype(np.int64)
+    user_ids = users[starts].astype(np.int64)
+    is_query = np.zeros(n_ratings, dtype=bool)
+    for uid, start, count in zip(user_ids.tolist(), starts.tolist(), counts.tolist(), strict=True):
         rng = np.random.default_rng((cfg.seed, uid))
-        is_query = np.zeros(count, dtype=bool)
-        is_query[rng.choice(count, size=q, replace=False)] = True
-        k = sizes[t]
-        x_spt[t, :k], y_spt[t, :k] = items[~is_query], values[~is_query]
-        x_qry[t], y_qry[t] = items[is_query], values[is_query]
-    mask_spt = torch.arange(s).unsqueeze(0) < torch.from_numpy(sizes).unsqueeze(1)
-    batch = TaskBatch(
-        users=users,
-        x_spt=torch.from_numpy(x_spt),
-        y_spt=torch.from_numpy(y_spt),
-        mask_spt=mask_spt,
-        x_qry=torch.from_numpy(x_qry),
-        y_qry=torch.from_numpy(y_qry),
-        mask_qry=torch.ones(n, q, dtype=torch.bool),
+        is_query[start + rng.choice(count, size=q, replace=False)] = True
+    task = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
+    order = np.argsort(task * 2 + is_query, kind="stable")  # support first, then the query
+    return FlatTasks(
+        name=name,
+        user_ids=user_ids,
+        user_rows=np.asarray(user_rows, dtype=np.int64),
+        offsets=np.r_[0, np.cumsum(counts)].astype(np.int64),
+        items=items[order].astype(np.int32),
+        ratings=ratings[order].astype(np.float32),
+        query_size=q,
     )
-    return TaskSet(name=name, user_ids=user_ids, batch_all=batch, support_sizes=sizes)
