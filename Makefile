@@ -1,6 +1,8 @@
 # Two commands: `make run` (data, train, evaluate, serve) and `make test` (ruff, mypy, pytest).
 # Steps alone: `make data`, `make train`, `make evaluate`, `make serve` (serves RUN_DIR's
 # checkpoint on PORT; the server prints an example request when it is up).
+# DATASET picks the data: melu (default), ml-1m, ml-100k, ml-latest-small, ml-25m, ml-32m;
+# offline, point DATA_DIR at a folder that holds it (e.g. DATA_DIR=../shared/data/movielens).
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
@@ -11,7 +13,9 @@ MELU := $(VENV)/bin/melu
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 DATA_DIR ?= data
-RUN_DIR ?= runs/latest
+DATASET ?= melu
+# One run folder per dataset (runs/latest stays MeLU's), so that --resume never mixes them.
+RUN_DIR ?= runs/$(if $(filter melu,$(DATASET)),latest,$(DATASET))
 EPOCHS ?= 30
 PORT ?= 8000
 # torch CPU threads (melu --threads); empty: one per core. THREADS=1 when other jobs share them.
@@ -29,10 +33,10 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 data: install
-	$(MELU_RUN) data download --dataset melu --data-dir $(DATA_DIR)
+	$(MELU_RUN) data download --dataset $(DATASET) --data-dir $(DATA_DIR)
 
 train: data
-	$(MELU_RUN) train --dataset melu --data-dir $(DATA_DIR) --out $(RUN_DIR) --epochs $(EPOCHS) --resume
+	$(MELU_RUN) train --dataset $(DATASET) --data-dir $(DATA_DIR) --out $(RUN_DIR) --epochs $(EPOCHS) --resume
 
 evaluate: train
 	$(MELU_RUN) evaluate --checkpoint $(RUN_DIR)/checkpoint.pt --data-dir $(DATA_DIR) \

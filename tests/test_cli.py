@@ -118,8 +118,12 @@ def test_resume_refuses_other_options(
 ) -> None:
     run = _run_copy(small_checkpoint, tmp_path)
     common = ["train", "--data-dir", str(shared_data), "--out", str(run), "--resume"]
-    line = one_line_error(melu(*common, "--epochs", "5", "--local-steps", "2"), "--resume")
+    line = one_line_error(
+        melu(*common, "--epochs", "5", "--local-steps", "2", "--dataset", "ml-latest-small"),
+        "--resume",
+    )
     assert "--epochs 5 (the run has 1)" in line and "--local-steps 2 (the run has 5)" in line
+    assert "--dataset ml-latest-small (the run has melu)" in line
     assert "--out" in line and "RUN_DIR" in line
     # Options equal to the saved ones are fine; the run is finished, and says so.
     done = melu(*common, "--epochs", "1")
