@@ -224,12 +224,10 @@ def prepare_frames(
     selection = select_tasks(user_col, codes, timestamps, cfg)
 
     # Validation users: a seeded share of the warm task users, relabelled everywhere.
-    warm = SCENARIO_INDEX["warm"]
-    warm_task_users = np.unique(selection.users[selection.codes == warm])
-    val_users = np.fromiter(validation_users(warm_task_users.tolist(), cfg), dtype=np.int64)
-    is_val = np.isin(user_col, val_users) & (codes == warm)
-    codes[is_val] = SCENARIO_INDEX["validation"]
-    selection.codes[np.isin(selection.users, val_users) & (selection.codes == warm)] = (
+    warm_tasks = selection.tasks("warm")[2]
+    val_users = np.sort(np.fromiter(validation_users(warm_tasks.tolist(), cfg), dtype=np.int64))
+    selection.relabel(val_users, "warm", "validation")
+    codes[np.isin(user_col, val_users, kind="table") & (codes == SCENARIO_INDEX["warm"])] = (
         SCENARIO_INDEX["validation"]
     )
     in_task = np.zeros(len(ratings), dtype=bool)
@@ -237,15 +235,15 @@ def prepare_frames(
     ratings = ratings.assign(
         split=pd.Categorical.from_codes(codes, dtype=SPLIT_DTYPE), in_task=in_task
     )
-    del is_val, in_task
+    del in_task, codes
 
     items = ml.items
     if ml.tags is not None:
         tags = item_tags(ml.tags, items["item_id"], cfg.split_time, cfg.top_tags)
         items = items.assign(tag=pd.Series(tags, index=items.index, dtype=object))
-    train_pos = selection.order[selection.codes == warm]
+    train_pos, _, train_users_ids = selection.tasks("warm")
     if encoder is None:
-        train_users = ml.users[ml.users["user_id"].isin(selection.users[selection.codes == warm])]
+        train_users = ml.users[ml.users["user_id"].isin(train_users_ids)]
         train_items = items[
             items["item_id"].isin(pd.unique(ratings["item_id"].to_numpy()[train_pos]))
         ]
@@ -260,18 +258,19 @@ def prepare_frames(
 
     item_ids = catalogue.item_ids[1:]
     flat = {}
+    item_col, rating_col = ratings["item_id"].to_numpy(), ratings["rating"].to_numpy()
     for name in SCENARIOS:
-        mine = selection.codes == SCENARIO_INDEX[name]
-        pos, task_users = selection.order[mine], selection.users[mine]
-        run_users = np.unique(task_users)
+        pos, starts, task_users = selection.tasks(name)
         flat[name] = build_flat_tasks(
             name,
+            starts,
             task_users,
-            _rows_of(item_ids, ratings["item_id"].to_numpy()[pos]),
-            ratings["rating"].to_numpy()[pos],
-            _rows_of(user_ids, run_users),
+            _rows_of(item_ids, item_col[pos]),
+            rating_col[pos],
+            _rows_of(user_ids, task_users),
             cfg,
         )
+    del selection
     tasks = {name: f.to_taskset() for name, f in flat.items()}
     genome = (
         GenomeBlock.align(ml.genome.tags, ml.genome.item_ids, ml.genome.scores, catalogue.item_ids)

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -159,6 +159,45 @@ def _locate(path: Path, columns: dict[str, Kind]) -> DataError | None:
     return None
 
 
+# Rows per chunk when a large all-numeric file (ratings.csv, genome-scores.csv) is read into
+# arrays allocated once: pandas' own reader would hold every chunk and their concatenation
+# at the same time, twice the final size at the peak.
+_CHUNK_ROWS = 2_000_000
+
+
+def _read_csv(path: Path, names: list[str], dtypes: dict[str, Any], **kwargs: Any) -> Any:
+    return pd.read_csv(
+        path,
+        header=0,
+        names=names,
+        dtype=dtypes,
+        encoding="utf-8",
+        # No value is "missing" in these files except an empty tmdbId or tag: "" stays "", and
+        # an empty number fails the dtype instead of becoming NaN.
+        na_filter=False,
+        engine="c",
+        **kwargs,
+    )
+
+
+def _read_numeric(path: Path, columns: dict[str, Kind]) -> pd.DataFrame:
+    """An all-numeric file in chunks, into arrays sized by its line count."""
+    names = list(columns)
+    size = count_rows(path)
+    arrays = {n: np.empty(size, dtype=k) for n, k in columns.items()}
+    filled = 0
+    with _read_csv(path, names, dict(columns), chunksize=_CHUNK_ROWS) as reader:
+        for chunk in reader:
+            end = filled + len(chunk)
+            if end > size:  # lines that count_rows missed (CR-only endings): grow
+                size = max(end, 2 * size)
+                arrays = {n: np.resize(a, size) for n, a in arrays.items()}
+            for n in names:
+                arrays[n][filled:end] = chunk[n].to_numpy()
+            filled = end
+    return pd.DataFrame({n: a[:filled] for n, a in arrays.items()}, copy=False)
+
+
 def read_table(path: Path, columns: dict[str, Kind] | None = None) -> pd.DataFrame:
     """One CSV file of a release as a frame with the dtypes of :data:`FILES` (strings as str,
     "" where empty); columns keep the file's names. A malformed file raises a DataError naming
@@ -173,19 +212,13 @@ def read_table(path: Path, columns: dict[str, Kind] | None = None) -> pd.DataFra
         located = _locate(path, columns)
         if located is not None:
             raise located
-    dtypes = {n: (str if k == "str" else k) for n, k in columns.items()}
     try:
-        frame = pd.read_csv(
-            path,
-            header=0,
-            names=names,
-            dtype=dtypes,
-            encoding="utf-8",
-            # No value is "missing" in these files except an empty tmdbId or tag: "" stays "",
-            # and an empty number fails the dtype instead of becoming NaN.
-            na_filter=False,
-            engine="c",
-        )
+        if "str" in columns.values():
+            frame = _read_csv(
+                path, names, {n: (str if k == "str" else k) for n, k in columns.items()}
+            )
+        else:
+            frame = _read_numeric(path, columns)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OverflowError) as exc:
         located = _locate(path, columns)
         if located is not None:
@@ -206,46 +239,39 @@ def _bad_line(path: Path, mask: np.ndarray, reason: str) -> DataError:
 def read_ratings(path: Path) -> pd.DataFrame:
     """``ratings.csv``: ``user_id``, ``item_id`` (int32), ``rating`` (float32, on the
     release's half-star scale), ``timestamp`` (int64 Unix seconds), in file order."""
-    raw = read_table(path)
-    ratings = raw["rating"].to_numpy()
-    steps = (ratings - RELEASE_SCALE.low) / RELEASE_SCALE.step
-    off = (
-        (ratings < RELEASE_SCALE.low)
-        | (ratings > RELEASE_SCALE.high)
-        | (np.abs(steps - np.round(steps)) > 1e-6)
-    )
-    if off.any():
-        value = float(ratings[np.flatnonzero(off)[0]])
-        raise _bad_line(path, off, f"rating {value:g} is off the scale {RELEASE_SCALE.describe()}")
-    for name in ("userId", "movieId"):
-        low = raw[name].to_numpy() < 1
-        if low.any():
-            raise _bad_line(path, low, f"{name} must be at least 1")
-    frame = pd.DataFrame(
-        {
-            "user_id": raw["userId"].to_numpy(),
-            "item_id": raw["movieId"].to_numpy(),
-            "rating": ratings,
-            "timestamp": raw["timestamp"].to_numpy(),
-        }
-    )
-    del raw
+    frame = read_table(path).rename(
+        columns={"userId": "user_id", "movieId": "item_id"}
+    )  # columns renamed, not copied
+    ratings = frame["rating"].to_numpy()
+    # The checks look at the few distinct values first; a whole-column mask only on failure.
+    off = [v for v in pd.unique(ratings) if not RELEASE_SCALE.contains(float(v))]
+    if off:
+        bad = np.isin(ratings, off)
+        value = float(ratings[np.flatnonzero(bad)[0]])
+        raise _bad_line(path, bad, f"rating {value:g} is off the scale {RELEASE_SCALE.describe()}")
+    for name, column in (("userId", "user_id"), ("movieId", "item_id")):
+        ids = frame[column].to_numpy()
+        if ids.min() < 1:
+            raise _bad_line(path, ids < 1, f"{name} must be at least 1")
     _check_unique_pairs(path, frame)
     return frame
 
 
 def _check_unique_pairs(path: Path, frame: pd.DataFrame) -> None:
-    """No user rates a movie twice. GroupLens' files are sorted by (user, movie), so a strictly
-    increasing key proves it in one pass; other orders pay for a sort."""
-    key = (frame["user_id"].to_numpy().astype(np.int64) << 32) | frame["item_id"].to_numpy()
-    if len(key) < 2 or bool((key[1:] > key[:-1]).all()):
+    """No user rates a movie twice. GroupLens' files are sorted by (user, movie), so rows in
+    strictly increasing (user, movie) order prove it in one pass of byte masks; other orders
+    pay for a sort."""
+    users, items = frame["user_id"].to_numpy(), frame["item_id"].to_numpy()
+    later_user = users[1:] > users[:-1]
+    if bool((later_user | ((users[1:] == users[:-1]) & (items[1:] > items[:-1]))).all()):
         return
+    del later_user
+    key = (users.astype(np.int64) << 32) | items.astype(np.int64)
     order = np.argsort(key, kind="stable")
     same = key[order][1:] == key[order][:-1]
     if same.any():
         row = int(order[1:][same].min())
-        user, item = frame["user_id"].to_numpy()[row], frame["item_id"].to_numpy()[row]
-        raise DataError(path, f"user {user} rates movie {item} twice", row + 2)
+        raise DataError(path, f"user {users[row]} rates movie {items[row]} twice", row + 2)
 
 
 # A year at the end of a title, alone or as a range ("(2006–2007)", "(2007-)"): the first
@@ -317,6 +343,18 @@ def read_tags(path: Path) -> pd.DataFrame:
     )
 
 
+def _movie_major(movie: np.ndarray, tag: np.ndarray, n_tags: int) -> bool:
+    """Whether rows run movie by movie (ascending), each with tags 1..n_tags in order."""
+    if len(movie) % n_tags:
+        return False
+    by_movie, by_tag = movie.reshape(-1, n_tags), tag.reshape(-1, n_tags)
+    return (
+        bool((by_tag == np.arange(1, n_tags + 1, dtype=tag.dtype)).all())
+        and bool((by_movie == by_movie[:, :1]).all())
+        and bool((by_movie[1:, 0] > by_movie[:-1, 0]).all())
+    )
+
+
 def read_genome(folder: Path) -> Genome | None:
     """The tag genome (ml-25m, ml-32m): every genome movie's relevance to every genome tag, as
     a dense float32 matrix. None when the release has no genome files."""
@@ -334,18 +372,22 @@ def read_genome(folder: Path) -> Genome | None:
     bad = (tag < 1) | (tag > len(tags))
     if bad.any():
         raise _bad_line(scores_path, bad, "tagId is not in genome-tags.csv")
-    item_ids, rows = np.unique(movie, return_inverse=True)
     n_tags = len(tags)
-    if len(movie) != len(item_ids) * n_tags:
-        raise DataError(
-            scores_path,
-            f"{len(movie):,} rows for {len(item_ids):,} movies x {n_tags:,} tags: every movie "
-            "must have a score for every tag",
-        )
-    matrix = np.full((len(item_ids), n_tags), np.nan, dtype=np.float32)
-    matrix[rows, tag - 1] = relevance
-    if np.isnan(matrix).any():
-        raise DataError(scores_path, "a (movie, tag) pair is listed twice")
+    if _movie_major(movie, tag, n_tags):
+        # GroupLens' order, (movieId, tagId): the column of scores is the matrix already.
+        item_ids, matrix = movie[::n_tags], relevance.reshape(-1, n_tags)
+    else:
+        item_ids, rows = np.unique(movie, return_inverse=True)
+        if len(movie) != len(item_ids) * n_tags:
+            raise DataError(
+                scores_path,
+                f"{len(movie):,} rows for {len(item_ids):,} movies x {n_tags:,} tags: every "
+                "movie must have a score for every tag",
+            )
+        matrix = np.full((len(item_ids), n_tags), np.nan, dtype=np.float32)
+        matrix[rows, tag - 1] = relevance
+        if np.isnan(matrix).any():
+            raise DataError(scores_path, "a (movie, tag) pair is listed twice")
     return Genome(
         tags=tuple(tags["tag"].astype(str)), item_ids=item_ids.astype(np.int64), scores=matrix
     )

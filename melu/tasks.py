@@ -106,18 +106,57 @@ def time_scenarios(ratings: pd.DataFrame, cutoff: int) -> np.ndarray:
 class TaskSelection:
     """The ratings that make tasks, and in which order.
 
-    ``order`` lists rating positions grouped by (scenario, user), scenarios in the order of
-    :data:`SCENARIOS`, users ascending; within a user, file order ("drop") or time order
-    ("truncate"). Each (scenario, user) group is one task.
+    ``order`` lists rating positions grouped by (scenario, user): scenarios in the order of
+    :data:`SCENARIOS`, users ascending, and within a user file order ("drop") or time order
+    ("truncate"). ``groups[k]`` is rating ``order[k]``'s group, ``scenario * n_users + u``
+    where ``u`` indexes ``user_ids``; each group is one task.
     """
 
-    order: np.ndarray  # [K] int64 positions into the ratings
-    codes: np.ndarray  # [K] int8 scenario of each
-    users: np.ndarray  # [K] int64 raw user id of each
+    order: np.ndarray  # [K] int32/int64 positions into the ratings
+    groups: np.ndarray  # [K] int32 (int64 past 2**31 groups)
+    user_ids: np.ndarray  # [n_users] int64 raw ids, ascending
+
+    @property
+    def n_users(self) -> int:
+        return max(1, len(self.user_ids))
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Each selected rating's scenario, an index into :data:`SCENARIOS`."""
+        return (self.groups // self.n_users).astype(np.int8)
+
+    def tasks(self, scenario: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One scenario's ratings: their positions, the index in them where each task starts,
+        and each task's raw user id (ascending)."""
+        code = SCENARIO_INDEX[scenario]
+        n = self.n_users
+        mine = (self.groups >= code * n) & (self.groups < (code + 1) * n)
+        groups = self.groups[mine]
+        starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]][: len(groups)])
+        return self.order[mine], starts, self.user_ids[groups[starts] % n]
+
+    def relabel(self, users: np.ndarray, source: str, target: str) -> None:
+        """Move ``users``' tasks from scenario ``source`` to ``target`` (in place)."""
+        n, src = self.n_users, SCENARIO_INDEX[source]
+        index = np.searchsorted(self.user_ids, users)
+        moved = np.zeros(n, dtype=bool)
+        moved[index[(index < n) & (self.user_ids[np.minimum(index, n - 1)] == users)]] = True
+        mine = (self.groups >= src * n) & (self.groups < (src + 1) * n)
+        mine[mine] = moved[self.groups[mine] - src * n]
+        self.groups[mine] += (SCENARIO_INDEX[target] - src) * n
 
 
-def _sort_key(codes: np.ndarray, user_index: np.ndarray, n_users: int) -> np.ndarray:
-    return codes.astype(np.int64) * n_users + user_index
+def dense_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``ids`` as indexes into their sorted distinct values (int32), and those values. Small
+    non-negative ids (MovieLens') go through a lookup table, in linear time and 4 bytes an id;
+    others through pandas' hashing."""
+    if len(ids) and ids.min() >= 0 and int(ids.max()) <= 4 * len(ids) + 1_000_000:
+        present = np.flatnonzero(np.bincount(ids))
+        lookup = np.zeros(int(present[-1]) + 1, dtype=np.int32)
+        lookup[present] = np.arange(len(present), dtype=np.int32)
+        return lookup[ids], present.astype(np.int64)
+    codes, uniques = pd.factorize(ids, sort=True)
+    return codes.astype(np.int32), np.asarray(uniques, dtype=np.int64)
 
 
 def select_tasks(
@@ -128,43 +167,55 @@ def select_tasks(
     A group is a task when it has at least ``min_ratings`` ratings, and at most
     ``max_ratings``: ``cfg.long_users == "drop"`` leaves a larger group out (MeLU),
     ``"truncate"`` keeps its first ``max_ratings`` ratings in time (ties in file order).
-    Linear in the number of ratings but for one sort of the kept ones.
+    Linear in the number of ratings but for one sort of the kept ones, with 4-byte arrays
+    where they suffice: 25M ratings take about 0.7 GB at the peak.
     """
-    user_index, uniques = pd.factorize(user_ids, sort=True)
+    user_index, uniques = dense_index(user_ids)
     n_users = max(1, len(uniques))
-    group = _sort_key(codes, user_index, n_users)
+    wide = len(SCENARIOS) * n_users >= 2**31
+    group = codes.astype(np.int64 if wide else np.int32) * n_users
+    np.add(group, user_index, out=group)
+    del user_index
     sizes = np.bincount(group, minlength=len(SCENARIOS) * n_users)
-    size_of = sizes[group]
+    task = sizes >= cfg.min_ratings
     truncate = cfg.long_users == "truncate"
-    keep = size_of >= cfg.min_ratings
     if not truncate:
-        keep &= size_of <= cfg.max_ratings
-    positions = np.flatnonzero(keep)
-    del size_of, keep
-    key = group[positions]
+        task &= sizes <= cfg.max_ratings
+    positions = np.flatnonzero(task[group])
+    positions = positions.astype(np.int32) if len(group) < 2**31 else positions
+    group = group[positions]
     if truncate:
         if timestamps is None:
             raise ValueError('long_users="truncate" needs timestamps')
-        ts = timestamps[positions]
-        # One int64 key (group, time) when it fits, else a lexicographic sort.
-        span = int(ts.max() - ts.min()) + 1 if len(ts) else 1
-        if int(key.max(initial=0)) < (1 << 62) // span:
-            order = np.argsort(key * span + (ts - ts.min()), kind="stable")
+        # One int64 key, (group, time), when it fits; else a lexicographic sort.
+        ts = timestamps[positions].astype(np.int64)
+        low = int(ts.min()) if len(ts) else 0
+        ts -= low
+        span = int(ts.max()) + 1 if len(ts) else 1
+        if int(group.max(initial=0)) < (1 << 62) // span:
+            key = group.astype(np.int64)
+            key *= span
+            key += ts
+            del ts
+            order = np.argsort(key, kind="stable")
+            del key
         else:
-            order = np.lexsort((ts, key))
-        positions, key = positions[order], key[order]
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        rank = np.arange(len(key)) - np.repeat(starts, np.diff(np.r_[starts, len(key)]))
-        within = rank < cfg.max_ratings
-        positions, key = positions[within], key[within]
+            order = np.lexsort((ts, group))
+            del ts
     else:
-        order = np.argsort(key, kind="stable")
-        positions, key = positions[order], key[order]
-    return TaskSelection(
-        order=positions.astype(np.int64),
-        codes=(key // n_users).astype(np.int8),
-        users=np.asarray(uniques)[key % n_users].astype(np.int64),
-    )
+        order = np.argsort(group, kind="stable")
+    positions, group = positions[order], group[order]
+    del order
+    if truncate:
+        # Rank within the group: position minus the group's first position.
+        kept = np.bincount(group, minlength=len(sizes))
+        first = (np.cumsum(kept) - kept).astype(positions.dtype)
+        rank = np.arange(len(group), dtype=positions.dtype)
+        rank -= first[group]
+        within = rank < cfg.max_ratings
+        del rank
+        positions, group = positions[within], group[within]
+    return TaskSelection(order=positions, groups=group, user_ids=uniques)
 
 
 @dataclass(frozen=True)
@@ -386,25 +437,24 @@ class FlatTasks:
 
 def build_flat_tasks(
     name: str,
-    users: np.ndarray,
+    starts: np.ndarray,
+    user_ids: np.ndarray,
     items: np.ndarray,
     ratings: np.ndarray,
     user_rows: np.ndarray,
     cfg: DataConfig,
 ) -> FlatTasks:
-    """One task per run of equal ``users`` (raw ids, grouped as :func:`select_tasks` orders
-    them); ``items`` are catalogue rows, ``user_rows`` the user-table row of each run's user.
+    """One task per user: task ``t`` is ``items`` / ``ratings`` ``starts[t]`` up to the next
+    start, in the order :func:`select_tasks` gave; ``items`` are catalogue rows,
+    ``user_rows`` the user-table row of each task's user.
 
     The query is ``cfg.query_size`` items drawn with a generator seeded by ``(seed, user)``, so
     a user's split does not depend on which other users are present; the support keeps the
     remaining items in their order. The draw is the one Python loop (a few microseconds a
     task); the rest is vectorised.
     """
-    n_ratings, q = len(users), cfg.query_size
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if n_ratings else np.zeros(0)
-    starts = starts.astype(np.int64)
+    n_ratings, q = len(items), cfg.query_size
     counts = np.diff(np.r_[starts, n_ratings]).astype(np.int64)
-    user_ids = users[starts].astype(np.int64)
     is_query = np.zeros(n_ratings, dtype=bool)
     for uid, start, count in zip(user_ids.tolist(), starts.tolist(), counts.tolist(), strict=True):
         rng = np.random.default_rng((cfg.seed, uid))
@@ -413,7 +463,7 @@ def build_flat_tasks(
     order = np.argsort(task * 2 + is_query, kind="stable")  # support first, then the query
     return FlatTasks(
         name=name,
-        user_ids=user_ids,
+        user_ids=np.asarray(user_ids, dtype=np.int64),
         user_rows=np.asarray(user_rows, dtype=np.int64),
         offsets=np.r_[0, np.cumsum(counts)].astype(np.int64),
         items=items[order].astype(np.int32),

@@ -243,6 +243,12 @@ def test_genome(tmp_path: Path) -> None:
     assert genome is not None and genome.tags == ("dark", "funny")
     assert genome.item_ids.tolist() == [1, 3]
     np.testing.assert_allclose(genome.scores, [[0.11, 0.12], [0.31, 0.32]], rtol=1e-6)
+    # GroupLens' order, (movieId, tagId), takes the fast path to the same matrix.
+    rows = sorted(scores.splitlines()[1:], key=lambda r: tuple(map(int, r.split(",")[:2])))
+    (folder / "genome-scores.csv").write_text("movieId,tagId,relevance\n" + "\n".join(rows))
+    again = read(folder).genome
+    assert again is not None and again.item_ids.tolist() == [1, 3]
+    np.testing.assert_array_equal(again.scores, genome.scores)
     (folder / "genome-scores.csv").write_text(scores + "4,1,0.5\n")
     with pytest.raises(DataError, match="every movie must have a score for every tag"):
         read(folder)

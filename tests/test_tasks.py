@@ -13,7 +13,7 @@ from melu import movielens
 from melu.config import DataConfig, from_dict, to_dict
 from melu.data import ColdStartData, prepare_frames
 from melu.errors import MeluError
-from melu.tasks import COLD_SCENARIOS, SCENARIOS, TaskBatch, TaskSet
+from melu.tasks import COLD_SCENARIOS, SCENARIOS, TaskBatch, TaskSet, select_tasks
 
 # Task counts of MeLU's release under the default config (13..100 ratings per user, 10 queries).
 MELU_TASKS = {
@@ -455,3 +455,28 @@ def test_old_data_config_loads() -> None:
     cfg = from_dict(DataConfig, old)
     assert (cfg.long_users, cfg.split_time, cfg.rating_scale) == ("drop", None, (1.0, 5.0, 1.0))
     assert cfg == DataConfig() == DataConfig.for_dataset("melu")
+
+
+@pytest.mark.parametrize("rule", ["drop", "truncate"])
+def test_select_tasks_by_hand(rule: str) -> None:
+    """Four users; the count rule is 2..3 ratings per (scenario, user)."""
+    users = np.array([7, 7, 7, 7, 3, 3, 9, 5, 5, 5, 3], dtype=np.int32)
+    codes = np.array([0, 0, 0, 0, 2, 2, 0, 3, 0, 3, 2], dtype=np.int8)
+    times = np.array([40, 10, 30, 20, 5, 1, 0, 2, 2, 1, 3], dtype=np.int64)
+    cfg = DataConfig(min_ratings=2, max_ratings=3, long_users=rule)  # type: ignore[arg-type]
+    sel = select_tasks(users, codes, times, cfg)
+    assert sel.user_ids.tolist() == [3, 5, 7, 9]
+    pos, starts, task_users = sel.tasks("warm")
+    if rule == "drop":  # user 7 has 4 warm ratings: left out; user 9 has 1, user 5 one warm
+        assert pos.tolist() == [] and task_users.tolist() == [] and starts.tolist() == []
+    else:  # user 7 keeps the 3 earliest, in time order
+        assert pos.tolist() == [1, 3, 2] and task_users.tolist() == [7]
+    pos, starts, task_users = sel.tasks("new_user")
+    # In time order when truncating (positions 5, 4, 10 at times 1, 5, 3), else file order.
+    expected = [5, 10, 4] if rule == "truncate" else [4, 5, 10]
+    assert pos.tolist() == expected and task_users.tolist() == [3] and starts.tolist() == [0]
+    pos, starts, task_users = sel.tasks("new_item")
+    assert sorted(pos.tolist()) == [7, 9] and task_users.tolist() == [5]
+    sel.relabel(np.array([3, 8]), "new_user", "validation")
+    assert sel.tasks("new_user")[0].tolist() == []
+    assert sel.tasks("validation")[0].tolist() == expected
