@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from melu.data import ColdStartData
-from melu.features import MAX_TAGS_PER_ITEM, FeatureEncoder, GenomeBlock, item_tags
+from melu.evaluation.rankers import TrainingData
+from melu.features import (
+    MAX_TAGS_PER_ITEM,
+    FeatureEncoder,
+    GenomeBlock,
+    content_matrix,
+    item_tags,
+)
 
 TAGS = pd.DataFrame(
     {
@@ -73,3 +80,21 @@ def test_genome_block() -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors[[2, 4]], axis=1), 1.0, rtol=1e-6)
     assert vectors[2] @ vectors[4] == pytest.approx(-1.0)  # opposite once the mean is out
     assert not vectors[[0, 1, 3]].any()
+
+
+def test_content_of_the_csv_releases(latest_small_data: ColdStartData) -> None:
+    """The baselines' content matrix holds genres, years and tags; the training ratings feed
+    the baselines' TrainingData as MeLU's do."""
+    data = latest_small_data
+    specs = data.encoder.item_specs()
+    content = content_matrix(data.catalogue.table, specs)
+    widths = {s.name: s.vocab_size for s in specs}
+    assert content.shape == (len(data.catalogue.item_ids), sum(widths.values()) - widths["item"])
+    tag_cols = content[:, content.shape[1] - widths["tag"] :]
+    assert 100 < tag_cols.getnnz(axis=1).astype(bool).sum() < len(data.catalogue)
+    training = TrainingData.build(
+        data.train_ratings, data.catalogue.rows, len(data.catalogue.item_ids), content
+    )
+    assert training.matrix.shape == (439, len(data.catalogue.item_ids))
+    assert training.matrix.nnz == len(data.train_ratings)
+    assert 0.5 <= training.global_mean <= 5.0
