@@ -232,8 +232,7 @@ def read_table(path: Path, columns: dict[str, Kind] | None = None) -> pd.DataFra
 def _bad_line(path: Path, mask: np.ndarray, reason: str) -> DataError:
     """A DataError at the first True of ``mask`` (row i is line i + 2: after the header; used
     for files whose fields never hold line breaks)."""
-    first = int(np.flatnonzero(mask)[0])
-    return DataError(path, reason.format(row=first), first + 2)
+    return DataError(path, reason, int(np.flatnonzero(mask)[0]) + 2)
 
 
 def read_ratings(path: Path) -> pd.DataFrame:

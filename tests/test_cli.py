@@ -4,6 +4,7 @@ newcomer gets wrong (ports, settings, report paths, resuming a run with other op
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import shutil
@@ -162,3 +163,20 @@ def test_make_checks_the_port_first(target: str) -> None:
         )
     assert result.returncode != 0
     assert f"port {port} is in use" in result.stderr
+
+
+def test_data_summary_of_ml_latest_small(shared_data: Path) -> None:
+    """`melu data summary --json` prints the time split's scenario counts (README, Data)."""
+    result = melu("data", "summary", "--dataset", "ml-latest-small", "--data-dir",
+                  str(shared_data), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert {k: v["tasks"] for k, v in summary["scenarios"].items()} == {
+        "warm": 439, "validation": 49, "new_user": 122, "new_item": 9, "new_user_new_item": 45,
+    }  # fmt: skip
+    assert summary["split_time"]["utc"] == "2015-07-15T07:02:24+00:00"
+    assert summary["rating_scale"] == {"low": 0.5, "high": 5.0, "step": 0.5}
+    assert summary["user_fields"] == []
+    assert summary["count_rule"]["long_users"] == "truncate"
+    assert summary["totals"] == {"ratings": 100_836, "users": 610, "items": 9_724,
+                                 "catalogue_items": 9_742}  # fmt: skip
