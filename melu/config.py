@@ -88,8 +88,8 @@ class DataConfig:
     # A user with more than max_ratings ratings in a scenario: "drop" the user (MeLU), or
     # "truncate" to the user's first max_ratings ratings in time. The CSV releases truncate
     # (DataConfig.for_dataset): on ml-latest-small MeLU's rule drops 40% of the users, the
-    # most active ones (training tasks 300 -> 488, new-user tasks 69 -> 122), and a new user's
-    # first ratings are exactly what cold start sees.
+    # most active ones (training + validation tasks 300 -> 488, new-user tasks 69 -> 122), and
+    # a new user's first ratings are exactly what cold start sees.
     long_users: Literal["drop", "truncate"] = "drop"
     # CSV releases: the cutoff of the time split, in Unix seconds. A user whose first rating
     # comes after it is a new user, an item first rated after it a new item. None: the time by

@@ -1,9 +1,15 @@
 """Cold-start scenarios and per-user tasks.
 
+Scenarios come from MeLU's release as shipped, from release years and a seeded share of users
+(ML-1M, ML-100K: :func:`assign_scenarios`), or from time (the CSV releases:
+:func:`time_scenarios`). :func:`select_tasks` applies the count rule to every (scenario, user)
+at once.
+
 A task is one user's ratings split into a support set (given) and a query set (to predict).
-Tasks hold catalogue row ids and ratings only; features are gathered at batch time.
-A :class:`TaskSet` keeps a whole scenario as padded tensors, so a meta-batch is an index into
-them: no Python collation per step, and the tensors can live on the GPU for the whole run.
+Tasks hold catalogue row ids and ratings only; features are gathered at batch time. They are
+built as flat arrays with offsets (:class:`FlatTasks`); a :class:`TaskSet` keeps a whole
+scenario as padded tensors, so a meta-batch is an index into them: no Python collation per
+step, and the tensors can live on the GPU for the whole run.
 """
 
 from __future__ import annotations
