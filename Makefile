@@ -2,6 +2,8 @@
 # Steps alone: `make data`, `make train`, `make evaluate`, `make serve` (serves RUN_DIR's
 # checkpoint on PORT; the server prints the page's address and an example request when it is
 # up). A second `make run` trains and evaluates nothing again: it serves at once.
+# DATASET picks the data: melu (default), ml-1m, ml-100k, ml-latest-small, ml-25m, ml-32m;
+# offline, point DATA_DIR at a folder that holds it (e.g. DATA_DIR=../shared/data/movielens).
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
@@ -12,7 +14,9 @@ MELU := $(VENV)/bin/melu
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 DATA_DIR ?= data
-RUN_DIR ?= runs/latest
+DATASET ?= melu
+# One run folder per dataset (runs/latest stays MeLU's), so that --resume never mixes them.
+RUN_DIR ?= runs/$(if $(filter melu,$(DATASET)),latest,$(DATASET))
 EPOCHS ?= 30
 PORT ?= 8000
 # torch CPU threads (melu --threads); empty: one per core. THREADS=1 when other jobs share them.
@@ -24,7 +28,7 @@ REPORT = $(RUN_DIR)/report.json
 # A misspelt variable (`make run DATADIR=...`) was silently ignored: the run went on with the
 # defaults, tried to download into data/ and failed there. Variables given on the command
 # line must be these.
-VARIABLES := VENV PY MELU TORCH_SPEC TORCH_INDEX DATA_DIR RUN_DIR EPOCHS PORT THREADS
+VARIABLES := VENV PY MELU TORCH_SPEC TORCH_INDEX DATA_DIR DATASET RUN_DIR EPOCHS PORT THREADS
 UNKNOWN := $(filter-out $(VARIABLES),$(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v))))
 ifneq ($(UNKNOWN),)
 $(error unknown variable $(UNKNOWN); this Makefile reads $(VARIABLES))
@@ -41,14 +45,15 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 data: install
-	$(MELU_RUN) data download --dataset melu --data-dir $(DATA_DIR)
+	$(MELU_RUN) data download --dataset $(DATASET) --data-dir $(DATA_DIR)
 
 # `melu train --resume` runs every time (it continues an interrupted run and says when a run
 # has finished) but writes the checkpoint only when it trains, so the checkpoint's time stamp
-# tells whether the report below is out of date.
+# tells whether the report below is out of date. Each dataset has its own RUN_DIR, hence its
+# own checkpoint and report.
 train: $(CHECKPOINT)
 $(CHECKPOINT): data
-	$(MELU_RUN) train --dataset melu --data-dir $(DATA_DIR) --out $(RUN_DIR) --epochs $(EPOCHS) --resume
+	$(MELU_RUN) train --dataset $(DATASET) --data-dir $(DATA_DIR) --out $(RUN_DIR) --epochs $(EPOCHS) --resume
 
 # The evaluation (minutes) runs only when the report is missing or older than the checkpoint.
 evaluate: $(REPORT)

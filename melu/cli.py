@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from melu.config import DATASETS, PRESETS, DataConfig, MetaConfig, TrainConfig
+from melu.config import DATASETS, PRESETS, DataConfig, MetaConfig, RatingScale, TrainConfig
 from melu.errors import MeluError
 
 if TYPE_CHECKING:
@@ -81,12 +81,19 @@ def _report_path(value: str) -> Path:
 
 def _add_data_args(p: argparse.ArgumentParser, dataset: bool = True) -> None:
     if dataset:
-        p.add_argument("--dataset", choices=DATASETS, default="melu", help="(default: melu)")
+        p.add_argument(
+            "--dataset",
+            choices=DATASETS,
+            default="melu",
+            help="MeLU's release of ML-1M, ML-1M, ML-100K, or a GroupLens CSV release (half "
+            "stars, no demographics, split into scenarios by time) (default: melu)",
+        )
     p.add_argument(
         "--data-dir",
         type=Path,
         default=_default_data_dir(),
-        help="folder with melu/, ml-1m/, ml-100k/ (default: $MELU_DATA_DIR or data/)",
+        help="folder with melu/, ml-1m/, ml-100k/, ml-latest-small/, ml-25m/, ml-32m/ "
+        "(default: $MELU_DATA_DIR or data/)",
     )
 
 
@@ -330,15 +337,23 @@ def _cmd_data(args: argparse.Namespace) -> int:
         return 0
     from melu.data import prepare, summary
 
-    result = summary(prepare(args.data_dir, DataConfig(dataset=args.dataset, seed=args.seed)))
+    cfg = DataConfig.for_dataset(args.dataset, seed=args.seed)
+    result = summary(prepare(args.data_dir, cfg))
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
         for name, row in result["scenarios"].items():
             sys.stdout.write(
-                f"{name:>18}: {row['tasks']:>5} tasks, {row['users']:>5} users, "
-                f"{row['ratings']:>7} ratings, {row['items']:>5} items, support "
+                f"{name:>18}: {row['tasks']:>7,} tasks, {row['users']:>7,} users, "
+                f"{row['ratings']:>10,} ratings, {row['items']:>6,} items, support "
                 f"{row['support_min']}/{row['support_median']:g}/{row['support_max']}\n"
+            )
+        scale = RatingScale(**result["rating_scale"])
+        fields = ", ".join(result["user_fields"]) or "none"
+        sys.stdout.write(f"ratings {scale.describe()}; user fields: {fields}\n")
+        if "split_time" in result:
+            sys.stdout.write(
+                f"new users and items: first rating after {result['split_time']['utc']}\n"
             )
     return 0
 
@@ -391,6 +406,8 @@ def _check_resume(args: argparse.Namespace, given: dict[str, Any]) -> bool:
     previous = load(path)
     saved = {"meta": previous.meta, "train": previous.train}
     differ = []
+    if args.dataset != previous.data.dataset:
+        differ.append(f"--dataset {args.dataset} (the run has {previous.data.dataset})")
     for key, value in given.items():
         if key == "model":
             if value != previous.model:
@@ -439,7 +456,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not _check_resume(args, given):
         return 0
     seed = train_cfg.seed
-    data = prepare(args.data_dir, DataConfig(dataset=args.dataset, seed=seed))
+    data = prepare(args.data_dir, DataConfig.for_dataset(args.dataset, seed=seed))
     result = train(
         data,
         args.out,

@@ -10,8 +10,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-Dataset = Literal["melu", "ml-1m", "ml-100k"]
-DATASETS: tuple[Dataset, ...] = ("melu", "ml-1m", "ml-100k")
+Dataset = Literal["melu", "ml-1m", "ml-100k", "ml-latest-small", "ml-25m", "ml-32m"]
+DATASETS: tuple[Dataset, ...] = ("melu", "ml-1m", "ml-100k", "ml-latest-small", "ml-25m", "ml-32m")
+# The GroupLens CSV releases: half stars, no demographics, tags; split into scenarios by time.
+CSV_DATASETS: tuple[Dataset, ...] = ("ml-latest-small", "ml-25m", "ml-32m")
 
 T = TypeVar("T")
 
@@ -38,18 +40,82 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 
 @dataclass(frozen=True)
+class RatingScale:
+    """The ratings a dataset allows: ``low`` to ``high`` in steps of ``step`` (ML-1M: 1..5 in
+    whole stars; the CSV releases: 0.5..5.0 in half stars)."""
+
+    low: float = 1.0
+    high: float = 5.0
+    step: float = 1.0
+
+    def values(self) -> tuple[float, ...]:
+        """Every allowed rating, lowest first."""
+        count = round((self.high - self.low) / self.step) + 1
+        return tuple(round(self.low + i * self.step, 6) for i in range(count))
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` is one of :meth:`values` (to a millionth of a star)."""
+        if not self.low - 1e-6 <= value <= self.high + 1e-6:
+            return False
+        steps = (value - self.low) / self.step
+        return abs(steps - round(steps)) < 1e-6
+
+    def describe(self) -> str:
+        """``"0.5..5.0 in steps of 0.5"``: for messages that name the scale."""
+        decimals = len(f"{self.step:g}".partition(".")[2])
+        return f"{self.low:.{decimals}f}..{self.high:.{decimals}f} in steps of {self.step:g}"
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    """How raw ratings become cold-start tasks (MeLU protocol by default)."""
+    """How raw ratings become cold-start tasks (MeLU protocol by default).
+
+    Every field added after the first release has a default that reproduces what checkpoints
+    written before it did, so ``from_dict`` of an old checkpoint's dict rebuilds its data.
+    """
 
     dataset: Dataset = "melu"
     min_ratings: int = 13
     max_ratings: int = 100
     query_size: int = 10
     validation_fraction: float = 0.1
-    # ML-1M / ML-100K only: how the four scenarios are carved from plain ratings.
+    # ML-1M / ML-100K: how the four scenarios are carved from plain ratings (newest release
+    # years are new items, a seeded share of users are new users). The CSV releases split by
+    # time instead, and new_user_fraction sets the cutoff (split_time).
     new_user_fraction: float = 0.2
     new_item_fraction: float = 0.2
     seed: int = 0
+    # A user with more than max_ratings ratings in a scenario: "drop" the user (MeLU), or
+    # "truncate" to the user's first max_ratings ratings in time. The CSV releases truncate
+    # (DataConfig.for_dataset): on ml-latest-small MeLU's rule drops 40% of the users, the
+    # most active ones (training + validation tasks 300 -> 488, new-user tasks 69 -> 122), and
+    # a new user's first ratings are exactly what cold start sees.
+    long_users: Literal["drop", "truncate"] = "drop"
+    # CSV releases: the cutoff of the time split, in Unix seconds. A user whose first rating
+    # comes after it is a new user, an item first rated after it a new item. None: the time by
+    # which 1 - new_user_fraction of the users had given their first rating; prepare() pins
+    # the value it used here, so a checkpoint records it.
+    split_time: int | None = None
+    # The ratings' scale (low, high, step), read from the data by prepare() and pinned here so
+    # that a checkpoint carries it; the default is ML-1M's, which every checkpoint written
+    # before the field existed was trained on. See RatingScale and DataConfig.scale.
+    rating_scale: tuple[float, float, float] = (1.0, 5.0, 1.0)
+    # CSV releases: an item's tags are the release's top_tags most applied tags (lower-cased)
+    # that were applied to it up to split_time.
+    top_tags: int = 100
+
+    @property
+    def scale(self) -> RatingScale:
+        return RatingScale(*self.rating_scale)
+
+    @classmethod
+    def for_dataset(cls, dataset: Dataset, **overrides: Any) -> DataConfig:
+        """The recommended configuration of ``dataset``: MeLU's defaults, and for the CSV
+        releases their count rule (``long_users="truncate"``, see the field)."""
+        base: dict[str, Any] = {"dataset": dataset}
+        if dataset in CSV_DATASETS:
+            base["long_users"] = "truncate"
+        return cls(**{**base, **overrides})
 
 
 @dataclass(frozen=True)

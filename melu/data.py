@@ -7,7 +7,7 @@ Data flows one way: files -> frames (:mod:`melu.movielens`) -> scenarios and tas
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,26 @@ import pandas as pd
 import torch
 
 from melu import movielens
-from melu.config import DataConfig
-from melu.features import FeatureEncoder
-from melu.tasks import SCENARIOS, TaskSet, assign_scenarios, build_tasks, eligible, validation_users
+from melu.config import CSV_DATASETS, DataConfig, RatingScale
+from melu.errors import MeluError
+from melu.features import OPTIONAL_MULTI_ITEM_FIELDS, FeatureEncoder, GenomeBlock, item_tags
+from melu.tasks import (
+    SCENARIO_INDEX,
+    SCENARIOS,
+    FlatTasks,
+    TaskSet,
+    assign_scenarios,
+    build_flat_tasks,
+    select_tasks,
+    time_cutoff,
+    time_scenarios,
+    validation_users,
+)
 
 log = logging.getLogger(__name__)
+
+# The ``split`` column: a category per scenario, one byte a rating instead of a string.
+SPLIT_DTYPE = pd.CategoricalDtype(list(SCENARIOS))
 
 
 @dataclass(frozen=True)
@@ -91,24 +106,44 @@ class Catalogue:
 
 @dataclass(frozen=True)
 class ColdStartData:
-    """A dataset prepared for meta-learning under one :class:`DataConfig`."""
+    """A dataset prepared for meta-learning under one :class:`DataConfig`.
+
+    ``config`` is the configuration the data were prepared under, with what prepare() read
+    from the data pinned in it (the rating scale, the time split's cutoff): it is what a
+    checkpoint stores. ``tasks`` are the padded task sets training reads; ``flat_tasks`` the
+    same tasks as prepared, flat with offsets (:class:`~melu.tasks.FlatTasks`), for code that
+    must not pad every task at once.
+    """
 
     config: DataConfig
     encoder: FeatureEncoder
     catalogue: Catalogue
-    user_table: torch.Tensor  # [n_users + 1, 4], row 0 = unknown user
+    user_table: torch.Tensor  # [n_users + 1, len(encoder.user_fields)], row 0 = unknown user
     user_rows: dict[int, int]
     tasks: dict[str, TaskSet]
-    # Every rating with its scenario (``split``), before the 13..100 rule; "validation" marks
-    # the ratings of carved-out validation users.
+    # Every rating with its scenario (``split``, categorical over SCENARIOS), before the count
+    # rule; "validation" marks the ratings of carved-out validation users. ``in_task`` is True
+    # for the ratings the tasks hold (the count rule may leave a user out, or truncate one).
     ratings: pd.DataFrame
+    flat_tasks: dict[str, FlatTasks] = field(default_factory=dict)
+    # The tag genome aligned to catalogue rows (ml-25m, ml-32m); None elsewhere.
+    genome: GenomeBlock | None = None
+
+    @property
+    def scale(self) -> RatingScale:
+        """The ratings' scale (0.5..5.0 in halves for the CSV releases, 1..5 otherwise)."""
+        return self.config.scale
+
+    @property
+    def user_fields(self) -> tuple[str, ...]:
+        """The user fields that exist (none for the CSV releases)."""
+        return self.encoder.user_fields
 
     @property
     def train_ratings(self) -> pd.DataFrame:
         """Ratings of the meta-training tasks: what baselines may learn from."""
-        train_users = set(self.tasks["warm"].user_ids.tolist())
-        warm = self.ratings[self.ratings["split"] == "warm"]
-        return warm[warm["user_id"].isin(train_users)]
+        r = self.ratings
+        return r[(r["split"] == "warm").to_numpy() & r["in_task"].to_numpy()]
 
 
 def prepare(
@@ -121,73 +156,174 @@ def prepare(
     return prepare_frames(movielens.load(cfg.dataset, data_dir), cfg, encoder)
 
 
+def rating_scale_of(values: np.ndarray) -> RatingScale:
+    """The scale ratings use: their lowest and highest value, and the largest step (to a
+    thousandth of a star) that every value is a whole number of steps above the lowest."""
+    distinct = np.unique(pd.unique(np.asarray(values, dtype=np.float64)))
+    if not len(distinct):
+        return RatingScale()
+    thousandths = np.round((distinct - distinct[0]) * 1000).astype(np.int64)
+    step = int(np.gcd.reduce(thousandths)) / 1000 or 1.0
+    return RatingScale(float(distinct[0]), float(distinct[-1]), step)
+
+
+def _pin_scale(cfg: DataConfig, values: np.ndarray, fitted: bool) -> DataConfig:
+    """``cfg`` with the data's rating scale; for a checkpoint's config (``fitted``) the data
+    must lie on the scale it was trained on."""
+    if not fitted:
+        found = rating_scale_of(values)
+        return replace(cfg, rating_scale=(found.low, found.high, found.step))
+    distinct = pd.unique(np.asarray(values, dtype=np.float64))
+    off = sorted(float(v) for v in distinct if not cfg.scale.contains(float(v)))
+    if off:
+        raise MeluError(
+            f"{cfg.dataset}: ratings such as {off[0]:g} are off the checkpoint's scale "
+            f"{cfg.scale.describe()}: prepare the data the checkpoint was trained on"
+        )
+    return cfg
+
+
+def _scenario_codes(
+    ml: movielens.MovieLens, ratings: pd.DataFrame, cfg: DataConfig
+) -> tuple[np.ndarray, DataConfig]:
+    """Each rating's scenario as an index into SCENARIOS, and ``cfg`` with the time split's
+    cutoff pinned where the dataset splits by time."""
+    if "split" in ratings.columns:  # MeLU's release ships its split
+        names = pd.Categorical(ratings["split"], dtype=SPLIT_DTYPE)
+        return names.codes.astype(np.int8), cfg
+    if cfg.dataset in CSV_DATASETS:
+        cutoff = time_cutoff(ratings, cfg)
+        return time_scenarios(ratings, cutoff), replace(cfg, split_time=cutoff)
+    names = pd.Categorical(assign_scenarios(ratings, ml.items, cfg), dtype=SPLIT_DTYPE)
+    return names.codes.astype(np.int8), cfg
+
+
+def _rows_of(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Rows (1-based: row 0 is padding) of ``ids`` in ``sorted_ids``, all of which are there."""
+    return np.searchsorted(sorted_ids, ids).astype(np.int64) + 1
+
+
 def prepare_frames(
     ml: movielens.MovieLens, cfg: DataConfig, encoder: FeatureEncoder | None = None
 ) -> ColdStartData:
+    """Scenarios, the count rule, vocabularies, tasks: linear in the number of ratings but
+    for one sort, without Python objects per rating (25M ratings: seconds, under 3 GB)."""
     ratings = ml.ratings
-    known = ratings["item_id"].isin(ml.items["item_id"]) & ratings["user_id"].isin(
-        ml.users["user_id"]
+    known = (
+        ratings["item_id"].isin(ml.items["item_id"]).to_numpy()
+        & ratings["user_id"].isin(ml.users["user_id"]).to_numpy()
     )
     if not known.all():
         log.warning("dropping %d ratings of users or items without metadata", int((~known).sum()))
-        ratings = ratings[known]
-    if "split" not in ratings.columns:
-        ratings = ratings.assign(split=assign_scenarios(ratings, ml.items, cfg))
+        ratings = ratings[known].reset_index(drop=True)
+    del known
+    cfg = _pin_scale(cfg, ratings["rating"].to_numpy(), fitted=encoder is not None)
+    codes, cfg = _scenario_codes(ml, ratings, cfg)
+    user_col = ratings["user_id"].to_numpy()
+    timestamps = ratings["timestamp"].to_numpy() if "timestamp" in ratings.columns else None
+    selection = select_tasks(user_col, codes, timestamps, cfg)
 
-    by_scenario = {
-        s: eligible(ratings[ratings["split"] == s], cfg) for s in SCENARIOS if s != "validation"
-    }
-    val_users = validation_users(by_scenario["warm"]["user_id"].unique().tolist(), cfg)
-    warm = by_scenario.pop("warm")
-    is_val = warm["user_id"].isin(val_users)
-    by_scenario = {"warm": warm[~is_val], "validation": warm[is_val], **by_scenario}
-    ratings = ratings.assign(
-        split=ratings["split"].where(
-            ~((ratings["split"] == "warm") & ratings["user_id"].isin(val_users)), "validation"
-        )
+    # Validation users: a seeded share of the warm task users, relabelled everywhere.
+    warm_tasks = selection.tasks("warm")[2]
+    val_users = np.sort(np.fromiter(validation_users(warm_tasks.tolist(), cfg), dtype=np.int64))
+    selection.relabel(val_users, "warm", "validation")
+    codes[np.isin(user_col, val_users, kind="table") & (codes == SCENARIO_INDEX["warm"])] = (
+        SCENARIO_INDEX["validation"]
     )
+    in_task = np.zeros(len(ratings), dtype=bool)
+    in_task[selection.order] = True
+    ratings = ratings.assign(
+        split=pd.Categorical.from_codes(codes, dtype=SPLIT_DTYPE), in_task=in_task
+    )
+    del in_task, codes
 
-    train = by_scenario["warm"]
-    train_users = ml.users[ml.users["user_id"].isin(train["user_id"].unique())]
-    train_items = ml.items[ml.items["item_id"].isin(train["item_id"].unique())]
+    items = ml.items
+    if ml.tags is not None:
+        tags = item_tags(ml.tags, items["item_id"], cfg.split_time, cfg.top_tags)
+        items = items.assign(tag=pd.Series(tags, index=items.index, dtype=object))
+    train_pos, _, train_users_ids = selection.tasks("warm")
     if encoder is None:
-        encoder = FeatureEncoder.fit(train_users, train_items, multi_width=_multi_widths(ml.items))
-    catalogue = Catalogue.build(ml.items, encoder)
+        train_users = ml.users[ml.users["user_id"].isin(train_users_ids)]
+        train_items = items[
+            items["item_id"].isin(pd.unique(ratings["item_id"].to_numpy()[train_pos]))
+        ]
+        encoder = FeatureEncoder.fit(train_users, train_items, multi_width=_multi_widths(items))
+    catalogue = Catalogue.build(items, encoder)
     users = ml.users.sort_values("user_id", kind="stable")
-    user_table = torch.cat([torch.zeros(1, 4, dtype=torch.long), encoder.encode_users(users)])
-    user_rows = {int(u): r + 1 for r, u in enumerate(users["user_id"].tolist())}
-    tasks = {
-        name: build_tasks(name, frame, user_rows, catalogue.rows, cfg)
-        for name, frame in by_scenario.items()
-    }
-    return ColdStartData(cfg, encoder, catalogue, user_table, user_rows, tasks, ratings)
+    user_ids = users["user_id"].to_numpy(dtype=np.int64)
+    user_table = torch.cat(
+        [torch.zeros(1, len(encoder.user_fields), dtype=torch.long), encoder.encode_users(users)]
+    )
+    user_rows = {int(u): r + 1 for r, u in enumerate(user_ids.tolist())}
+
+    item_ids = catalogue.item_ids[1:]
+    flat = {}
+    item_col, rating_col = ratings["item_id"].to_numpy(), ratings["rating"].to_numpy()
+    for name in SCENARIOS:
+        pos, starts, task_users = selection.tasks(name)
+        flat[name] = build_flat_tasks(
+            name,
+            starts,
+            task_users,
+            _rows_of(item_ids, item_col[pos]),
+            rating_col[pos],
+            _rows_of(user_ids, task_users),
+            cfg,
+        )
+    del selection
+    tasks = {name: f.to_taskset() for name, f in flat.items()}
+    genome = (
+        GenomeBlock.align(ml.genome.tags, ml.genome.item_ids, ml.genome.scores, catalogue.item_ids)
+        if ml.genome is not None
+        else None
+    )
+    return ColdStartData(
+        cfg, encoder, catalogue, user_table, user_rows, tasks, ratings, flat, genome
+    )
 
 
 def _multi_widths(items: pd.DataFrame) -> dict[str, int]:
     """Padded widths from the whole catalogue, so every item's list fits."""
-    return {f: max(1, int(items[f].map(len).max())) for f in ("genre", "director", "actor")}
+    fields = ("genre", "director", "actor", *(f for f in OPTIONAL_MULTI_ITEM_FIELDS if f in items))
+    return {f: max(1, int(items[f].map(len).max())) for f in fields}
 
 
 def summary(data: ColdStartData) -> dict[str, Any]:
-    """Per scenario: users, tasks, ratings, items and support sizes (min, median, max)."""
-    out: dict[str, Any] = {"dataset": data.config.dataset, "scenarios": {}}
+    """Per scenario: users, tasks, ratings, items and support sizes (min, median, max); and
+    how the data were split (the time cutoff), their rating scale and user fields."""
+    cfg = data.config
+    out: dict[str, Any] = {"dataset": cfg.dataset, "scenarios": {}}
+    codes = data.ratings["split"].cat.codes.to_numpy() if len(data.ratings) else np.zeros(0)
+    users, items = data.ratings["user_id"].to_numpy(), data.ratings["item_id"].to_numpy()
     for name in SCENARIOS:
-        frame = data.ratings[data.ratings["split"] == name]
+        mine = codes == SCENARIO_INDEX[name]
         ts = data.tasks[name]
         sizes = ts.support_sizes
         out["scenarios"][name] = {
-            "users": int(frame["user_id"].nunique()),
+            "users": len(pd.unique(users[mine])),
             "tasks": len(ts),
-            "ratings": len(frame),
-            "items": int(frame["item_id"].nunique()),
+            "ratings": int(mine.sum()),
+            "items": len(pd.unique(items[mine])),
             "support_min": int(sizes.min()) if len(sizes) else 0,
             "support_median": float(np.median(sizes)) if len(sizes) else 0.0,
             "support_max": int(sizes.max()) if len(sizes) else 0,
         }
     out["totals"] = {
         "ratings": len(data.ratings),
-        "users": int(data.ratings["user_id"].nunique()),
-        "items": int(data.ratings["item_id"].nunique()),
+        "users": len(pd.unique(users)),
+        "items": len(pd.unique(items)),
         "catalogue_items": len(data.catalogue),
     }
+    out["rating_scale"] = {"low": cfg.scale.low, "high": cfg.scale.high, "step": cfg.scale.step}
+    out["user_fields"] = list(data.user_fields)
+    out["count_rule"] = {
+        "min_ratings": cfg.min_ratings,
+        "max_ratings": cfg.max_ratings,
+        "long_users": cfg.long_users,
+    }
+    if cfg.split_time is not None:
+        out["split_time"] = {
+            "unix": cfg.split_time,
+            "utc": pd.Timestamp(cfg.split_time, unit="s", tz="UTC").isoformat(),
+        }
     return out

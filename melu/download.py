@@ -1,17 +1,21 @@
-"""Fetch MovieLens files from their public sources, verified by sha256.
+"""Fetch MovieLens files from their public sources, verified by checksum.
 
 MovieLens' licence forbids redistribution, so the project ships no data: each user downloads it.
-Every file is checked against a pinned sha256 before it is moved into place, so a truncated
-transfer or a changed upstream file never reaches the readers in :mod:`melu.movielens`.
+Every file is checked against a pinned sha256 (md5 for ml-32m.zip, the only checksum GroupLens
+publishes for it) before it is moved into place, so a truncated transfer or a changed upstream
+file never reaches the readers in :mod:`melu.movielens`.
 
 Layout under ``data_dir`` (the same as ``shared/data/movielens``)::
 
     ml-1m.zip, ml-1m/{ratings,users,movies}.dat, ...   # dataset "ml-1m"
     ml-100k.zip, ml-100k/u.{data,item,user}, ...        # dataset "ml-100k"
     melu/*.json, melu/movies_extrainfos.dat, melu/m_*.txt, ml-1m/users.dat   # dataset "melu"
+    ml-latest-small.zip, ml-latest-small/{ratings,movies,tags,links}.csv      # and ml-25m, ml-32m
 
 The zips are kept next to their folders so that a second run finds them verified and skips the
-download.
+download. A CSV release already in its folder (copied by hand, offline) is used as it is once it
+proves to be the release: the official files' sha256 where known, else its counts
+(:func:`melu.movielens_csv.identify`); an older or another release is named as such.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from typing import IO
 
 from tqdm import tqdm
 
-from melu.config import Dataset
+from melu.config import CSV_DATASETS, Dataset
 from melu.errors import DataError, MeluError
+from melu.movielens_csv import count_rows, identify
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,9 @@ _TIMEOUT_S = 60.0
 URLS: dict[str, str] = {
     "ml-1m": "https://files.grouplens.org/datasets/movielens",
     "ml-100k": "https://files.grouplens.org/datasets/movielens",
+    "ml-latest-small": "https://files.grouplens.org/datasets/movielens",
+    "ml-25m": "https://files.grouplens.org/datasets/movielens",
+    "ml-32m": "https://files.grouplens.org/datasets/movielens",
     # Pinned to a commit so that the checksums below cannot drift with the repository.
     "melu": (
         "https://raw.githubusercontent.com/hoyeoplee/MeLU/"
@@ -58,9 +66,15 @@ URLS: dict[str, str] = {
 # bytes, ml-100k.zip 4,924,029 bytes); several unrelated projects pin the same values (e.g.
 # TensorFlow's MovieLens examples and SecretFlow for ml-1m). The MeLU files: sha256 from
 # shared/data/movielens/SOURCES.md, checked there against the files' git blob ids.
+#
+# The CSV releases (shared/data/movielens/SOURCES.md): ml-latest-small.zip (978,202 bytes) and
+# ml-25m.zip (261,978,986 bytes) by TensorFlow Datasets' sha256, the first also found
+# byte-exact in a public repository; ml-32m.zip by the md5 of GroupLens' .md5 file.
 SHA256: dict[str, str] = {
     "ml-1m.zip": "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
     "ml-100k.zip": "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
+    "ml-latest-small.zip": "696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436",
+    "ml-25m.zip": "8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa",
     "users.dat": "1dc3a95300cb19f7c10e027daf29b8cdf1d908dab65b5edfb45950aa389a10a3",
     "movies_extrainfos.dat": "18432b1713b66a5262c11f6d929801a6e6f414d861cd2adf191dfba61e45c74d",
     "m_rate.txt": "849e3d478b5e698fbafcbb38f6a0a0b7dbb6638e7173d5e5a6dee113d799c88e",
@@ -83,6 +97,20 @@ SHA256: dict[str, str] = {
     "user_and_item_cold_state_y.json": (
         "5bc5057b32224d91fa1f8161f242db72b186afc1c51b571f5aab3c3e93cf0e90"
     ),
+}
+
+MD5: dict[str, str] = {"ml-32m.zip": "d472be332d4daa821edc399621853b57"}
+
+# The files of each CSV release that melu reads (the genome is read where present), and the
+# sha256 of ml-latest-small's, extracted unchanged from the official zip (SOURCES.md).
+CSV_FILES: tuple[str, ...] = ("ratings.csv", "movies.csv", "tags.csv", "links.csv")
+CSV_SHA256: dict[str, dict[str, str]] = {
+    "ml-latest-small": {
+        "ratings.csv": "aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646",
+        "movies.csv": "5a5f32dd9bb3797b8e728a1b98958789d2b13f294a69fdfbc5727f8a9611aa07",
+        "links.csv": "97ad18e4e56a09363c65676b6cb3482ce3e2cea2372a24620c1599c843325f31",
+        "tags.csv": "92a9f8bb7916dceef6151209845788c3643f794dfa79d1feaec7121b5960399d",
+    },
 }
 
 MELU_FILES: tuple[str, ...] = (
@@ -112,6 +140,8 @@ def _manual_hint(dataset: Dataset, data_dir: Path) -> str:
         return f"put ml-1m.zip's ratings.dat, users.dat, movies.dat into {data_dir / 'ml-1m'}/"
     if dataset == "ml-100k":
         return f"put ml-100k.zip's u.data, u.item, u.user into {data_dir / 'ml-100k'}/"
+    if dataset in CSV_DATASETS:
+        return f"put {dataset}.zip's {', '.join(CSV_FILES)} into {data_dir / dataset}/"
     return (
         f"put MeLU's movielens/ml-1m/ files (the 8 *_state*.json, movies_extrainfos.dat, m_*.txt;"
         f" github.com/hoyeoplee/MeLU) into {data_dir / 'melu'}/ and ML-1M's users.dat into"
@@ -124,12 +154,23 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def digest_of(path: Path, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    return digest_of(path, "sha256")
+
+
+def checksum(name: str) -> tuple[str, str]:
+    """The pinned ``(algorithm, hex digest)`` of a downloadable file: sha256 where known."""
+    if name in SHA256:
+        return "sha256", SHA256[name]
+    return "md5", MD5[name]
 
 
 def _existing_ancestor(folder: Path) -> Path:
@@ -182,9 +223,11 @@ def _network_error(url: str, exc: BaseException, hint: str) -> MeluError:
 _NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
 
-def _fetch(url: str, target: Path, expected: str, progress: bool, hint: str) -> None:
-    """Stream ``url`` into ``target``, moved into place only once its sha256 is ``expected``."""
-    digest = hashlib.sha256()
+def _fetch(url: str, target: Path, expected: tuple[str, str], progress: bool, hint: str) -> None:
+    """Stream ``url`` into ``target``, moved into place only once its checksum is ``expected``
+    (``(algorithm, hex digest)``)."""
+    algorithm, want = expected
+    digest = hashlib.new(algorithm)
     log.info("downloading %s", url)
     with _temporary(target.parent, target.name) as (out, tmp):
         # Only the network calls sit inside the try, so a full local disk is not reported
@@ -215,19 +258,22 @@ def _fetch(url: str, target: Path, expected: str, progress: bool, hint: str) -> 
         os.fsync(out.fileno())
         out.close()
         got = digest.hexdigest()
-        if got != expected:
-            raise DataError(target, f"sha256 mismatch: expected {expected}, got {got}")
+        if got != want:
+            raise DataError(target, f"{algorithm} mismatch: expected {want}, got {got}")
         _move_into_place(tmp, target)
-    log.info("saved %s (sha256 ok)", target)
+    log.info("saved %s (%s ok)", target, algorithm)
 
 
-def _ensure(url: str, target: Path, expected: str, progress: bool, hint: str) -> Path:
+def _ensure(
+    url: str, target: Path, expected: str | tuple[str, str], progress: bool, hint: str
+) -> Path:
+    algorithm, want = ("sha256", expected) if isinstance(expected, str) else expected
     if target.is_file():
-        if sha256_of(target) == expected:
-            log.info("%s already present (sha256 ok), skipped", target)
+        if digest_of(target, algorithm) == want:
+            log.info("%s already present (%s ok), skipped", target, algorithm)
             return target
-        log.warning("%s has an unexpected sha256: downloading it again", target)
-    _fetch(url, target, expected, progress, hint)
+        log.warning("%s has an unexpected %s: downloading it again", target, algorithm)
+    _fetch(url, target, (algorithm, want), progress, hint)
     return target
 
 
@@ -305,6 +351,8 @@ def download(
         name = f"{dataset}.zip"
         archive = _ensure(f"{base}/{name}", data_dir / name, SHA256[name], progress, hint)
         return _extract(archive, dataset, data_dir)
+    if dataset in CSV_DATASETS:
+        return _csv_release(dataset, data_dir, base, progress, hint)
 
     paths = [
         _ensure(f"{base}/{name}", data_dir / "melu" / name, SHA256[name], progress, hint)
@@ -313,4 +361,50 @@ def download(
     # MeLU's split needs the ML-1M user table, which the authors' repository also holds.
     users = data_dir / "ml-1m" / "users.dat"
     paths.append(_ensure(f"{base}/users.dat", users, SHA256["users.dat"], progress, hint))
+    return paths
+
+
+def local_release_problem(dataset: Dataset, folder: Path) -> str | None:
+    """None when ``folder`` holds the release melu reads as ``dataset``, else what is wrong,
+    in a phrase. Byte-identical official files prove it by sha256; other copies (LF endings,
+    re-zipped) by their counts of ratings and movies."""
+    missing = [name for name in CSV_FILES if not (folder / name).is_file()]
+    if missing:
+        return f"{folder} lacks {', '.join(missing)}"
+    pinned = CSV_SHA256.get(dataset, {})
+    if pinned and all(sha256_of(folder / n) == pinned[n] for n in CSV_FILES):
+        log.info("%s: the official %s files (sha256 ok)", folder, dataset)
+        return None
+    try:
+        release = identify(dataset, folder / "ratings.csv", count_rows(folder / "ratings.csv"))
+        movies = count_rows(folder / "movies.csv")
+    except DataError as exc:
+        return str(exc)
+    if release.movies is not None and movies != release.movies:
+        return (
+            f"{folder / 'movies.csv'}: {movies:,} movies, but {release.label()} has "
+            f"{release.movies:,}"
+        )
+    log.info("%s: %s by its counts of ratings and movies", folder, release.label())
+    return None
+
+
+def _csv_release(
+    dataset: Dataset, data_dir: Path, base: str, progress: bool, hint: str
+) -> list[Path]:
+    """A GroupLens CSV release: the folder as it is when it holds the release (offline), else
+    the zip, verified, then extracted and checked again."""
+    folder = data_dir / dataset
+    problem = local_release_problem(dataset, folder)
+    if problem is None:
+        return [folder / n for n in CSV_FILES]
+    if folder.is_dir() and any(folder.iterdir()):
+        log.warning("%s; downloading %s", problem, dataset)
+        hint = f"{problem}; {hint}"
+    name = f"{dataset}.zip"
+    archive = _ensure(f"{base}/{name}", data_dir / name, checksum(name), progress, hint)
+    paths = _extract(archive, dataset, data_dir)
+    problem = local_release_problem(dataset, folder)
+    if problem is not None:
+        raise DataError(archive, f"the verified zip does not hold the release: {problem}")
     return paths

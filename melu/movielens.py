@@ -1,12 +1,19 @@
-"""Read the three MovieLens formats into typed pandas frames.
+"""Read the MovieLens formats into typed pandas frames.
 
 Every reader returns a :class:`MovieLens` with the same three frames, whatever the source:
 
-* ``ratings``: ``user_id`` (int64), ``item_id`` (int64), ``rating`` (float32), and ``split``
-  (str: MeLU's scenario) for MeLU's release or ``timestamp`` (int64) for the GroupLens files.
-* ``users``: ``user_id`` (int64), ``gender``, ``age``, ``occupation``, ``zip`` (str).
+* ``ratings``: ``user_id``, ``item_id`` (int64; int32 for the CSV releases, whose 25 million
+  ratings must stay small), ``rating`` (float32), and ``split`` (str: MeLU's scenario) for
+  MeLU's release or ``timestamp`` (int64) for the GroupLens files.
+* ``users``: ``user_id`` (int64) and the demographic fields the release has (str): ``gender``,
+  ``age``, ``occupation``, ``zip`` for ML-1M, ML-100K and MeLU's release, none for the CSV
+  releases.
 * ``items``: ``item_id`` (int64), ``title`` (str), ``year`` (str, "" where unknown), ``rate``
   (str, "" where unknown), and the multi-valued ``genre``, ``director``, ``actor`` (lists of str).
+  The CSV releases add ``imdb_id`` and ``tmdb_id`` (str, "" where unknown).
+
+The CSV releases (:mod:`melu.movielens_csv`) also carry their tag applications (``tags``) and,
+for ml-25m and ml-32m, the tag genome (``genome``).
 
 Malformed input raises :class:`~melu.errors.DataError` naming the file and line.
 """
@@ -24,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from melu.config import Dataset
+from melu.config import CSV_DATASETS, Dataset
 from melu.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -88,6 +95,16 @@ def split_title_year(text: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class Genome:
+    """The tag genome of ml-25m / ml-32m: ``scores[i, t]`` is the relevance (0..1) of genome
+    tag ``tags[t]`` to movie ``item_ids[i]``; movies outside the genome have no row."""
+
+    tags: tuple[str, ...]
+    item_ids: np.ndarray  # [n] int64, ascending
+    scores: np.ndarray  # [n, len(tags)] float32
+
+
+@dataclass(frozen=True)
 class MovieLens:
     """One dataset as frames; ``source`` names the format it came from."""
 
@@ -95,6 +112,9 @@ class MovieLens:
     ratings: pd.DataFrame
     users: pd.DataFrame
     items: pd.DataFrame
+    # CSV releases: tag applications (user_id, item_id, tag lower-cased, timestamp).
+    tags: pd.DataFrame | None = None
+    genome: Genome | None = None
 
 
 def _require(path: Path) -> Path:
@@ -423,4 +443,9 @@ def load(dataset: Dataset, data_dir: Path) -> MovieLens:
         return read_ml1m(data_dir / "ml-1m")
     if dataset == "ml-100k":
         return read_ml100k(data_dir / "ml-100k")
+    if dataset in CSV_DATASETS:
+        # Imported here: movielens_csv builds on this module's MovieLens.
+        from melu.movielens_csv import read_release
+
+        return read_release(data_dir / dataset, dataset)
     raise ValueError(f"unknown dataset {dataset!r}")

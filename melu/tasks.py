@@ -1,9 +1,15 @@
 """Cold-start scenarios and per-user tasks.
 
+Scenarios come from MeLU's release as shipped, from release years and a seeded share of users
+(ML-1M, ML-100K: :func:`assign_scenarios`), or from time (the CSV releases:
+:func:`time_scenarios`). :func:`select_tasks` applies the count rule to every (scenario, user)
+at once.
+
 A task is one user's ratings split into a support set (given) and a query set (to predict).
-Tasks hold catalogue row ids and ratings only; features are gathered at batch time.
-A :class:`TaskSet` keeps a whole scenario as padded tensors, so a meta-batch is an index into
-them: no Python collation per step, and the tensors can live on the GPU for the whole run.
+Tasks hold catalogue row ids and ratings only; features are gathered at batch time. They are
+built as flat arrays with offsets (:class:`FlatTasks`); a :class:`TaskSet` keeps a whole
+scenario as padded tensors, so a meta-batch is an index into them: no Python collation per
+step, and the tensors can live on the GPU for the whole run.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ from melu.config import DataConfig
 
 # Evaluation order; "warm" is meta-training, "validation" is carved out of it.
 SCENARIOS: tuple[str, ...] = ("warm", "validation", "new_user", "new_item", "new_user_new_item")
+SCENARIO_INDEX: dict[str, int] = {name: i for i, name in enumerate(SCENARIOS)}
 COLD_SCENARIOS: tuple[str, ...] = ("new_user", "new_item", "new_user_new_item")
 
 
 def assign_scenarios(ratings: pd.DataFrame, items: pd.DataFrame, cfg: DataConfig) -> pd.Series:
-    """Scenario of each rating for ML-1M / ML-100K, following MeLU's design.
+    """Scenario of each rating for ML-1M / ML-100K, following MeLU's design (the CSV releases
+    split by time instead: :func:`time_scenarios`).
 
     Items from the most recent release years (about ``new_item_fraction`` of rated items) are
     new; a seeded ``new_user_fraction`` of users are new. MeLU's release ships its own split.
@@ -60,10 +68,160 @@ def validation_users(warm_users: Sequence[int], cfg: DataConfig) -> set[int]:
     return set(rng.permutation(ordered)[:n_val].tolist())
 
 
-def eligible(ratings: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
-    """Ratings of users with ``min_ratings`` to ``max_ratings`` ratings in the scenario."""
-    sizes = ratings.groupby("user_id", sort=False)["item_id"].transform("size")
-    return ratings[(sizes >= cfg.min_ratings) & (sizes <= cfg.max_ratings)]
+# --- scenarios by time (the CSV releases) -------------------------------------------------------
+
+
+def time_cutoff(ratings: pd.DataFrame, cfg: DataConfig) -> int:
+    """The time split's cutoff: ``cfg.split_time`` if pinned, else the time (Unix seconds) by
+    which ``1 - cfg.new_user_fraction`` of the users had given their first rating (a user's
+    first rating at exactly the cutoff is not after it, so that user is old)."""
+    if cfg.split_time is not None:
+        return int(cfg.split_time)
+    first = ratings.groupby("user_id", sort=False)["timestamp"].min().to_numpy()
+    return int(np.quantile(first, 1.0 - cfg.new_user_fraction, method="lower"))
+
+
+def time_scenarios(ratings: pd.DataFrame, cutoff: int) -> np.ndarray:
+    """Each rating's scenario, as an index into :data:`SCENARIOS`, split by time.
+
+    New users are those whose first rating comes after ``cutoff``, new items those first rated
+    after it: warm = old users on old items, new_item = old users on new items, new_user = new
+    users on old items, new_user_new_item = new users on new items. Who is new is decided by
+    first ratings alone, so a rating's own time does not matter: an old user's rating of an
+    old item after the cutoff is warm.
+    """
+    codes = np.empty(len(ratings), dtype=np.int8)
+    if not len(ratings):
+        return codes
+    first_user = ratings.groupby("user_id", sort=False)["timestamp"].min()
+    first_item = ratings.groupby("item_id", sort=False)["timestamp"].min()
+    user_new = ratings["user_id"].isin(first_user.index[first_user.to_numpy() > cutoff])
+    item_new = ratings["item_id"].isin(first_item.index[first_item.to_numpy() > cutoff])
+    u, i = user_new.to_numpy(), item_new.to_numpy()
+    codes[~u & ~i] = SCENARIO_INDEX["warm"]
+    codes[u & ~i] = SCENARIO_INDEX["new_user"]
+    codes[~u & i] = SCENARIO_INDEX["new_item"]
+    codes[u & i] = SCENARIO_INDEX["new_user_new_item"]
+    return codes
+
+
+# --- which ratings make tasks -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskSelection:
+    """The ratings that make tasks, and in which order.
+
+    ``order`` lists rating positions grouped by (scenario, user): scenarios in the order of
+    :data:`SCENARIOS`, users ascending, and within a user file order ("drop") or time order
+    ("truncate"). ``groups[k]`` is rating ``order[k]``'s group, ``scenario * n_users + u``
+    where ``u`` indexes ``user_ids``; each group is one task.
+    """
+
+    order: np.ndarray  # [K] int32/int64 positions into the ratings
+    groups: np.ndarray  # [K] int32 (int64 past 2**31 groups)
+    user_ids: np.ndarray  # [n_users] int64 raw ids, ascending
+
+    @property
+    def n_users(self) -> int:
+        return max(1, len(self.user_ids))
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Each selected rating's scenario, an index into :data:`SCENARIOS`."""
+        return (self.groups // self.n_users).astype(np.int8)
+
+    def tasks(self, scenario: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One scenario's ratings: their positions, the index in them where each task starts,
+        and each task's raw user id (ascending)."""
+        code = SCENARIO_INDEX[scenario]
+        n = self.n_users
+        mine = (self.groups >= code * n) & (self.groups < (code + 1) * n)
+        groups = self.groups[mine]
+        starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]][: len(groups)])
+        return self.order[mine], starts, self.user_ids[groups[starts] % n]
+
+    def relabel(self, users: np.ndarray, source: str, target: str) -> None:
+        """Move ``users``' tasks from scenario ``source`` to ``target`` (in place)."""
+        n, src = self.n_users, SCENARIO_INDEX[source]
+        index = np.searchsorted(self.user_ids, users)
+        moved = np.zeros(n, dtype=bool)
+        moved[index[(index < n) & (self.user_ids[np.minimum(index, n - 1)] == users)]] = True
+        mine = (self.groups >= src * n) & (self.groups < (src + 1) * n)
+        mine[mine] = moved[self.groups[mine] - src * n]
+        self.groups[mine] += (SCENARIO_INDEX[target] - src) * n
+
+
+def dense_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``ids`` as indexes into their sorted distinct values (int32), and those values. Small
+    non-negative ids (MovieLens') go through a lookup table, in linear time and 4 bytes an id;
+    others through pandas' hashing."""
+    if len(ids) and ids.min() >= 0 and int(ids.max()) <= 4 * len(ids) + 1_000_000:
+        present = np.flatnonzero(np.bincount(ids))
+        lookup = np.zeros(int(present[-1]) + 1, dtype=np.int32)
+        lookup[present] = np.arange(len(present), dtype=np.int32)
+        return lookup[ids], present.astype(np.int64)
+    codes, uniques = pd.factorize(ids, sort=True)
+    return codes.astype(np.int32), np.asarray(uniques, dtype=np.int64)
+
+
+def select_tasks(
+    user_ids: np.ndarray, codes: np.ndarray, timestamps: np.ndarray | None, cfg: DataConfig
+) -> TaskSelection:
+    """Apply the count rule to every (scenario, user) group at once.
+
+    A group is a task when it has at least ``min_ratings`` ratings, and at most
+    ``max_ratings``: ``cfg.long_users == "drop"`` leaves a larger group out (MeLU),
+    ``"truncate"`` keeps its first ``max_ratings`` ratings in time (ties in file order).
+    Linear in the number of ratings but for one sort of the kept ones, with 4-byte arrays
+    where they suffice: 25M ratings take about 0.7 GB at the peak.
+    """
+    user_index, uniques = dense_index(user_ids)
+    n_users = max(1, len(uniques))
+    wide = len(SCENARIOS) * n_users >= 2**31
+    group = codes.astype(np.int64 if wide else np.int32) * n_users
+    np.add(group, user_index, out=group)
+    del user_index
+    sizes = np.bincount(group, minlength=len(SCENARIOS) * n_users)
+    task = sizes >= cfg.min_ratings
+    truncate = cfg.long_users == "truncate"
+    if not truncate:
+        task &= sizes <= cfg.max_ratings
+    positions = np.flatnonzero(task[group])
+    positions = positions.astype(np.int32) if len(group) < 2**31 else positions
+    group = group[positions]
+    if truncate:
+        if timestamps is None:
+            raise ValueError('long_users="truncate" needs timestamps')
+        # One int64 key, (group, time), when it fits; else a lexicographic sort.
+        ts = timestamps[positions].astype(np.int64)
+        low = int(ts.min()) if len(ts) else 0
+        ts -= low
+        span = int(ts.max()) + 1 if len(ts) else 1
+        if int(group.max(initial=0)) < (1 << 62) // span:
+            key = group.astype(np.int64)
+            key *= span
+            key += ts
+            del ts
+            order = np.argsort(key, kind="stable")
+            del key
+        else:
+            order = np.lexsort((ts, group))
+            del ts
+    else:
+        order = np.argsort(group, kind="stable")
+    positions, group = positions[order], group[order]
+    del order
+    if truncate:
+        # Rank within the group: position minus the group's first position.
+        kept = np.bincount(group, minlength=len(sizes))
+        first = (np.cumsum(kept) - kept).astype(positions.dtype)
+        rank = np.arange(len(group), dtype=positions.dtype)
+        rank -= first[group]
+        within = rank < cfg.max_ratings
+        del rank
+        positions, group = positions[within], group[within]
+    return TaskSelection(order=positions, groups=group, user_ids=uniques)
 
 
 @dataclass(frozen=True)
@@ -223,48 +381,98 @@ class TaskSet:
         return replace(self, batch_all=self.batch_all.to(device, dtype))
 
 
-def build_tasks(
+@dataclass(frozen=True)
+class FlatTasks:
+    """Every task of one scenario as flat arrays with offsets (CSR): the compact form a release
+    of 25 million ratings is prepared in, about 9 bytes a rating and no per-task objects.
+
+    Task ``t`` is positions ``offsets[t]:offsets[t + 1]`` of ``items`` and ``ratings``: its
+    support in the order the task selection gave, then its ``query_size`` query items.
+    :meth:`to_taskset` pads them into the :class:`TaskSet` that training reads.
+    """
+
+    name: str
+    user_ids: np.ndarray  # [n] int64 raw user id of each task
+    user_rows: np.ndarray  # [n] int64 row of each task's user in the user table
+    offsets: np.ndarray  # [n + 1] int64
+    items: np.ndarray  # [N] int32 catalogue rows
+    ratings: np.ndarray  # [N] float32
+    query_size: int
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def support_sizes(self) -> np.ndarray:
+        return np.diff(self.offsets) - self.query_size
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.user_ids, self.user_rows, self.offsets, self.items, self.ratings)
+        return sum(a.nbytes for a in arrays)
+
+    def to_taskset(self) -> TaskSet:
+        """The same tasks as padded tensors (support width: the longest support)."""
+        n, q = len(self), self.query_size
+        sizes = self.support_sizes.astype(np.int64)
+        width = int(sizes.max()) if n else 0
+        task = np.repeat(np.arange(n), np.diff(self.offsets))
+        pos = np.arange(len(self.items)) - self.offsets[:-1][task]
+        spt = pos < sizes[task]
+        qry = ~spt
+        x_spt, y_spt = np.zeros((n, width), dtype=np.int64), np.zeros((n, width), np.float32)
+        x_qry, y_qry = np.zeros((n, q), dtype=np.int64), np.zeros((n, q), dtype=np.float32)
+        x_spt[task[spt], pos[spt]], y_spt[task[spt], pos[spt]] = (
+            self.items[spt],
+            self.ratings[spt],
+        )
+        qpos = pos[qry] - sizes[task[qry]]
+        x_qry[task[qry], qpos], y_qry[task[qry], qpos] = self.items[qry], self.ratings[qry]
+        mask_spt = torch.arange(width).unsqueeze(0) < torch.from_numpy(sizes).unsqueeze(1)
+        batch = TaskBatch(
+            users=torch.from_numpy(self.user_rows.astype(np.int64)),
+            x_spt=torch.from_numpy(x_spt),
+            y_spt=torch.from_numpy(y_spt),
+            mask_spt=mask_spt,
+            x_qry=torch.from_numpy(x_qry),
+            y_qry=torch.from_numpy(y_qry),
+            mask_qry=torch.ones(n, q, dtype=torch.bool),
+        )
+        return TaskSet(name=self.name, user_ids=self.user_ids, batch_all=batch, support_sizes=sizes)
+
+
+def build_flat_tasks(
     name: str,
-    ratings: pd.DataFrame,
-    user_rows: dict[int, int],
-    item_rows: dict[int, int],
+    starts: np.ndarray,
+    user_ids: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    user_rows: np.ndarray,
     cfg: DataConfig,
-) -> TaskSet:
-    """One task per user of ``ratings`` (already filtered by :func:`eligible`).
+) -> FlatTasks:
+    """One task per user: task ``t`` is ``items`` / ``ratings`` ``starts[t]`` up to the next
+    start, in the order :func:`select_tasks` gave; ``items`` are catalogue rows,
+    ``user_rows`` the user-table row of each task's user.
 
     The query is ``cfg.query_size`` items drawn with a generator seeded by ``(seed, user)``, so
     a user's split does not depend on which other users are present; the support keeps the
-    remaining items in their original order.
+    remaining items in their order. The draw is the one Python loop (a few microseconds a
+    task); the rest is vectorised.
     """
-    user_col = ratings["user_id"].to_numpy(dtype=np.int64)
-    order = np.argsort(user_col, kind="stable")  # by user, original order within a user
-    items_all = (
-        pd.Series(item_rows).reindex(ratings["item_id"].to_numpy()).to_numpy(np.int64)[order]
-    )
-    values_all = ratings["rating"].to_numpy(dtype=np.float32)[order]
-    user_ids, starts, counts = np.unique(user_col[order], return_index=True, return_counts=True)
-    n, q = len(user_ids), cfg.query_size
-    s = int(counts.max()) - q if n else 0
-    users = torch.tensor([user_rows[int(u)] for u in user_ids], dtype=torch.long)
-    x_spt, y_spt = np.zeros((n, s), dtype=np.int64), np.zeros((n, s), dtype=np.float32)
-    x_qry, y_qry = np.zeros((n, q), dtype=np.int64), np.zeros((n, q), dtype=np.float32)
-    sizes = counts - q
-    for t, (uid, start, count) in enumerate(zip(user_ids.tolist(), starts, counts, strict=True)):
-        items, values = items_all[start : start + count], values_all[start : start + count]
+    n_ratings, q = len(items), cfg.query_size
+    counts = np.diff(np.r_[starts, n_ratings]).astype(np.int64)
+    is_query = np.zeros(n_ratings, dtype=bool)
+    for uid, start, count in zip(user_ids.tolist(), starts.tolist(), counts.tolist(), strict=True):
         rng = np.random.default_rng((cfg.seed, uid))
-        is_query = np.zeros(count, dtype=bool)
-        is_query[rng.choice(count, size=q, replace=False)] = True
-        k = sizes[t]
-        x_spt[t, :k], y_spt[t, :k] = items[~is_query], values[~is_query]
-        x_qry[t], y_qry[t] = items[is_query], values[is_query]
-    mask_spt = torch.arange(s).unsqueeze(0) < torch.from_numpy(sizes).unsqueeze(1)
-    batch = TaskBatch(
-        users=users,
-        x_spt=torch.from_numpy(x_spt),
-        y_spt=torch.from_numpy(y_spt),
-        mask_spt=mask_spt,
-        x_qry=torch.from_numpy(x_qry),
-        y_qry=torch.from_numpy(y_qry),
-        mask_qry=torch.ones(n, q, dtype=torch.bool),
+        is_query[start + rng.choice(count, size=q, replace=False)] = True
+    task = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
+    order = np.argsort(task * 2 + is_query, kind="stable")  # support first, then the query
+    return FlatTasks(
+        name=name,
+        user_ids=np.asarray(user_ids, dtype=np.int64),
+        user_rows=np.asarray(user_rows, dtype=np.int64),
+        offsets=np.r_[0, np.cumsum(counts)].astype(np.int64),
+        items=items[order].astype(np.int32),
+        ratings=ratings[order].astype(np.float32),
+        query_size=q,
     )
-    return TaskSet(name=name, user_ids=user_ids, batch_all=batch, support_sizes=sizes)

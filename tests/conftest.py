@@ -62,6 +62,13 @@ def melu_data(shared_data: Path) -> ColdStartData:
     return prepare(shared_data, DataConfig(dataset="melu"))
 
 
+@pytest.fixture(scope="session")
+def latest_small_data(shared_data: Path) -> ColdStartData:
+    """The real ml-latest-small prepared as `melu train --dataset ml-latest-small` does (a
+    second), with its time split, half stars and no user fields."""
+    return prepare(shared_data, DataConfig.for_dataset("ml-latest-small"))
+
+
 def _small_run(root: Path, data: ColdStartData, model: ModelConfig) -> Path:
     tasks = dict(data.tasks)
     tasks["warm"] = tasks["warm"].subset(np.arange(160))

@@ -4,6 +4,7 @@ newcomer gets wrong (ports, settings, report paths, resuming a run with other op
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import shutil
@@ -138,8 +139,12 @@ def test_resume_refuses_other_options(
 ) -> None:
     run = _run_copy(small_checkpoint, tmp_path)
     common = ["train", "--data-dir", str(shared_data), "--out", str(run), "--resume"]
-    line = one_line_error(melu(*common, "--epochs", "5", "--local-steps", "2"), "--resume")
+    line = one_line_error(
+        melu(*common, "--epochs", "5", "--local-steps", "2", "--dataset", "ml-latest-small"),
+        "--resume",
+    )
     assert "--epochs 5 (the run has 1)" in line and "--local-steps 2 (the run has 5)" in line
+    assert "--dataset ml-latest-small (the run has melu)" in line
     assert "--out" in line and "RUN_DIR" in line
     # Options equal to the saved ones are fine; the run is finished, and says so, and leaves
     # the checkpoint alone (the Makefile evaluates again only when it changes).
@@ -245,3 +250,46 @@ def test_make_refuses_a_misspelt_variable(tmp_path: Path) -> None:
     assert "unknown variable DATASETT; this Makefile reads" in result.stderr
     assert "DATA_DIR" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not data.exists()
+
+
+def test_data_summary_of_ml_latest_small(shared_data: Path) -> None:
+    """`melu data summary --json` prints the time split's scenario counts (README, Data)."""
+    result = melu("data", "summary", "--dataset", "ml-latest-small", "--data-dir",
+                  str(shared_data), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert {k: v["tasks"] for k, v in summary["scenarios"].items()} == {
+        "warm": 439, "validation": 49, "new_user": 122, "new_item": 9, "new_user_new_item": 45,
+    }  # fmt: skip
+    assert summary["split_time"]["utc"] == "2015-07-15T07:02:24+00:00"
+    assert summary["rating_scale"] == {"low": 0.5, "high": 5.0, "step": 0.5}
+    assert summary["user_fields"] == []
+    assert summary["count_rule"]["long_users"] == "truncate"
+    assert summary["totals"] == {"ratings": 100_836, "users": 610, "items": 9_724,
+                                 "catalogue_items": 9_742}  # fmt: skip
+
+
+def test_make_runs_each_dataset_in_its_own_folder() -> None:
+    """DATASET is one of the variables the Makefile reads (not refused as unknown), and each
+    dataset trains, evaluates and serves in its own run folder, so the report target compares
+    a dataset's report with that dataset's checkpoint. ``make -n`` prints the commands."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    venv = Path(sys.executable).parent.parent
+
+    def commands(*variables: str) -> str:
+        result = subprocess.run(
+            ["make", "-n", "run", f"VENV={venv}", *variables],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    small = commands("DATASET=ml-latest-small")
+    assert "data download --dataset ml-latest-small" in small
+    assert "train --dataset ml-latest-small" in small and "--out runs/ml-latest-small " in small
+    assert "--checkpoint runs/ml-latest-small/checkpoint.pt" in small
+    assert "--json runs/ml-latest-small/report.json" in small
+    assert "runs/latest" not in small
+    default = commands()
+    assert "train --dataset melu" in default and "--json runs/latest/report.json" in default

@@ -83,7 +83,7 @@ def local_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(urllib.request, "urlopen", guarded)
 
 
-def make_zip(path: Path, files: dict[str, str]) -> str:
+def make_zip(path: Path, files: dict[str, str] | dict[str, bytes]) -> str:
     """Write a zip of ``files`` and return its sha256."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -175,7 +175,8 @@ def test_stale_file_is_replaced(
     ("dataset", "where"),
     [("ml-100k", ["ml-100k/", "u.data", "u.item", "u.user"]),
      ("ml-1m", ["ml-1m/", "ratings.dat", "users.dat", "movies.dat"]),
-     ("melu", ["melu/", "movies_extrainfos.dat", "ml-1m/", "users.dat"])],
+     ("melu", ["melu/", "movies_extrainfos.dat", "ml-1m/", "users.dat"]),
+     ("ml-latest-small", ["ml-latest-small/", "ratings.csv", "movies.csv", "links.csv"])],
 )  # fmt: skip
 def test_unreachable_server(tmp_path: Path, dataset: str, where: list[str]) -> None:
     url = f"http://127.0.0.1:{closed_port()}"
@@ -239,11 +240,104 @@ def test_melu_files_match_pinned_checksums(
 
 
 def test_default_urls_point_at_the_public_sources() -> None:
-    assert (
-        dl.URLS["ml-1m"] == dl.URLS["ml-100k"] == "https://files.grouplens.org/datasets/movielens"
-    )
+    grouplens = "https://files.grouplens.org/datasets/movielens"
+    for name in ("ml-1m", "ml-100k", "ml-latest-small", "ml-25m", "ml-32m"):
+        assert dl.URLS[name] == grouplens
     assert dl.URLS["melu"].startswith(
         "https://raw.githubusercontent.com/hoyeoplee/MeLU/f70c8ff91471193cd598bc241c6b0f22665f6375/"
     )
     assert all(len(v) == 64 and int(v, 16) >= 0 for v in dl.SHA256.values())
-    assert set(dl.MELU_FILES) | {"users.dat", "ml-1m.zip", "ml-100k.zip"} == set(dl.SHA256)
+    assert set(dl.MELU_FILES) | {
+        "users.dat", "ml-1m.zip", "ml-100k.zip", "ml-latest-small.zip", "ml-25m.zip"
+    } == set(dl.SHA256)  # fmt: skip
+    assert dl.checksum("ml-32m.zip") == ("md5", "d472be332d4daa821edc399621853b57")
+    assert dl.checksum("ml-25m.zip")[0] == "sha256"
+
+
+# --- the CSV releases -----------------------------------------------------------------------------
+
+
+def small_folder(shared_data: Path, target: Path, newline: bytes | None = None) -> Path:
+    """A copy of the real ml-latest-small (LF endings with ``newline=b"\n"``)."""
+    target.mkdir(parents=True)
+    for name in dl.CSV_FILES:
+        data = (shared_data / "ml-latest-small" / name).read_bytes()
+        (target / name).write_bytes(data.replace(b"\r\n", newline) if newline else data)
+    return target
+
+
+def test_local_release_needs_no_network(tmp_path: Path, shared_data: Path) -> None:
+    """Offline with a local folder: the official files (sha256) or an LF copy (counts)."""
+    closed = {"ml-latest-small": f"http://127.0.0.1:{closed_port()}"}
+    for name, newline in (("official", None), ("lf", b"\n")):
+        data_dir = tmp_path / name
+        folder = small_folder(shared_data, data_dir / "ml-latest-small", newline)
+        paths = dl.download("ml-latest-small", data_dir, progress=False, urls=closed)
+        assert paths == [folder / n for n in dl.CSV_FILES]
+        assert not (data_dir / "ml-latest-small.zip").exists()
+    for name in ("official", "lf"):
+        assert (
+            dl.local_release_problem("ml-latest-small", tmp_path / name / "ml-latest-small") is None
+        )
+    assert "lacks ratings.csv" in str(dl.local_release_problem("ml-25m", tmp_path))
+
+
+def test_older_local_release_is_named_offline(tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "ml-latest-small"
+    folder.mkdir(parents=True)
+    rows = "".join(f"{1 + i // 1000},{1 + i % 1000},3.5,964982703\n" for i in range(100_004))
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + rows)
+    for name in ("movies.csv", "tags.csv", "links.csv"):
+        (folder / name).write_text("header\n")
+    url = f"http://127.0.0.1:{closed_port()}"
+    with pytest.raises(MeluError) as info:
+        dl.download("ml-latest-small", tmp_path / "data", progress=False,
+                    urls={"ml-latest-small": url})  # fmt: skip
+    message = str(info.value)
+    assert "\n" not in message and "no network?" in message
+    assert "100,004 ratings: this is ml-latest-small released 2016-10-17" in message
+    assert "ratings.csv, movies.csv, tags.csv, links.csv into" in message
+
+
+def test_csv_release_download(
+    server: Server, tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {
+        f"ml-latest-small/{n}": (shared_data / "ml-latest-small" / n).read_bytes()
+        for n in dl.CSV_FILES
+    }
+    files["ml-latest-small/README.txt"] = "the release's README\n"
+    digest = make_zip(server.root / "ml-latest-small.zip", files)
+    monkeypatch.setitem(dl.SHA256, "ml-latest-small.zip", digest)
+    data_dir = tmp_path / "data"
+    urls = {"ml-latest-small": server.url}
+    paths = dl.download("ml-latest-small", data_dir, progress=False, urls=urls)
+    folder = data_dir / "ml-latest-small"
+    assert sorted(paths) == sorted([folder / n for n in dl.CSV_FILES] + [folder / "README.txt"])
+    for name in dl.CSV_FILES:  # byte for byte, CRLF included
+        assert dl.sha256_of(folder / name) == dl.CSV_SHA256["ml-latest-small"][name]
+    assert not [p for p in all_files(data_dir) if p.name.endswith(".part")]
+    # Present and verified now: a second run fetches nothing.
+    assert dl.download("ml-latest-small", data_dir, progress=False, urls=urls)
+    assert server.fetched("ml-latest-small.zip") == 1
+
+
+def test_verified_zip_of_another_release(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ratings = "userId,movieId,rating,timestamp\n1,1,4,0\n"
+    digest = make_zip(server.root / "ml-latest-small.zip", {"ml-latest-small/ratings.csv": ratings})
+    monkeypatch.setitem(dl.SHA256, "ml-latest-small.zip", digest)
+    with pytest.raises(DataError, match=r"does not hold the release: .* lacks movies\.csv"):
+        dl.download("ml-latest-small", tmp_path, progress=False,
+                    urls={"ml-latest-small": server.url})  # fmt: skip
+
+
+def test_md5_mismatch_leaves_nothing(server: Server, tmp_path: Path) -> None:
+    """ml-32m.zip is checked by md5, the checksum GroupLens publishes for it."""
+    make_zip(server.root / "ml-32m.zip", {"ml-32m/ratings.csv": "x\n"})
+    data_dir = tmp_path / "data"
+    with pytest.raises(DataError, match=r"ml-32m\.zip: md5 mismatch: expected d472be33"):
+        dl.download("ml-32m", data_dir, progress=False, urls={"ml-32m": server.url})
+    assert all_files(data_dir) == []
+    assert not data_dir.exists()  # created only when a verified file is moved in

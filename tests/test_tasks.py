@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from melu import movielens
-from melu.config import DataConfig
+from melu.config import DataConfig, from_dict, to_dict
 from melu.data import ColdStartData, prepare_frames
-from melu.tasks import COLD_SCENARIOS, SCENARIOS, TaskBatch, TaskSet
+from melu.errors import MeluError
+from melu.tasks import COLD_SCENARIOS, SCENARIOS, TaskBatch, TaskSet, select_tasks
 
 # Task counts of MeLU's release under the default config (13..100 ratings per user, 10 queries).
 MELU_TASKS = {
@@ -311,3 +315,168 @@ def test_resampled_queries_keep_each_users_ratings(melu_data: ColdStartData) -> 
             return sorted(zip(items, torch.cat([x.y_spt[t, :k], x.y_qry[t]]).tolist(), strict=True))
 
         assert pairs(a) == pairs(b)
+
+
+# --- ml-latest-small: the time split --------------------------------------------------------------
+
+# Task counts of the real ml-latest-small under DataConfig.for_dataset (README, Data section).
+LATEST_SMALL_TASKS = {
+    "warm": 439,
+    "validation": 49,
+    "new_user": 122,
+    "new_item": 9,
+    "new_user_new_item": 45,
+}
+
+
+def test_latest_small_task_counts(latest_small_data: ColdStartData) -> None:
+    data = latest_small_data
+    assert {name: len(data.tasks[name]) for name in SCENARIOS} == LATEST_SMALL_TASKS
+    assert data.config.long_users == "truncate"
+    assert data.config.split_time == 1_436_943_744  # 2015-07-15 07:02:24 UTC
+
+
+def test_latest_small_split_follows_its_definition(latest_small_data: ColdStartData) -> None:
+    """The scenarios and tasks, rebuilt here with plain pandas from the definition."""
+    data, cfg = latest_small_data, latest_small_data.config
+    ratings = data.ratings
+    first_user = ratings.groupby("user_id")["timestamp"].min()
+    first_item = ratings.groupby("item_id")["timestamp"].min()
+    cutoff = first_user.sort_values().iloc[int(0.8 * (len(first_user) - 1))]
+    assert cfg.split_time == cutoff
+    new_users = set(first_user.index[first_user > cutoff])
+    new_items = set(first_item.index[first_item > cutoff])
+    assert len(new_users) == round(0.2 * 610)
+    user_new = ratings["user_id"].isin(new_users)
+    item_new = ratings["item_id"].isin(new_items)
+    expected = np.select(
+        [~user_new & ~item_new, user_new & ~item_new, ~user_new & item_new],
+        ["warm", "new_user", "new_item"],
+        "new_user_new_item",
+    )
+    got = ratings["split"].astype(str).replace("validation", "warm").to_numpy()
+    np.testing.assert_array_equal(got, expected)
+    # Tasks: every (scenario, user) with at least 13 ratings; the longer ones truncated.
+    for name in SCENARIOS:
+        sizes = ratings[ratings["split"] == name].groupby("user_id").size()
+        assert sorted(sizes.index[sizes >= 13]) == sorted(data.tasks[name].user_ids.tolist())
+
+
+def test_latest_small_no_leaks(latest_small_data: ColdStartData) -> None:
+    data = latest_small_data
+    ratings = data.ratings
+    new_users = set(
+        ratings.loc[ratings["split"].isin(["new_user", "new_user_new_item"]), "user_id"]
+    )
+    new_items = set(
+        ratings.loc[ratings["split"].isin(["new_item", "new_user_new_item"]), "item_id"]
+    )
+    warm = set(data.tasks["warm"].user_ids.tolist())
+    val = set(data.tasks["validation"].user_ids.tolist())
+    assert not warm & val and not (warm | val) & new_users
+    assert set(data.train_ratings["user_id"]) == warm
+    assert not set(data.train_ratings["item_id"]) & new_items
+    for name in ("warm", "validation", "new_user"):
+        assert not task_items(data, name) & new_items, name
+    for name in ("new_item", "new_user_new_item"):
+        assert task_items(data, name) <= new_items
+    for name in ("new_user", "new_user_new_item"):
+        assert set(data.tasks[name].user_ids.tolist()) <= new_users
+    # Validation users were drawn from the warm side: 10% of its task users.
+    assert len(val) == round(0.1 * (len(warm) + len(val)))
+
+
+def test_latest_small_truncates_to_first_ratings(latest_small_data: ColdStartData) -> None:
+    """A user with more than 100 ratings in a scenario keeps the first 100 in time."""
+    data = latest_small_data
+    ratings, rows = data.ratings, data.catalogue.rows
+    ts = data.tasks["new_user"]
+    sizes = ts.support_sizes + 10
+    assert sizes.max() == 100 and (sizes == 100).sum() > 20
+    long_user = int(ts.user_ids[int(np.argmax(sizes))])
+    mine = ratings[(ratings["user_id"] == long_user) & (ratings["split"] == "new_user")]
+    assert len(mine) > 100
+    first = mine.sort_values("timestamp", kind="stable").head(100)
+    t = int(np.argmax(sizes))
+    b = ts.batch_all
+    got = set(b.x_spt[t, : ts.support_sizes[t]].tolist()) | set(b.x_qry[t].tolist())
+    assert got == {rows[int(i)] for i in first["item_id"]}
+    assert set(mine.loc[mine["in_task"], "item_id"]) == set(first["item_id"])
+
+
+def test_latest_small_half_stars_no_user_fields(latest_small_data: ColdStartData) -> None:
+    data = latest_small_data
+    assert data.config.rating_scale == (0.5, 5.0, 0.5)
+    assert data.scale.values() == tuple(x / 2 for x in range(1, 11))
+    values = set(data.tasks["warm"].batch_all.y_qry.unique().tolist())
+    assert {0.5, 4.5} <= values <= set(data.scale.values())
+    assert data.user_fields == () and data.encoder.user_specs() == []
+    assert tuple(data.user_table.shape) == (611, 0)
+    assert [s.name for s in data.encoder.item_specs()][-1] == "tag"
+
+
+def test_latest_small_flat_tasks(latest_small_data: ColdStartData) -> None:
+    for name in SCENARIOS:
+        flat, ts = latest_small_data.flat_tasks[name], latest_small_data.tasks[name]
+        np.testing.assert_array_equal(flat.user_ids, ts.user_ids)
+        np.testing.assert_array_equal(flat.support_sizes, ts.support_sizes)
+        b = ts.batch_all
+        for t in range(0, len(ts), 7):
+            lo, k = int(flat.offsets[t]), int(ts.support_sizes[t])
+            assert flat.items[lo : lo + k].tolist() == b.x_spt[t, :k].tolist()
+            assert flat.items[lo + k : flat.offsets[t + 1]].tolist() == b.x_qry[t].tolist()
+            assert flat.ratings[lo : lo + k].tolist() == b.y_spt[t, :k].tolist()
+
+
+def test_latest_small_checkpoint_config_reproduces(
+    latest_small_data: ColdStartData, shared_data: Path
+) -> None:
+    """The pinned config and encoder (what a checkpoint stores) rebuild the same tasks; another
+    release's scale is refused."""
+    data = latest_small_data
+    restored = from_dict(DataConfig, to_dict(data.config))
+    assert restored == data.config
+    frames = movielens.load("ml-latest-small", shared_data)
+    again = prepare_frames(frames, restored, data.encoder)
+    assert again.config == data.config
+    for name in SCENARIOS:
+        assert torch.equal(again.tasks[name].batch_all.x_qry, data.tasks[name].batch_all.x_qry)
+    assert torch.equal(again.catalogue.table, data.catalogue.table)
+    with pytest.raises(MeluError, match=r"ratings such as 0.5 are off the checkpoint's scale "
+                                        r"1..5 in steps of 1"):  # fmt: skip
+        prepare_frames(frames, replace(restored, rating_scale=(1.0, 5.0, 1.0)), data.encoder)
+
+
+def test_old_data_config_loads() -> None:
+    """A checkpoint's data config from before the CSV releases loads with MeLU's behaviour."""
+    old = {"dataset": "melu", "min_ratings": 13, "max_ratings": 100, "query_size": 10,
+           "validation_fraction": 0.1, "new_user_fraction": 0.2, "new_item_fraction": 0.2,
+           "seed": 0}  # fmt: skip
+    cfg = from_dict(DataConfig, old)
+    assert (cfg.long_users, cfg.split_time, cfg.rating_scale) == ("drop", None, (1.0, 5.0, 1.0))
+    assert cfg == DataConfig() == DataConfig.for_dataset("melu")
+
+
+@pytest.mark.parametrize("rule", ["drop", "truncate"])
+def test_select_tasks_by_hand(rule: str) -> None:
+    """Four users; the count rule is 2..3 ratings per (scenario, user)."""
+    users = np.array([7, 7, 7, 7, 3, 3, 9, 5, 5, 5, 3], dtype=np.int32)
+    codes = np.array([0, 0, 0, 0, 2, 2, 0, 3, 0, 3, 2], dtype=np.int8)
+    times = np.array([40, 10, 30, 20, 5, 1, 0, 2, 2, 1, 3], dtype=np.int64)
+    cfg = DataConfig(min_ratings=2, max_ratings=3, long_users=rule)  # type: ignore[arg-type]
+    sel = select_tasks(users, codes, times, cfg)
+    assert sel.user_ids.tolist() == [3, 5, 7, 9]
+    pos, starts, task_users = sel.tasks("warm")
+    if rule == "drop":  # user 7 has 4 warm ratings: left out; user 9 has 1, user 5 one warm
+        assert pos.tolist() == [] and task_users.tolist() == [] and starts.tolist() == []
+    else:  # user 7 keeps the 3 earliest, in time order
+        assert pos.tolist() == [1, 3, 2] and task_users.tolist() == [7]
+    pos, starts, task_users = sel.tasks("new_user")
+    # In time order when truncating (positions 5, 4, 10 at times 1, 5, 3), else file order.
+    expected = [5, 10, 4] if rule == "truncate" else [4, 5, 10]
+    assert pos.tolist() == expected and task_users.tolist() == [3] and starts.tolist() == [0]
+    pos, starts, task_users = sel.tasks("new_item")
+    assert sorted(pos.tolist()) == [7, 9] and task_users.tolist() == [5]
+    sel.relabel(np.array([3, 8]), "new_user", "validation")
+    assert sel.tasks("new_user")[0].tolist() == []
+    assert sel.tasks("validation")[0].tolist() == expected

@@ -1,0 +1,235 @@
+"""How the cost of melu grows with the number of ratings: generated ml-25m-shaped releases at
+1M, 5M and 25M ratings (benchmarks/generate_release.py), each stage measured in a child
+process of its own, so that its peak memory (the child's max RSS, from ``wait4``) is its own.
+
+Stages (one function each, registered in ``STAGES``):
+
+* ``prepare``: read the CSV files (ratings, movies, tags, links, genome) and build the
+  scenarios, vocabularies and tasks: ``melu.data.prepare_frames`` as ``melu train`` runs it.
+
+The model's stages (training time per epoch in tasks/s, catalogue evaluation, ``/recommend``
+p50/p99 at the catalogue's size) are to be added the same way: a function
+``stage_<name>(release: Path) -> dict`` that may call :func:`prepared` for the data, and an
+entry in ``STAGES``; the table and the growth fit pick them up.
+
+Prints a table and writes JSON (default results/scale_cpu.json) with, per size and stage: the
+child's wall and CPU seconds (with its start: imports take ~5 s), the stage's own wall and
+CPU seconds (``work_s``, ``work_cpu_s``; "read s" and "prep s" split the first), the child's
+peak memory and the part above the interpreter with its imports;
+and per stage the log-log slope of each against the number of ratings (1.0 is linear). On a
+machine whose cores other jobs share, wall time exceeds CPU time: the load average is
+recorded. Generated files go to --work (700 MB of ratings.csv at 25M) and are deleted
+afterwards unless --keep. Usage::
+
+    python benchmarks/scale.py                       # 1M, 5M, 25M ratings: about 5 minutes
+    python benchmarks/scale.py --sizes 1000000 --keep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from melu.config import DataConfig  # noqa: E402
+from melu.data import ColdStartData, prepare_frames  # noqa: E402
+from melu.movielens_csv import read_release  # noqa: E402
+
+log = logging.getLogger("scale")
+
+SIZES = (1_000_000, 5_000_000, 25_000_095)
+# The issue's targets for 25M ratings on 2 cores.
+TARGET_PREPARE_S, TARGET_PEAK_GB = 120.0, 3.0
+
+
+def rss_gb() -> float:
+    """This process's resident memory now."""
+    with open(f"/proc/{os.getpid()}/status") as fh:
+        kib = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+    return kib * 1024 / 1e9
+
+
+def label(n: int) -> str:
+    return f"{n / 1e6:g}M" if n % 1_000_000 == 0 else f"{n / 1e6:.1f}M"
+
+
+# --- stages (run in a child process) ----------------------------------------------------------
+
+
+def prepared(release: Path) -> tuple[ColdStartData, dict[str, float]]:
+    """A generated release read and prepared as ``melu train --dataset ml-25m`` would, and the
+    seconds each step took."""
+    start = time.perf_counter()
+    frames = read_release(release, "ml-25m", check=False)
+    read_s = time.perf_counter() - start
+    data = prepare_frames(frames, DataConfig.for_dataset("ml-25m"))
+    return data, {"read_s": read_s, "prepare_s": time.perf_counter() - start - read_s}
+
+
+def stage_prepare(release: Path) -> dict[str, Any]:
+    data, seconds = prepared(release)
+    tasks = {name: len(t) for name, t in data.tasks.items()}
+    padded = sum(
+        sum(v.numel() * v.element_size() for v in vars(t.batch_all).values())
+        for t in data.tasks.values()
+    )
+    return {
+        **seconds,
+        "tasks": tasks,
+        "task_ratings": int(data.ratings["in_task"].sum()),
+        "flat_tasks_mb": sum(f.nbytes for f in data.flat_tasks.values()) / 1e6,
+        "padded_tasks_mb": padded / 1e6,
+        "split_time": data.config.split_time,
+        "catalogue_items": len(data.catalogue),
+    }
+
+
+STAGES: dict[str, Callable[[Path], dict[str, Any]]] = {"prepare": stage_prepare}
+
+
+# --- the parent: generate, run each stage in a child, fit the growth ---------------------------
+
+
+def generate(n: int, work: Path) -> Path:
+    """The release of ``n`` ratings under ``work``, generated unless already there."""
+    folder = work / label(n)
+    info = folder / "generated.json"
+    if info.is_file() and json.loads(info.read_text())["ratings"] == n:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    command = [sys.executable, str(REPO / "benchmarks" / "generate_release.py"),
+               "--ratings", str(n), "--out", str(folder), "--genome"]  # fmt: skip
+    subprocess.run(command, check=True)
+    return folder
+
+
+def run_stage(stage: str, release: Path, result: Path) -> dict[str, Any]:
+    """``stage`` on ``release`` in a child process: its own result, wall and CPU seconds, and
+    peak memory."""
+    command = [sys.executable, __file__, "--child", stage, "--release", str(release),
+               "--result", str(result)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    start = time.perf_counter()
+    child = subprocess.Popen(command, env=env)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if child.returncode != 0:
+        raise SystemExit(f"stage {stage} failed on {release} (exit {child.returncode})")
+    out: dict[str, Any] = json.loads(result.read_text())
+    peak = usage.ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
+    out.update(
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        peak_rss_gb=peak,
+        peak_above_baseline_gb=peak - out["baseline_rss_gb"],
+    )
+    return out
+
+
+def slope(x: list[float], y: list[float]) -> float | None:
+    """Exponent a of y ~ x^a, least squares on logs (None with fewer than two sizes)."""
+    if len(x) < 2:
+        return None
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def growth(rows: list[dict[str, Any]], stage: str) -> dict[str, float | None]:
+    n = [float(r["ratings"]) for r in rows]
+    return {
+        f"{key}_slope": slope(n, [float(r["stages"][stage][key]) for r in rows])
+        for key in ("work_s", "work_cpu_s", "peak_rss_gb", "peak_above_baseline_gb")
+    }
+
+
+def table(rows: list[dict[str, Any]], stage: str) -> str:
+    head = (f"{'ratings':>10} {'users':>8} {'movies':>7} {'child s':>7} {'work s':>7} "
+            f"{'cpu s':>7} {'read s':>7} {'prep s':>7} {'peak GB':>8} {'tasks':>8}")  # fmt: skip
+    lines = [f"stage {stage}", head]
+    for r in rows:
+        s = r["stages"][stage]
+        lines.append(
+            f"{r['ratings']:>10,} {r['users']:>8,} {r['movies']:>7,} {s['wall_s']:>7.1f} "
+            f"{s['work_s']:>7.1f} {s['work_cpu_s']:>7.1f} {s.get('read_s', float('nan')):>7.1f} "
+            f"{s.get('prepare_s', float('nan')):>7.1f} {s['peak_rss_gb']:>8.2f} "
+            f"{sum(s.get('tasks', {}).values()):>8,}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--stages", nargs="+", choices=sorted(STAGES), default=sorted(STAGES))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/melu-scale"))
+    parser.add_argument("--keep", action="store_true", help="keep the generated releases")
+    parser.add_argument("--json", type=Path, default=REPO / "results" / "scale_cpu.json")
+    parser.add_argument("--child", choices=sorted(STAGES), help=argparse.SUPPRESS)
+    parser.add_argument("--release", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    if args.child:  # inside the child process: run one stage, write its result
+        baseline = rss_gb()  # the interpreter with melu, torch and pandas imported
+        start, cpu = time.perf_counter(), time.process_time()
+        result = STAGES[args.child](args.release)
+        result.update(
+            work_s=time.perf_counter() - start,
+            work_cpu_s=time.process_time() - cpu,
+            baseline_rss_gb=baseline,
+        )
+        args.result.write_text(json.dumps(result))
+        return
+
+    load = os.getloadavg()
+    rows = []
+    for n in sorted(args.sizes):
+        release = generate(n, args.work)
+        info = json.loads((release / "generated.json").read_text())
+        row: dict[str, Any] = {"ratings": n, "users": info["users"], "movies": info["movies"],
+                               "generated": info, "stages": {}}  # fmt: skip
+        for stage in args.stages:
+            log.info("%s ratings: stage %s", f"{n:,}", stage)
+            row["stages"][stage] = run_stage(stage, release, args.work / f"{label(n)}-{stage}.json")
+            log.info("%s", row["stages"][stage])
+        rows.append(row)
+        if not args.keep:
+            shutil.rmtree(release)
+    report = {
+        "sizes": rows,
+        "growth": {stage: growth(rows, stage) for stage in args.stages},
+        "targets": {"prepare_s_at_25m": TARGET_PREPARE_S, "peak_gb_at_25m": TARGET_PEAK_GB},
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": load,
+                    "python": platform.python_version(), "platform": platform.platform()},
+        "command": " ".join(sys.argv),
+    }  # fmt: skip
+    for stage in args.stages:
+        print(table(rows, stage))
+        fit = report["growth"][stage]
+        if fit["work_s_slope"] is not None:
+            print(f"growth with the number of ratings (log-log slope, 1 = linear): time "
+                  f"{fit['work_s_slope']:.2f} (cpu time {fit['work_cpu_s_slope']:.2f}), "
+                  f"peak memory {fit['peak_rss_gb_slope']:.2f} (above the interpreter's "
+                  f"{fit['peak_above_baseline_gb_slope']:.2f})")  # fmt: skip
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
