@@ -23,11 +23,11 @@ from melu.config import DataConfig, MetaConfig, ModelConfig, TrainConfig, from_d
 from melu.data import Catalogue
 from melu.errors import CheckpointError
 from melu.features import FeatureEncoder
-from melu.maml import MetaLearner
-from melu.model import MeLUNet
+from melu.learners import Learner, build_learner
 
 FORMAT = "melu-checkpoint"
-FORMAT_VERSION = 1
+# 2: the taste model replaced the rating+watch objective (version 1 checkpoints: retrain).
+FORMAT_VERSION = 2
 
 
 def versions() -> dict[str, str]:
@@ -37,14 +37,6 @@ def versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
-
-
-def build_learner(
-    encoder: FeatureEncoder, model_cfg: ModelConfig, meta_cfg: MetaConfig
-) -> MetaLearner:
-    """A fresh meta-learner whose embedding tables fit ``encoder``'s vocabularies."""
-    net = MeLUNet(encoder.user_specs(), encoder.item_specs(), model_cfg)
-    return MetaLearner(net, meta_cfg)
 
 
 @dataclass
@@ -65,9 +57,9 @@ class Checkpoint:
     # The onboarding lists (melu.onboarding): strategy -> item ids, and how they were made.
     onboarding: dict[str, Any] = field(default_factory=dict)
 
-    def learner(self, device: torch.device | str = "cpu") -> MetaLearner:
+    def learner(self, device: torch.device | str = "cpu") -> Learner:
         """The meta-learner with the best weights, in eval mode, on ``device``."""
-        learner = build_learner(self.encoder, self.model, self.meta)
+        learner = build_learner(self.encoder, self.model, self.meta, self.data.scale)
         try:
             learner.load_state_dict(self.state)
         except RuntimeError as exc:
@@ -159,7 +151,7 @@ def load(path: Path | str, map_location: str | torch.device = "cpu") -> Checkpoi
     if raw.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: format version {raw.get('format_version')} is not supported "
-            f"(this melu reads version {FORMAT_VERSION})"
+            f"(this melu reads version {FORMAT_VERSION}; retrain with `melu train`)"
         )
     try:
         return Checkpoint.from_dict(raw)

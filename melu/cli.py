@@ -27,6 +27,7 @@ log = logging.getLogger("melu")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _TRAIN, _META = TrainConfig(), MetaConfig()
+_DEFAULT, _MELU = PRESETS["default"], PRESETS["melu"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -147,12 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--local-lr",
         type=_positive_float,
-        help=f"learning rate of the per-user local steps (default: {_META.local_lr})",
+        help="learning rate (MeLU) or starting step size (taste model) of the per-user local "
+        f"steps (default: the preset's; default preset {_DEFAULT.meta.local_lr}, melu "
+        f"{_MELU.meta.local_lr})",
     )
     train.add_argument(
         "--local-steps",
         type=_non_negative,
-        help=f"local SGD steps per user (default: {_META.local_steps})",
+        help="local gradient steps per user (default: the preset's; default preset "
+        f"{_DEFAULT.meta.local_steps}, melu {_MELU.meta.local_steps})",
     )
     train.add_argument(
         "--learn-local-lr", action="store_true", help="learn per-parameter local rates (Meta-SGD)"
@@ -167,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--objective",
-        choices=("rating", "rating+watch"),
-        help="override the preset's objective: rating alone (MeLU), or also which items a user "
-        "watches (the catalogue ranking; the default preset's)",
+        choices=("rating", "taste"),
+        help="override the preset's model: MeLU's rating network (the melu preset's), or the "
+        "taste model whose fast weights rank the catalogue and predict the ratings (the "
+        "default preset's)",
     )
     train.add_argument(
         "--local-update",
@@ -180,10 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--patience",
         type=_positive,
-        help="stop after this many epochs in which neither validation MAE nor, with the watch "
-        "objective (the default preset's), validation Recall@10 from 5 ratings improved; the "
-        "checkpoint keeps the rating network of the best MAE epoch and the watch model of the "
-        f"best Recall@10 epoch (default: {_TRAIN.patience})",
+        help="stop after this many epochs without a better selection measure: validation "
+        "Recall@10 from 5 ratings for the taste model (the default preset's), validation MAE "
+        "for MeLU's network; the checkpoint keeps the best epoch's weights "
+        f"(default: {_TRAIN.patience})",
     )
     train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     train.add_argument(
@@ -360,7 +365,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConfig, dict[str, Any]]:
     """The configs the options describe, and the options given explicitly (by config field)."""
-    model_cfg = PRESETS[args.preset or "default"]
+    preset = PRESETS[args.preset or "default"]
+    model_cfg = preset.model
     if args.objective is not None:
         model_cfg = replace(model_cfg, objective=args.objective)
     meta_over = {
@@ -380,7 +386,7 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
         "compile": args.compile or None,
         "dtype": args.dtype,
     }
-    meta_cfg = replace(MetaConfig(), **{k: v for k, v in meta_over.items() if v is not None})
+    meta_cfg = replace(preset.meta, **{k: v for k, v in meta_over.items() if v is not None})
     train_cfg = replace(
         TrainConfig(),
         device=args.device,

@@ -139,36 +139,34 @@ class ModelConfig:
     item_id_dropout: float = 0.2
     # Support statistics (mean, std, log count) appended to every item's features.
     task_context: bool = False
-    # "rating": MeLU's objective, the rating of an item the user chose to watch (the default of
-    # this class, so checkpoints written before the field existed load unchanged).
-    # "rating+watch": also learn which items a user watches (melu.objectives): a multinomial
-    # over the catalogue from the user's rated items; the ranking score combines the two.
-    objective: Literal["rating", "rating+watch"] = "rating"
-    # The watch model's width: item input/output embeddings and the user vector. 128 ranked
-    # better than 256 on validation users (Recall@10 from 5 ratings 0.381 vs 0.376) and
-    # trains in about half the time.
-    watch_dim: int = 128
-    # Rate at which training replaces a training item's id by "unknown" in the watch model, so
+    # "rating": MeLU's network and objective (the paper's model, the "melu" preset): the
+    # rating of an item the user chose to watch, its decision layers adapted per user.
+    # "taste": the default preset's model (melu.taste): per-user fast weights that give both a
+    # ranking over the catalogue and the predicted ratings.
+    objective: Literal["rating", "taste"] = "rating"
+    # The taste model's width: item input/output embeddings and the user vector.
+    taste_dim: int = 128
+    # Width of the rating taste (the fast vector scored against each item's rating taste).
+    rating_dim: int = 32
+    # Rate at which training replaces an item's id by "unknown" in the taste model, so that
     # its content part learns to rank new items (which have no id) on its own.
-    watch_id_dropout: float = 0.1
-    # How support items are pooled into the user vector: their sum over sqrt(n) (Mult-DAE's
-    # L2 normalisation of a binary input) or their mean.
-    watch_pooling: Literal["sqrt", "mean"] = "sqrt"
-    # The user vector's nonlinearity: tanh (Mult-DAE) or none (a low-rank linear model).
-    watch_activation: Literal["tanh", "none"] = "tanh"
-    # Ranking score = watch logit (log P(watch) up to a per-user constant) + this weight times
-    # the predicted rating. Chosen on validation users: 0.5 ranks best from 3 to 20 ratings;
-    # larger weights order a user's own 5- and 1-star items better but rank worse.
-    rank_rating_weight: float = 0.5
-    # Support ratings below this do not enter the watch model's user vector (0: every rating
-    # does, as in checkpoints written before the field existed); they still adapt the rating
-    # head. Pooled like the others, a 1-star film pulled its own kind into the list (its
-    # learned weight stayed positive). The default preset's 3, against 0, on validation users
-    # (3 seeds, retrained): loved-genre share 0.42 -> 0.56, 5-star above 1-star support pairs
-    # 0.87 -> 0.94 from 5 ratings and 0.84 -> 0.88 from 10, Recall@10 from 3/5/10/20 ratings
-    # 0.345/0.373/0.386/0.382 -> 0.340/0.371/0.381/0.383 (within seed noise). A cut at 4,
-    # tried at scoring time only, cost 0.01-0.02 (benchmarks/watch_min_rating.py).
-    watch_min_rating: float = 0.0
+    taste_id_dropout: float = 0.1
+    # Rate at which training replaces each user field by "not given" (index 0): a request
+    # without demographics then gets what the model learned for that, not an untrained vector.
+    user_field_dropout: float = 0.0
+    # Support ratings at least this high enter the pooled user vector (the taste model's
+    # starting point); lower ones still adapt it through the local steps and the ratings.
+    pool_min_rating: float = 3.0
+    # A rating at least this high is "liked": the taste model's softmax targets, and the
+    # relevant items of the catalogue protocol.
+    liked_rating: float = 4.0
+    # Neighbours kept per item in the co-occurrence term (melu.cooccurrence); 0 keeps all.
+    cooccurrence_neighbours: int = 0
+    # Ranking score = taste logit + this weight times the predicted rating.
+    rank_rating_weight: float = 0.0
+    # Rank items predicted below the user's own mean after every other item, so that no list
+    # shows a film the model expects the user to rate below their average.
+    rank_floor: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,22 +183,23 @@ class MetaConfig:
     # (melu.closed_form) whenever it applies (head only, fixed rate), else "vmap":
     # torch.func.grad per task, vmapped. Both compute the same function (tested).
     local_update: Literal["auto", "vmap"] = "auto"
-    # Watch objective (ModelConfig.objective "rating+watch"): each training task also gives a
-    # cold-start episode, a support of uniform size in this range drawn from all the user's
-    # ratings, every other rating a softmax target (denoising, as cold start looks).
-    watch_support: tuple[int, int] = (3, 20)
-    # Only ratings at least this high are softmax targets (1: every rated item is "watched");
-    # 4, the items a user liked, ranks better on validation users (Recall@10 0.371 vs 0.365
-    # from 5 ratings).
-    watch_target_min: float = 4.0
-    # Weight of the watch loss beside the query MSE.
-    watch_weight: float = 1.0
-    # Weight of a support-order term in the watch loss: for every pair of support items rated
-    # differently, -log sigmoid(logit of the higher rated - logit of the lower rated), so that
-    # the ranking reflects the ratings given (a 1-star rating pushes its kind away).
-    # 0.2 on validation users: pairs ordered right from 5 ratings 0.85 -> 0.88, loved-genre
-    # share 0.39 -> 0.43, Recall@10 unchanged (0.381); 1.0 costs recall (0.350).
-    watch_order_weight: float = 0.2
+    # The taste model (ModelConfig.objective "taste"): each training task gives a cold-start
+    # episode, a support of uniform size in this range drawn from all the user's ratings, every
+    # other rating a target (denoising, as cold start looks).
+    episode_support: tuple[int, int] = (3, 20)
+    # Which of the taste model's fast weights the local steps adapt (melu.taste.FAST_WEIGHTS).
+    fast_weights: tuple[str, ...] = (
+        "user",
+        "popularity",
+        "cooccurrence",
+        "support_weights",
+        "rating_bias",
+        "rating_taste",
+    )
+    # Weight of the ratings' squared error beside the liked items' likelihood: in the support
+    # loss of the local steps, and in the query loss of meta-training.
+    inner_rating_weight: float = 0.5
+    rating_weight: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -222,18 +221,32 @@ class TrainConfig:
     resample_queries: bool = True
 
 
-# Named model configurations. "melu" is the paper's architecture (rate, genre, director and
-# actor embeddings; no year, no residual, no dropout) so results stay comparable with MeLU.
-PRESETS: dict[str, ModelConfig] = {
-    # MeLU's network for ratings plus the watch model, whose score ranks the catalogue; only
-    # ratings of 3 and more shape its user vector.
-    "default": ModelConfig(objective="rating+watch", watch_min_rating=3.0),
-    "melu": ModelConfig(
-        item_fields=("rate", "genre", "director", "actor"),
-        user_fields=("gender", "age", "occupation", "zip"),
-        residual=False,
-        embedding_dropout=0.0,
-        item_id_embedding=False,
-        item_id_dropout=0.0,
+@dataclass(frozen=True)
+class Preset:
+    """A named model with the local update that goes with it."""
+
+    model: ModelConfig
+    meta: MetaConfig
+
+
+# Named configurations. "melu" is the paper's architecture (rate, genre, director and actor
+# embeddings; no year, no residual, no dropout) and local update (5 steps of the decision
+# layers), so that results stay comparable with MeLU.
+PRESETS: dict[str, Preset] = {
+    # The taste model: one local step of every fast weight, from a meta-learned start.
+    "default": Preset(
+        ModelConfig(objective="taste", user_field_dropout=0.5, rank_floor=True),
+        MetaConfig(local_steps=1, local_lr=0.5),
+    ),
+    "melu": Preset(
+        ModelConfig(
+            item_fields=("rate", "genre", "director", "actor"),
+            user_fields=("gender", "age", "occupation", "zip"),
+            residual=False,
+            embedding_dropout=0.0,
+            item_id_embedding=False,
+            item_id_dropout=0.0,
+        ),
+        MetaConfig(),
     ),
 }

@@ -19,6 +19,7 @@ from melu import movielens
 from melu.config import CSV_DATASETS, DataConfig, RatingScale
 from melu.errors import MeluError
 from melu.features import OPTIONAL_MULTI_ITEM_FIELDS, FeatureEncoder, GenomeBlock, item_tags
+from melu.objectives import recommendable_rows
 from melu.tasks import (
     SCENARIO_INDEX,
     SCENARIOS,
@@ -49,10 +50,16 @@ class Catalogue:
     # title "Titanic") and the genres. Empty for checkpoints written before they were stored.
     years: list[str] = field(default_factory=list)
     genres: list[list[str]] = field(default_factory=list)
+    # [n_items + 1] bool: the rows a list may hold, the items with training ratings. One set,
+    # stored here, for training's model selection, evaluation and /recommend; new items reach
+    # a user through the new-releases shelf or a request's explicit candidates.
+    recommendable: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
 
     def __post_init__(self) -> None:
         rows = {int(i): r for r, i in enumerate(self.item_ids.tolist()) if r > 0}
         object.__setattr__(self, "_rows", rows)
+        if self.recommendable.numel() != self.table.shape[0]:
+            object.__setattr__(self, "recommendable", recommendable_rows(self.table))
 
     @property
     def rows(self) -> dict[int, int]:
@@ -91,6 +98,7 @@ class Catalogue:
             "table": self.table,
             "years": self.years,
             "genres": self.genres,
+            "recommendable": self.recommendable,
         }
 
     @classmethod
@@ -101,6 +109,7 @@ class Catalogue:
             data["table"],
             list(data.get("years", [])),
             [list(g) for g in data.get("genres", [])],
+            data.get("recommendable", torch.zeros(0, dtype=torch.bool)),
         )
 
 

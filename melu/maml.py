@@ -17,15 +17,7 @@ from torch.func import functional_call, grad, vmap
 from melu import closed_form
 from melu.config import MetaConfig
 from melu.model import ADAPTED_ALL, ADAPTED_BY_DEFAULT, MeLUNet, adapted_names, batched_head
-from melu.objectives import (
-    ITEM_ID_COLUMN,
-    WatchEpisode,
-    candidates,
-    multinomial_nll,
-    support_order_loss,
-)
 from melu.tasks import TaskBatch
-from melu.watch import WatchTower
 
 Params = dict[str, torch.Tensor]
 
@@ -41,17 +33,13 @@ class Adaptation(NamedTuple):
     # The same fast weights in kernel form, when the closed form made them: a cheaper way to
     # score a whole catalogue (see closed_form.Kernel).
     kernel: closed_form.Kernel | None = None
-    # The watch model's user vector [B, D] and each support item's part in it [B, S, D], when
-    # the model has one (objective "rating+watch").
-    user: torch.Tensor | None = None
-    evidence: torch.Tensor | None = None
 
 
 # Catalogue scoring works on [tasks, items, hidden] blocks of about this many floats (256 KiB,
 # so that they stay in a core's L2 cache).
 SCORE_CHUNK_FLOATS = 1 << 16
 # vmap's dims for a batch of adaptations: every tensor batched, no kernel (vmap takes no None).
-BATCHED = Adaptation(0, 0, 0, 0, 0, None, None, None)  # type: ignore[arg-type]
+BATCHED = Adaptation(0, 0, 0, 0, 0, None)  # type: ignore[arg-type]
 
 
 class TaskFeatures(NamedTuple):
@@ -287,69 +275,18 @@ class MetaLearner(nn.Module):
             self.meta_params(), self.rates(), *batch, self._steps(steps), self.cfg.first_order
         )
 
-    @property
-    def watch(self) -> WatchTower | None:
-        return self.net.watch
+    def task_losses(self, batch: TaskFeatures, steps: int | None = None) -> torch.Tensor:
+        """Query MSE of every task ``[B]`` after the local steps, differentiable w.r.t. the
+        meta-parameters."""
+        return self.rating_losses(batch, steps)
 
-    def watch_losses(self, episode: WatchEpisode, catalogue: torch.Tensor) -> torch.Tensor:
-        """Multinomial NLL ``[B]`` of each episode's targets over ``catalogue [R, W]`` (the
-        rows with a known item id, minus the support), from the support's user vector."""
-        watch = self.watch
-        if watch is None:
-            raise ValueError("this model has no watch objective")
-        evidence = watch.evidence(episode.x_spt, episode.y_spt, episode.mask_spt)
-        user = watch.user_vector(episode.users, evidence)
-        # Only items with training ratings enter the softmax: embed those alone (a third of
-        # the catalogue has none) and leave the other rows at 0, masked out below.
-        trainable = catalogue[:, ITEM_ID_COLUMN] > 0
-        rows = trainable.nonzero().squeeze(1)
-        embedded = watch.item_out(catalogue[rows])
-        out = embedded.new_zeros(catalogue.shape[0], embedded.shape[1]).index_copy(
-            0, rows, embedded
-        )
-        logits = watch.logits(user, out)
-        allowed = candidates(trainable, episode.rows_spt, episode.mask_spt)
-        loss = multinomial_nll(logits, allowed, episode.targets, episode.weights)
-        if self.cfg.watch_order_weight > 0:
-            support = logits.gather(1, episode.rows_spt)
-            order = support_order_loss(support, episode.y_spt, episode.mask_spt)
-            loss = loss + self.cfg.watch_order_weight * order
-        return loss
-
-    def task_losses(
-        self,
-        batch: TaskFeatures,
-        steps: int | None = None,
-        episode: WatchEpisode | None = None,
-        catalogue: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Loss of every task ``[B]``, differentiable w.r.t. the meta-parameters: the query
-        MSE, plus ``watch_weight`` times the watch NLL of its ``episode`` when one is given."""
-        losses = self.rating_losses(batch, steps)
-        if episode is not None:
-            if catalogue is None:
-                raise ValueError("the watch loss needs the catalogue's feature table")
-            losses = losses + self.cfg.watch_weight * self.watch_losses(episode, catalogue)
-        return losses
-
-    def forward(
-        self,
-        batch: TaskFeatures,
-        episode: WatchEpisode | None = None,
-        catalogue: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, batch: TaskFeatures) -> torch.Tensor:
         """Per-task losses: ``forward`` so that DistributedDataParallel can wrap us."""
-        return self.task_losses(batch, None, episode, catalogue)
+        return self.task_losses(batch, None)
 
-    def meta_loss(
-        self,
-        batch: TaskFeatures,
-        steps: int | None = None,
-        episode: WatchEpisode | None = None,
-        catalogue: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def meta_loss(self, batch: TaskFeatures, steps: int | None = None) -> torch.Tensor:
         """Mean loss over the batch: what the meta-optimiser minimises."""
-        return self.task_losses(batch, steps, episode, catalogue).mean()
+        return self.task_losses(batch, steps).mean()
 
     def adapt(
         self,
@@ -359,26 +296,7 @@ class MetaLearner(nn.Module):
         mask_spt: torch.Tensor,
         steps: int | None = None,
     ) -> Adaptation:
-        """Fast weights for a batch of tasks (leading dim B); meta-parameters stay untouched.
-
-        With a watch model, also the user vector that its support gives (no local steps: the
-        tower maps a support to a user directly, trained on cold-start episodes).
-        """
-        adaptation = self._adapt_rating(users, x_spt, y_spt, mask_spt, steps)
-        if self.watch is None:
-            return adaptation
-        evidence = self.watch.evidence(x_spt, y_spt, mask_spt)
-        user = self.watch.user_vector(users, evidence)
-        return adaptation._replace(user=user, evidence=evidence)
-
-    def _adapt_rating(
-        self,
-        users: torch.Tensor,
-        x_spt: torch.Tensor,
-        y_spt: torch.Tensor,
-        mask_spt: torch.Tensor,
-        steps: int | None = None,
-    ) -> Adaptation:
+        """Fast weights for a batch of tasks (leading dim B); meta-parameters stay untouched."""
         if self.closed_form:
             return self._closed_form_adapt(users, x_spt, y_spt, mask_spt, self._steps(steps))
 
@@ -420,21 +338,12 @@ class MetaLearner(nn.Module):
             raise ValueError("item features depend on the user when the encoder adapts")
         if self.training:
             raise ValueError("call item_features in eval mode (dropout would make it random)")
-        features = self.net.encoder.item(items)
-        if self.watch is None:
-            return features
-        # One tensor, so callers keep one opaque "item features" value: the rating encoder's
-        # features, then the watch model's output embedding and bias.
-        return torch.cat([features, self.watch.item_out(items)], dim=-1)
-
-    def _rating_features(self, item_features: torch.Tensor) -> torch.Tensor:
-        return item_features[..., : self.net.encoder.item_dim]
+        return self.net.encoder.item(items)
 
     def predict_from_features(
         self, adaptation: Adaptation, users: torch.Tensor, item_features: torch.Tensor
     ) -> torch.Tensor:
         """Predicted ratings ``[B, N]`` of the same ``N`` items (``[N, Di]``) for each task."""
-        item_features = self._rating_features(item_features)
         if adaptation.kernel is not None or self.head_only:
             # Items in chunks whose [B, chunk, hidden] activations stay in cache: over a whole
             # catalogue the elementwise steps are otherwise bound by memory bandwidth.
@@ -447,66 +356,7 @@ class MetaLearner(nn.Module):
             ]
             return torch.cat(parts, dim=1)
         fn = vmap(self.predict_task_from_features, in_dims=(None, BATCHED, 0, None))
-        plain = adaptation._replace(kernel=None, user=None, evidence=None)
-        return fn(self.meta_params(), plain, users, item_features)
-
-    def rank_scores(
-        self,
-        adaptation: Adaptation,
-        users: torch.Tensor,
-        item_features: torch.Tensor,
-        ratings: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The score ``[B, N]`` that ranks a catalogue for each task: higher is better.
-
-        ``/recommend`` and the catalogue evaluation both rank by this, so what is evaluated is
-        what is served. For a pure rating model it is the predicted rating; with a watch model
-        it is the watch logit (log P(watch) up to a per-user constant, so it does not depend on
-        which items are scored together) plus ``rank_rating_weight`` times the predicted rating.
-        ``ratings`` (from :meth:`predict_from_features`) saves computing them again.
-        """
-        if ratings is None:
-            ratings = self.predict_from_features(adaptation, users, item_features)
-        if self.watch is None:
-            return ratings
-        if adaptation.user is None:
-            raise ValueError("this adaptation has no watch user vector: use MetaLearner.adapt")
-        watch = self.watch_logits(adaptation, item_features)
-        return watch + self.net.cfg.rank_rating_weight * ratings
-
-    def watch_logits(self, adaptation: Adaptation, item_features: torch.Tensor) -> torch.Tensor:
-        """The watch model's logits ``[B, N]`` of items ``[N, F]`` (from :meth:`item_features`)."""
-        assert self.watch is not None and adaptation.user is not None
-        out = item_features[..., self.net.encoder.item_dim :]
-        return self.watch.logits(adaptation.user, out)
-
-    def explain(
-        self,
-        adaptation: Adaptation,
-        users: torch.Tensor,
-        item_features: torch.Tensor,
-        rows: torch.Tensor,
-        allowed: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """For items ``rows [K]`` of ``item_features``: the index ``[B, K]`` into each task's
-        support of the support item that raises that item's watch logit the most (its part of
-        the user vector dotted with the item's output embedding; ``tanh`` aside).
-
-        Needs a watch model. Padding, ratings kept out of the user vector (below
-        ``watch_min_rating``) and support entries outside ``allowed`` (``[B, S]`` bool; default
-        all) never win; a support with none left gives ``S``, out of range: no explanation.
-        """
-        if self.watch is None or adaptation.evidence is None:
-            raise ValueError("explanations need a model with the watch objective")
-        out = item_features[rows, self.net.encoder.item_dim : -1]  # [K, D], bias dropped
-        contribution = adaptation.evidence @ out.t()  # [B, S, K]
-        real = adaptation.evidence.abs().sum(-1, keepdim=True) > 0
-        if allowed is not None:
-            real = real & allowed.unsqueeze(-1)
-        contribution = contribution.masked_fill(~real, float("-inf"))
-        picked = contribution.argmax(dim=1)
-        none = ~real.any(dim=1)  # [B, 1]
-        return picked.masked_fill(none, adaptation.evidence.shape[1])
+        return fn(self.meta_params(), adaptation._replace(kernel=None), users, item_features)
 
     def _catalogue_scorer(
         self, adaptation: Adaptation, users: torch.Tensor
@@ -534,5 +384,4 @@ class MetaLearner(nn.Module):
             head = _strip(adaptation.fast, "head.")
             return batched_head(head, task, features) + adaptation.offset.unsqueeze(-1)
         fn = vmap(self.predict_task, in_dims=(None, BATCHED, 0, 0), randomness="different")
-        plain = adaptation._replace(kernel=None, user=None, evidence=None)
-        return fn(self.meta_params(), plain, users, items)
+        return fn(self.meta_params(), adaptation._replace(kernel=None), users, items)

@@ -17,7 +17,6 @@ from torch import nn
 from melu.config import ModelConfig
 from melu.embeddings import FieldEmbedding
 from melu.features import FieldSpec
-from melu.watch import WatchTower
 
 # Children whose parameters adapt per user by default: MeLU's local update touches only the
 # decision layers, while embeddings are global.
@@ -121,14 +120,6 @@ class MeLUNet(nn.Module):
             cfg,
         )
         self.head = Head(self.encoder.task_dim, self.encoder.item_dim, cfg.hidden)
-        # The watch model (objective "rating+watch"): its own embeddings, no shared parameters.
-        self.watch: WatchTower | None = None
-        if cfg.objective == "rating+watch":
-            self.watch = WatchTower(
-                [s for s in user_specs if s.name in cfg.user_fields],
-                [s for s in item_specs if s.name in set(cfg.item_fields) | {"item"}],
-                cfg,
-            )
 
     def forward(
         self, users: torch.Tensor, items: torch.Tensor, context: torch.Tensor | None = None

@@ -1,11 +1,11 @@
-"""The watch objective: cold-start episodes and the multinomial likelihood over the catalogue.
+"""The taste objective's episodes, the one "candidates minus support", the catalogue softmax.
 
 MeLU's tasks have a support of all but 10 of a user's ratings (3 to 90 items). A catalogue
 ranker is asked to work from a handful, so each training task also yields an episode that looks
-like cold start: a support of uniform size in ``MetaConfig.watch_support`` drawn from all the
-user's ratings, and every other rating a softmax target (denoising-autoencoder style, as in
-Mult-DAE). The softmax runs over the items that have training ratings, minus the support
-(evaluation never recommends an item the user has rated).
+like cold start: a support of uniform size in ``MetaConfig.episode_support`` drawn from all the
+user's ratings, every other rating a target (denoising-autoencoder style, as in Mult-DAE): the
+liked ones for a softmax over the recommendable items minus the support (evaluation never
+recommends an item the user has rated), all of them for the rating's squared error.
 """
 
 from __future__ import annotations
@@ -22,12 +22,16 @@ from melu.tasks import TaskBatch
 ITEM_ID_COLUMN = SCALAR_ITEM_FIELDS.index("item")
 
 
-class WatchEpisode(NamedTuple):
-    """A batch of cold-start episodes: support features and target catalogue rows.
+class Episode(NamedTuple):
+    """A batch of cold-start episodes drawn from training tasks.
 
     ``users [B, U]`` and ``x_spt [B, S, W]`` are feature ids, ``rows_spt [B, S]`` the support's
-    catalogue rows, ``y_spt``/``mask_spt`` ``[B, S]``; ``targets [B, T]`` are catalogue rows
-    with ``weights [B, T]`` (0 on padding and on ratings that are not targets).
+    catalogue rows, ``y_spt``/``mask_spt`` ``[B, S]``. Every other rating of the task is a
+    target: ``targets [B, T]`` catalogue rows (0: padding) with ``target_ratings`` and
+    ``target_mask``; ``liked [B, T]`` weighs the ones the softmax predicts (1 where the rating
+    is at least the liked rating, else 0). ``own [B, V]`` marks each user's items by item-id
+    vocabulary index (all their training ratings: the co-occurrence leaves them out), or is
+    None.
     """
 
     users: torch.Tensor
@@ -36,7 +40,10 @@ class WatchEpisode(NamedTuple):
     y_spt: torch.Tensor
     mask_spt: torch.Tensor
     targets: torch.Tensor
-    weights: torch.Tensor
+    target_ratings: torch.Tensor
+    target_mask: torch.Tensor
+    liked: torch.Tensor
+    own: torch.Tensor | None
 
 
 def sample_episodes(
@@ -44,12 +51,14 @@ def sample_episodes(
     user_table: torch.Tensor,
     item_table: torch.Tensor,
     sizes: tuple[int, int],
-    target_min: float = 1.0,
+    liked: float,
+    vocab_size: int | None = None,
     generator: torch.Generator | None = None,
-) -> WatchEpisode:
+) -> Episode:
     """One episode per task of ``batch`` from all its ratings (support and query), drawn with
-    ``generator`` (default: torch's, so a resumed run draws the same). A task keeps at least
-    one rating outside its support."""
+    ``generator`` (default: torch's, so a resumed run draws the same): a support of uniform
+    size in ``sizes`` (at most all but one rating), the rest targets. ``vocab_size``: fill
+    ``own`` (training)."""
     items = torch.cat([batch.x_spt, batch.x_qry], dim=1)  # [B, L]
     ratings = torch.cat([batch.y_spt, batch.y_qry], dim=1)
     mask = torch.cat([batch.mask_spt, batch.mask_qry], dim=1)
@@ -69,23 +78,42 @@ def sample_episodes(
     # Always the largest size, so that a compiled loss sees one shape.
     width = min(high, items.shape[1])
     rows_spt = items[:, :width] * in_support[:, :width]
-    is_target = ~in_support & real & (ratings >= target_min)
-    return WatchEpisode(
+    is_target = ~in_support & real
+    own = None
+    if vocab_size is not None:
+        ids = item_table[items * real, ITEM_ID_COLUMN]
+        own = torch.zeros(items.shape[0], vocab_size, dtype=ratings.dtype, device=items.device)
+        own.scatter_(1, ids, 1.0)
+        own[:, 0] = 0.0
+    return Episode(
         users=user_table[batch.users],
         x_spt=item_table[rows_spt],
         rows_spt=rows_spt,
         y_spt=ratings[:, :width] * in_support[:, :width],
         mask_spt=in_support[:, :width],
         targets=items * is_target,
-        weights=is_target.to(batch.y_spt.dtype),
+        target_ratings=ratings * is_target,
+        target_mask=is_target,
+        liked=(is_target & (ratings >= liked)).to(ratings.dtype),
+        own=own,
     )
 
 
+def recommendable_rows(table: torch.Tensor) -> torch.Tensor:
+    """``[R]``: the rows of an encoded catalogue ``table`` that have training ratings (a known
+    item id). What :attr:`melu.data.Catalogue.recommendable` stores; row 0 (padding) never."""
+    out = table[:, ITEM_ID_COLUMN] > 0
+    out[0] = False
+    return out
+
+
 def candidates(
-    trainable: torch.Tensor, rows_spt: torch.Tensor, mask_spt: torch.Tensor
+    recommendable: torch.Tensor, rows_spt: torch.Tensor, mask_spt: torch.Tensor
 ) -> torch.Tensor:
-    """``[B, R]``: rows that may be recommended (``trainable [R]``) minus each support."""
-    allowed = trainable.unsqueeze(0).expand(rows_spt.shape[0], -1).clone()
+    """``[B, R]``: the rows that may be recommended (``recommendable [R]``, the catalogue's
+    one recommendable set) minus each user's support rows. The one definition of "candidates
+    minus support": training's softmax, evaluation and ``/recommend`` all use it."""
+    allowed = recommendable.unsqueeze(0).expand(rows_spt.shape[0], -1).clone()
     rows = torch.where(mask_spt, rows_spt, torch.zeros_like(rows_spt))
     allowed.scatter_(1, rows, False)
     # Row 0 is padding; a support masked entry points at it, and it is never a candidate.
@@ -103,17 +131,3 @@ def multinomial_nll(
     # A padded target points at row 0 (log p = -inf): zero it before weighting, not after.
     log_p = torch.where(weights > 0, log_p, torch.zeros_like(log_p))
     return -(log_p * weights).sum(-1) / weights.sum(-1).clamp(min=1.0)
-
-
-def support_order_loss(
-    scores: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """``[B]``: mean over pairs of support items with ``rating_a > rating_b`` of
-    ``softplus(score_b - score_a)`` (BPR's loss), 0 for a task without such a pair.
-    ``scores``/``ratings``/``mask`` are ``[B, S]``."""
-    pairs = (ratings.unsqueeze(2) > ratings.unsqueeze(1)) & mask.unsqueeze(2) & mask.unsqueeze(1)
-    margin = scores.unsqueeze(2) - scores.unsqueeze(1)  # [B, S(higher), S(lower)]
-    weight = pairs.to(scores.dtype)
-    # softplus(-margin) on the pairs only: elsewhere it could be inf * 0.
-    loss = torch.nn.functional.softplus(-margin.masked_fill(~pairs, 0.0)) * weight
-    return loss.sum((1, 2)) / weight.sum((1, 2)).clamp(min=1.0)

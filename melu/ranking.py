@@ -1,36 +1,31 @@
 """Rank a catalogue for adapted users: what the service serves is what evaluation measures.
 
-``/recommend`` and the catalogue protocol of :mod:`melu.evaluation` both go through these
-functions, so that what is evaluated is exactly what is served:
+``/recommend``, the catalogue protocol of :mod:`melu.evaluation` and training's model
+selection all order rows with these functions, from the scores of
+:class:`melu.scoring.CatalogueScorer`:
 
-- :func:`catalogue_scores` turns a batch of adaptations into ranking scores ``[B, R]`` over
-  every catalogue row (row 0, the padding item, included so that rows index it directly);
 - :func:`rank` orders allowed rows by score, best first, ties broken by row. Catalogue rows are
   in item-id order (:meth:`melu.data.Catalogue.build` sorts them), so ties go to the smaller
-  item id and the same scores always give the same list;
+  item id and the same scores always give the same list. Rows that do not clear the user's
+  own mean (``above_floor``, where the model keeps that floor) come after every row that does:
+  a list holds a film predicted below the user's average only once nothing else is left;
 - :func:`top_k_row` is the same order for one user, cheaper when ``k`` is small;
-- :func:`batch_invariant` rounds scores first, so that batching never reorders near ties;
-- :func:`because` names the movie the user loved that a listed item follows.
+- :func:`batch_invariant` rounds scores first, so that batching never reorders near ties.
+
+"Candidates minus support" has one definition, :func:`melu.objectives.candidates`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from melu.maml import Adaptation, MetaLearner
-
-# Items per chunk when the encoder adapts and each user needs its own item embeddings.
-PREDICT_CHUNK = 65_536
 # Ranking grid (2**-12, exact in binary floating point). A user's scores differ by about 1e-6
 # between a batched and a solo run (padding changes the summation order), which swapped
 # near-tied items; rounding to this grid first turns such near ties into exact ties, which
 # item ids break. See :func:`batch_invariant`.
 RANK_GRID = 4096.0
 # Only a movie the user loved explains a recommendation: "because you rated X" reads as
-# "because you liked X", and citing a 1- or 3-star rating (which still shapes the watch user
-# vector from 3 up) misled.
+# "because you liked X", and citing a 1- or 3-star rating misled.
 BECAUSE_MIN_RATING = 4.0
 
 
@@ -45,79 +40,46 @@ def batch_invariant(scores: torch.Tensor) -> torch.Tensor:
     return torch.round(scores * RANK_GRID) / RANK_GRID
 
 
-def catalogue_scores(
-    learner: MetaLearner,
-    adaptation: Adaptation,
-    users: torch.Tensor,
-    table: torch.Tensor,
-    features: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Ranking scores ``[B, R]`` of every row of ``table`` (``[R, W]`` feature ids).
-
-    ``features`` (``learner.item_features(table)``, computed once) is the fast path when only
-    the head adapts; without it, or when the encoder adapts, items are embedded per user in
-    chunks. Call under ``torch.no_grad()`` in eval mode.
-    """
-    return catalogue_scores_and_ratings(learner, adaptation, users, table, features)[0]
-
-
-def catalogue_scores_and_ratings(
-    learner: MetaLearner,
-    adaptation: Adaptation,
-    users: torch.Tensor,
-    table: torch.Tensor,
-    features: torch.Tensor | None = None,
+def rank(
+    scores: torch.Tensor, allowed: torch.Tensor, above_floor: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`catalogue_scores` and the predicted ratings ``[B, R]`` it ranks with (the same
-    tensor for a rating-only model)."""
-    if features is None and learner.head_only:
-        features = learner.item_features(table)
-    if features is not None:
-        ratings = learner.predict_from_features(adaptation, users, features)
-        return learner.rank_scores(adaptation, users, features, ratings), ratings
-    batch = users.shape[0]
-    step = max(1, PREDICT_CHUNK // batch)
-    parts = [
-        learner.predict(adaptation, users, table[start : start + step].expand(batch, -1, -1))
-        for start in range(0, table.shape[0], step)
-    ]
-    ratings = torch.cat(parts, dim=1)
-    if learner.watch is None:
-        return ratings, ratings
-    # The watch tower never adapts its item side: hand rank_scores the watch part of the item
-    # features (the rating part is unused once the ratings are given).
-    watch_side = learner.watch.item_out(table)
-    rating_side = watch_side.new_zeros(table.shape[0], learner.net.encoder.item_dim)
-    features = torch.cat([rating_side, watch_side], dim=-1)
-    return learner.rank_scores(adaptation, users, features, ratings), ratings
-
-
-def rank(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of each user ordered best first: ``(order [B, R], n_allowed [B])``.
 
     ``allowed`` (``[B, R]`` or ``[R]``, bool) says which rows may be recommended; the first
-    ``n_allowed[b]`` entries of ``order[b]`` are exactly those rows, by descending score, ties
-    by row; the rest are the disallowed rows. NaN scores rank last among the allowed rows.
+    ``n_allowed[b]`` entries of ``order[b]`` are exactly those rows: first those ``above_floor``
+    (``[B, R]``; None: all), then the others, each by descending score, ties by row; the rest
+    are the disallowed rows. NaN scores rank last within their tier.
     """
     allowed = allowed.expand_as(scores)
     keyed = torch.where(torch.isnan(scores), torch.full_like(scores, -torch.inf), scores)
-    # Disallowed rows go below every allowed one, whatever their score; a stable sort of the
-    # pair (allowed, score) keeps row order among equal keys.
-    keyed = torch.where(allowed, keyed, torch.full_like(keyed, -torch.inf))
     order = torch.sort(keyed, dim=1, descending=True, stable=True).indices
+    # Stable sorts on the coarser keys keep the score order within each tier: the rows above
+    # the floor, then the rest, then the disallowed rows, whatever their scores.
+    if above_floor is not None:
+        below = ~above_floor.expand_as(scores).gather(1, order)
+        order = order.gather(1, torch.sort(below.to(torch.int8), dim=1, stable=True).indices)
     order = order.gather(1, torch.sort(~allowed.gather(1, order), dim=1, stable=True).indices)
     return order, allowed.sum(1)
 
 
-def top_k_row(scores: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:
+def top_k_row(
+    scores: torch.Tensor, pool: torch.Tensor, k: int, above_floor: torch.Tensor | None = None
+) -> torch.Tensor:
     """The ``k`` best rows of ``pool`` (ascending rows) for one user's ``scores`` ``[R]``.
 
-    The same order as :func:`rank`: descending score, ties by row. Sorting a whole catalogue
-    per request costs more than the rest of the selection, so only the rows tied with or above
-    the k-th best are sorted.
+    The same order as :func:`rank`: the rows ``above_floor`` (``[R]``; None: all) first, each
+    tier by descending score, ties by row. Sorting a whole catalogue per request costs more
+    than the rest of the selection, so only the rows tied with or above the k-th best are
+    sorted.
     """
     if pool.numel() == 0 or k <= 0:
         return pool[:0]
+    if above_floor is not None:
+        keep = above_floor[pool]
+        first = top_k_row(scores, pool[keep], k)
+        if first.numel() >= k:
+            return first
+        return torch.cat([first, top_k_row(scores, pool[~keep], k - first.numel())])
     values = scores[pool]
     values = torch.where(torch.isnan(values), torch.full_like(values, -torch.inf), values)
     k = min(k, values.numel())
@@ -128,32 +90,3 @@ def top_k_row(scores: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:
     else:
         order = torch.sort(values, descending=True, stable=True).indices
     return pool[order]
-
-
-def because(
-    learner: MetaLearner,
-    adaptation: Adaptation,
-    users: torch.Tensor,
-    item_features: torch.Tensor,
-    rows: Sequence[int],
-    support_rows: Sequence[int],
-    support_ratings: Sequence[float],
-) -> list[int | None]:
-    """For one user (an adaptation of a batch of one, whose support may be padded beyond
-    ``support_rows``): for each of the catalogue ``rows`` listed for them, the support row the
-    user rated at least :data:`BECAUSE_MIN_RATING` that raises its watch logit the most
-    (:meth:`MetaLearner.explain`), or None: for a row the user rated (it would cite itself),
-    when no loved support item supports it, and for models without a watch tower.
-    """
-    if learner.watch is None or adaptation.evidence is None or not rows:
-        return [None] * len(rows)
-    width = adaptation.evidence.shape[1]
-    loved = [rating >= BECAUSE_MIN_RATING for rating in support_ratings]
-    allowed = torch.tensor([loved + [False] * (width - len(loved))], device=item_features.device)
-    index = torch.tensor(rows, dtype=torch.long, device=item_features.device)
-    picked = learner.explain(adaptation, users, item_features, index, allowed)[0].tolist()
-    rated = set(support_rows)
-    return [
-        None if row in rated or j >= len(support_rows) else support_rows[j]
-        for row, j in zip(rows, picked, strict=True)
-    ]

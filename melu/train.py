@@ -20,45 +20,45 @@ from melu.config import MetaConfig, ModelConfig, TrainConfig
 from melu.data import ColdStartData
 from melu.distributed import World, init_from_env
 from melu.errors import MeluError
-from melu.maml import MetaLearner, TaskFeatures, gather
-from melu.objectives import WatchEpisode, sample_episodes
+from melu.learners import Learner, build_learner, fit_to_training
+from melu.maml import TaskFeatures, gather
+from melu.objectives import Episode, sample_episodes
 from melu.predict import catalogue_recall, query_mae
+from melu.schedule import choose_step_schedule
+from melu.scoring import CatalogueScorer
+from melu.taste_learner import TasteLearner
 
 log = logging.getLogger(__name__)
-Batch = TypeVar("Batch", TaskFeatures, WatchEpisode)
+Batch = TypeVar("Batch", TaskFeatures, Episode)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 # Tasks are sorted by support size within pools of this many batches (see TaskSet.batches).
 BUCKET_BATCHES = 8
-# Parameters of the watch model (objective "rating+watch"); they share nothing with the rating
-# model's, so each part keeps the weights of its own best validation epoch.
-WATCH_PREFIX = "net.watch."
-# The watch model is selected on validation Recall@10 from this many ratings per user.
+# The taste model is selected on validation Recall@10 from this many ratings per user.
 SELECT_SUPPORT = 5
 
 
-def stop_measures(watch: bool) -> str:
-    """The validation measures early stopping watches, in words: training stops after
-    ``patience`` epochs in which none of them improved."""
-    if not watch:
+def stop_measures(lists: bool) -> str:
+    """The validation measure early stopping watches and selects on, in words: the taste
+    model's list (``lists``), MeLU's rating network's MAE."""
+    if not lists:
         return "validation MAE"
-    return f"validation MAE or Recall@10 from {SELECT_SUPPORT} ratings"
+    return f"validation Recall@10 from {SELECT_SUPPORT} ratings"
 
 
 def kept_weights(metrics: dict[str, Any]) -> str:
-    """Which epochs' weights a checkpoint holds, and why: the rating network's from its best
-    validation MAE, the watch model's (when there is one) from its best validation Recall@10."""
-    text = (
-        f"the rating network from epoch {metrics.get('best_epoch')} (best validation MAE "
+    """Which epoch's weights a checkpoint holds, and why."""
+    if "best_recall_epoch" in metrics:
+        return (
+            f"the weights of epoch {metrics['best_recall_epoch']} (best validation Recall@10 "
+            f"from {SELECT_SUPPORT} ratings {float(metrics['best_val_recall']):.4f}; validation "
+            f"MAE {float(metrics.get('best_val_mae', math.nan)):.4f})"
+        )
+    return (
+        f"the weights of epoch {metrics.get('best_epoch')} (best validation MAE "
         f"{float(metrics.get('best_val_mae', math.nan)):.4f})"
     )
-    if "best_recall_epoch" in metrics:
-        text += (
-            f" and the watch model from epoch {metrics['best_recall_epoch']} (best validation "
-            f"Recall@10 from {SELECT_SUPPORT} ratings {float(metrics['best_val_recall']):.4f})"
-        )
-    return text
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,30 +76,10 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _shard(f: Batch, world: World) -> Batch:
-    """This rank's tasks of a batch (a NamedTuple of tensors with a leading task dim)."""
+    """This rank's tasks of a batch (a NamedTuple of tensors, or None, with a leading task
+    dim)."""
     part = world.shard(f.users.shape[0])
-    return type(f)(*(t[part] for t in f))
-
-
-def _clip(learner: MetaLearner, max_norm: float) -> None:
-    """Clip the rating model's and the watch model's gradients apart: the watch loss's larger
-    gradients must not shrink the rating model's steps (it then trains as it would alone)."""
-    rating: list[torch.nn.Parameter] = []
-    watch: list[torch.nn.Parameter] = []
-    for name, param in learner.named_parameters():
-        (watch if name.startswith(WATCH_PREFIX) else rating).append(param)
-    for group in (rating, watch):
-        if group:
-            torch.nn.utils.clip_grad_norm_(group, max_norm)
-
-
-def _merge(
-    rating_state: dict[str, torch.Tensor], watch_state: dict[str, torch.Tensor] | None
-) -> dict[str, torch.Tensor]:
-    """The rating model's best weights with the watch model's best weights."""
-    if watch_state is None:
-        return rating_state
-    return {**rating_state, **{k: v for k, v in watch_state.items() if k.startswith(WATCH_PREFIX)}}
+    return type(f)(*(None if t is None else t[part] for t in f))  # type: ignore[arg-type]
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -133,9 +113,10 @@ def train(
 ) -> ckpt.Checkpoint:
     """Meta-train on ``data.tasks["warm"]``, early-stopping on ``data.tasks["validation"]``.
 
-    Training stops after ``train_cfg.patience`` epochs in which neither validation MAE nor (a
-    watch model's) validation Recall@10 improved; the checkpoint holds the rating network of
-    the best MAE epoch and the watch model of the best Recall@10 epoch (:func:`kept_weights`).
+    Training stops after ``train_cfg.patience`` epochs in which the selection measure did not
+    improve (:func:`stop_measures`: the taste model's validation Recall@10 from 5 ratings, MeLU
+    network's validation MAE); the checkpoint holds the weights of its best epoch
+    (:func:`kept_weights`).
 
     ``stop_after_epoch`` ends the run after that many epochs as if interrupted (tests use it
     to check that ``resume`` continues to the same result).
@@ -160,7 +141,12 @@ def train(
 
     dtype = _dtype(train_cfg.dtype)
     torch.manual_seed(train_cfg.seed)
-    learner = ckpt.build_learner(data.encoder, model_cfg, meta_cfg).to(device=device, dtype=dtype)
+    learner = build_learner(data.encoder, model_cfg, meta_cfg, data.scale)
+    if previous is None or not previous.resume:
+        fit_to_training(
+            learner, data.train_ratings, data.catalogue.rows, data.catalogue.table.numpy()
+        )
+    learner = learner.to(device=device, dtype=dtype)
     optimizer = torch.optim.Adam(
         learner.parameters(),
         lr=train_cfg.lr,
@@ -175,8 +161,8 @@ def train(
     )
     start_epoch, history, bad_epochs = 0, [], 0
     best: dict[str, Any] = {"val_mae": math.inf, "epoch": -1, "state": None}
-    watch = learner.watch is not None
-    best_watch: dict[str, Any] = {"recall": -math.inf, "epoch": -1, "state": None}
+    lists = isinstance(learner, TasteLearner)
+    best_list: dict[str, Any] = {"recall": -math.inf, "epoch": -1, "state": None}
 
     if previous is not None and previous.resume:
         learner.load_state_dict(previous.resume["model"])
@@ -192,8 +178,8 @@ def train(
             "epoch": int(previous.metrics["best_epoch"]),
             "state": previous.state,
         }
-        if watch:
-            best_watch = {
+        if lists:
+            best_list = {
                 "recall": float(previous.metrics["best_val_recall"]),
                 "epoch": int(previous.metrics["best_recall_epoch"]),
                 "state": previous.state,
@@ -207,6 +193,8 @@ def train(
         )
     user_table = data.user_table.to(device)
     item_table = data.catalogue.table.to(device)
+    recommendable = data.catalogue.recommendable.to(device)
+    vocab = data.encoder.item_specs()[0].vocab_size
     # Ratings in the training dtype once here, not per step.
     train_tasks = data.tasks["warm"].to(device, dtype)
     val_tasks = data.tasks["validation"].to(device, dtype)
@@ -246,21 +234,25 @@ def train(
                 if device.type == "cuda":
                     # A new iteration: CUDA graphs may reuse the last one's output memory.
                     torch.compiler.cudagraph_mark_step_begin()
-            features = _shard(gather(batch, user_table, item_table), world)
-            if watch:
+            if lists:
                 episode = sample_episodes(
-                    batch, user_table, item_table, meta_cfg.watch_support, meta_cfg.watch_target_min
+                    batch,
+                    user_table,
+                    item_table,
+                    meta_cfg.episode_support,
+                    model_cfg.liked_rating,
+                    vocab_size=vocab,
                 )
-                losses = loss_fn(features, _shard(episode, world), item_table)
+                losses = loss_fn(_shard(episode, world), item_table, recommendable)
             else:
-                losses = loss_fn(features)
+                losses = loss_fn(_shard(gather(batch, user_table, item_table), world))
             # Sum over this rank's tasks / global batch size, times the world size that
             # DDP's gradient averaging divides by: the gradient of the global mean loss.
             loss = losses.sum() * world.size / size
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if train_cfg.grad_clip > 0:
-                _clip(learner, train_cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(learner.parameters(), train_cfg.grad_clip)
             optimizer.step()
             total += losses.detach().sum()
             if progress and world.is_main and step % 10 == 0:
@@ -269,7 +261,9 @@ def train(
             scheduler.step()
         if world.enabled:
             torch.distributed.all_reduce(total)
-        val = query_mae(learner, val_tasks, user_table, item_table)
+        learner.eval()
+        scorer = CatalogueScorer(learner, item_table, recommendable) if lists else None
+        val = query_mae(learner, val_tasks, user_table, item_table, data.scale, scorer=scorer)
         row = {
             "epoch": epoch + 1,
             "train_loss": float(total.item()) / len(train_tasks),
@@ -278,17 +272,23 @@ def train(
             "lr": optimizer.param_groups[0]["lr"],
         }
         improved = False
-        if val["mae"] < best["val_mae"]:
-            best = {"val_mae": val["mae"], "epoch": epoch + 1, "state": _cpu_state(learner)}
-            improved = True
-        if watch:
+        if scorer is not None:
             recall = catalogue_recall(
-                learner, val_tasks, user_table, item_table, SELECT_SUPPORT, seed=train_cfg.seed
+                scorer,
+                val_tasks,
+                user_table,
+                model_cfg.liked_rating,
+                SELECT_SUPPORT,
+                seed=train_cfg.seed,
             )
             row["val_recall"] = recall
-            if recall > best_watch["recall"]:
-                best_watch = {"recall": recall, "epoch": epoch + 1, "state": _cpu_state(learner)}
+            if recall > best_list["recall"]:
+                best_list = {"recall": recall, "epoch": epoch + 1, "state": _cpu_state(learner)}
+                best = {"val_mae": val["mae"], "epoch": epoch + 1, "state": best_list["state"]}
                 improved = True
+        elif val["mae"] < best["val_mae"]:
+            best = {"val_mae": val["mae"], "epoch": epoch + 1, "state": _cpu_state(learner)}
+            improved = True
         row["seconds"] = round(time.perf_counter() - started, 3)
         history.append(row)
         bad_epochs = 0 if improved else bad_epochs + 1
@@ -299,26 +299,24 @@ def train(
             "best_val_mae": best["val_mae"],
             "stopped_early": stop,
         }
-        if watch:
-            metrics["best_val_recall"] = best_watch["recall"]
-            metrics["best_recall_epoch"] = best_watch["epoch"]
+        if lists:
+            metrics["best_val_recall"] = best_list["recall"]
+            metrics["best_recall_epoch"] = best_list["epoch"]
         if world.is_main:
             log.info(
-                "epoch %d: train loss %.4f, validation MAE %.4f (best %.4f at epoch %d)%s, %.1fs%s",
+                "epoch %d: train loss %.4f, validation MAE %.4f%s, %.1fs%s",
                 epoch + 1,
                 row["train_loss"],
                 val["mae"],
-                best["val_mae"],
-                best["epoch"],
-                f", recall@10 {row['val_recall']:.4f} (best {best_watch['recall']:.4f} at "
-                f"epoch {best_watch['epoch']})"
-                if watch
-                else "",
+                f", Recall@10 {row['val_recall']:.4f} (best {best_list['recall']:.4f} at "
+                f"epoch {best_list['epoch']})"
+                if lists
+                else f" (best {best['val_mae']:.4f} at epoch {best['epoch']})",
                 row["seconds"],
                 # How close early stopping is, so that a run going on past its best MAE epoch
                 # is no surprise.
                 f"; {bad_epochs} of {train_cfg.patience} epochs without a better "
-                f"{stop_measures(watch)}"
+                f"{stop_measures(lists)}"
                 if bad_epochs
                 else "",
             )
@@ -329,7 +327,7 @@ def train(
                 train=train_cfg,
                 encoder=data.encoder,
                 catalogue=data.catalogue,
-                state=_merge(best["state"], best_watch["state"]),
+                state=best["state"],
                 metrics=metrics,
                 resume={
                     "model": _cpu_state(learner),
@@ -346,7 +344,7 @@ def train(
             log.info(
                 "early stop after epoch %d: no better %s for %d epochs; the checkpoint keeps %s",
                 epoch + 1,
-                stop_measures(watch),
+                stop_measures(lists),
                 train_cfg.patience,
                 kept_weights(metrics),
             )
@@ -354,10 +352,36 @@ def train(
             break
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
+    if world.is_main and lists and path.exists():
+        _schedule_steps(path, data, device, train_cfg.seed)
     if world.enabled:
         torch.distributed.barrier()
     return ckpt.load(path)
 
 
-def _cpu_state(learner: MetaLearner) -> dict[str, torch.Tensor]:
+def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed: int) -> None:
+    """Once training has ended: choose how far the taste model's steps go per support size on
+    validation users (:mod:`melu.schedule`), into the kept weights. A run interrupted before
+    its end leaves this to the resumed run; a finished one has it already."""
+    checkpoint = ckpt.load(path, map_location=device)
+    finished = int(checkpoint.resume.get("epoch", 0)) >= checkpoint.train.epochs
+    if not finished or "step_schedule" in checkpoint.metrics:
+        return
+    learner = checkpoint.learner(device)
+    assert isinstance(learner, TasteLearner)
+    tried = choose_step_schedule(
+        learner,
+        data.catalogue.table.to(device),
+        data.catalogue.recommendable.to(device),
+        data.tasks["validation"].to(device, next(learner.parameters()).dtype),
+        data.user_table.to(device),
+        seed,
+    )
+    schedule = learner.net.step_schedule.detach().cpu()
+    checkpoint.state["net.step_schedule"] = schedule.clone()
+    checkpoint.metrics["step_schedule"] = {"chosen": schedule.tolist(), "recall@10": tried}
+    ckpt.save(path, checkpoint)
+
+
+def _cpu_state(learner: Learner) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in learner.state_dict().items()}

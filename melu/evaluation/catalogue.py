@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,8 +30,8 @@ import torch
 from melu.data import ColdStartData
 from melu.evaluation import metrics as M
 from melu.evaluation.rankers import Ranker, Setting, Supports
-from melu.maml import MetaLearner
-from melu.ranking import batch_invariant, catalogue_scores, rank
+from melu.ranking import batch_invariant, rank
+from melu.scoring import CatalogueScorer
 
 log = logging.getLogger(__name__)
 
@@ -178,41 +179,43 @@ def build_cases(
 # --- scoring with the model, exactly as the service does ------------------------------------
 
 
+class ModelLists(NamedTuple):
+    """The model's scores for a batch of cases: ranking scores and predicted ratings ``[n, R]``
+    and, where the model keeps lists above the user's own mean, which rows clear it."""
+
+    scores: np.ndarray
+    ratings: np.ndarray
+    above_floor: np.ndarray | None
+
+
 @torch.no_grad()
 def model_scores(
-    learner: MetaLearner,
+    scorer: CatalogueScorer,
     user_table: torch.Tensor,
-    item_table: torch.Tensor,
     users: np.ndarray,
     supports: Supports,
     steps: int | None = None,
     batch_size: int = 256,
-) -> np.ndarray:
-    """Ranking scores ``[n, R]`` after adapting on each support, as ``/recommend`` computes
-    them (:meth:`MetaLearner.adapt`, then :func:`melu.ranking.catalogue_scores`)."""
-    was_training = learner.training
-    learner.eval()
-    device = item_table.device
-    dtype = next(learner.parameters()).dtype
-    features = learner.item_features(item_table) if learner.head_only else None
-    out = np.zeros((len(users), item_table.shape[0]))
-    try:
-        for start in range(0, len(users), batch_size):
-            sl = slice(start, start + batch_size)
-            rows = torch.as_tensor(supports.rows[sl], device=device)
-            u = user_table[torch.as_tensor(users[sl], device=device)]
-            adaptation = learner.adapt(
-                u,
-                item_table[rows],
-                torch.as_tensor(supports.ratings[sl], dtype=dtype, device=device),
-                rows > 0,
-                steps=steps,
-            )
-            scores = catalogue_scores(learner, adaptation, u, item_table, features)
-            out[sl] = batch_invariant(scores.cpu()).double().numpy()
-    finally:
-        learner.train(was_training)
-    return out
+) -> ModelLists:
+    """Scores after adapting on each support, exactly as ``/recommend`` computes them
+    (:class:`melu.scoring.CatalogueScorer`), rounded to the ranking grid."""
+    device = scorer.table.device
+    dtype = next(scorer.learner.parameters()).dtype
+    n, width = len(users), scorer.table.shape[0]
+    scores, ratings = np.zeros((n, width)), np.zeros((n, width))
+    above = np.zeros((n, width), dtype=bool) if scorer.floor else None
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        rows = torch.as_tensor(supports.rows[sl], device=device)
+        u = user_table[torch.as_tensor(users[sl], device=device)]
+        given = torch.as_tensor(supports.ratings[sl], dtype=dtype, device=device)
+        state = scorer.adapt(u, rows, given, rows > 0, steps)
+        out = scorer.scores(state, u)
+        scores[sl] = batch_invariant(out.rank.cpu()).double().numpy()
+        ratings[sl] = out.rating.cpu().double().numpy()
+        if above is not None and out.above_floor is not None:
+            above[sl] = out.above_floor.cpu().numpy()
+    return ModelLists(scores, ratings, above)
 
 
 # --- judging the lists ------------------------------------------------------------------------

@@ -30,8 +30,7 @@ import torch
 from scipy import sparse
 from sklearn.linear_model import RidgeCV
 
-from melu import checkpoint as ckpt
-from melu.config import MetaConfig, ModelConfig, TrainConfig
+from melu.config import MetaConfig, ModelConfig, RatingScale, TrainConfig
 from melu.data import ColdStartData
 from melu.errors import MeluError
 from melu.evaluation.metrics import (
@@ -46,8 +45,10 @@ from melu.evaluation.metrics import (
     support_bucket,
 )
 from melu.evaluation.report import Comparison, MetricRow
+from melu.learners import Learner, build_learner
 from melu.maml import MetaLearner, support_stats
-from melu.predict import RATING_MAX, RATING_MIN, predict_queries
+from melu.predict import predict_queries
+from melu.scoring import CatalogueScorer
 from melu.tasks import SCENARIOS, TaskSet
 
 log = logging.getLogger(__name__)
@@ -119,12 +120,16 @@ def support_mean(tasks: TaskSet) -> np.ndarray:
     return (y * mask).sum(1) / np.maximum(mask.sum(1), 1)
 
 
-def _clip(pred: np.ndarray) -> np.ndarray:
-    return np.clip(pred, RATING_MIN, RATING_MAX)
+def _clip(pred: np.ndarray, scale: RatingScale) -> np.ndarray:
+    return np.clip(pred, scale.low, scale.high)
 
 
 def tune_damping(
-    ratings: pd.DataFrame, item_rows: dict[int, int], n_rows: int, validation: TaskSet
+    ratings: pd.DataFrame,
+    item_rows: dict[int, int],
+    n_rows: int,
+    validation: TaskSet,
+    scale: RatingScale,
 ) -> tuple[RatingStats, dict[str, float]]:
     """:class:`RatingStats` with the damping whose ``user_item_bias`` has the lowest MAE on
     the validation users' queries; also returns each candidate's MAE."""
@@ -135,7 +140,7 @@ def tune_damping(
     best: tuple[float, RatingStats] | None = None
     for damping in ITEM_BIAS_DAMPINGS:
         stats = RatingStats.fit(ratings, item_rows, n_rows, damping)
-        mae = float(np.abs(_clip(user + stats.item_bias[x_qry]) - y_qry).mean())
+        mae = float(np.abs(_clip(user + stats.item_bias[x_qry], scale) - y_qry).mean())
         maes[str(damping)] = mae
         if best is None or mae < best[0]:
             best = (mae, stats)
@@ -156,7 +161,11 @@ def content_bias(
 
 
 def simple_baselines(
-    tasks: TaskSet, stats: RatingStats, item_content_bias: np.ndarray, rng: np.random.Generator
+    tasks: TaskSet,
+    stats: RatingStats,
+    item_content_bias: np.ndarray,
+    rng: np.random.Generator,
+    scale: RatingScale,
 ) -> dict[str, tuple[np.ndarray | None, np.ndarray]]:
     """Predictions and ranking scores ``[n, Q]`` of the non-learned baselines on ``tasks``."""
     x_qry = tasks.batch_all.x_qry.cpu().numpy()
@@ -165,8 +174,8 @@ def simple_baselines(
     global_ = np.full(shape, stats.global_mean)
     user_mean = np.broadcast_to(user, shape).copy()
     item_mean = stats.item_mean[x_qry]
-    bias = _clip(user + stats.item_bias[x_qry])
-    content = _clip(user + item_content_bias[x_qry])
+    bias = _clip(user + stats.item_bias[x_qry], scale)
+    content = _clip(user + item_content_bias[x_qry], scale)
     return {
         "user_item_bias": (bias, bias),
         "user_content_bias": (content, content),
@@ -207,7 +216,13 @@ def train_regression(
     started = time.perf_counter()
     device = torch.device(device)
     torch.manual_seed(seed)
-    learner = ckpt.build_learner(data.encoder, model_cfg, meta_cfg).to(device)
+    # MeLU's network, whatever model the checkpoint holds: the baseline is the paper's
+    # network without meta-learning.
+    rating_cfg = dataclasses.replace(model_cfg, objective="rating")
+    rating_meta = meta_cfg if model_cfg.objective == "rating" else MetaConfig()
+    learner = build_learner(data.encoder, rating_cfg, rating_meta)
+    assert isinstance(learner, MetaLearner)
+    learner = learner.to(device)
     warm = data.tasks["warm"]
     b = warm.batch_all
     mean, context = torch.vmap(support_stats)(b.y_spt.float(), b.mask_spt)
@@ -249,7 +264,7 @@ def train_regression(
             if scheduler is not None:
                 scheduler.step()
             total += float(loss.detach()) * len(i)
-        pred_val = predict_queries(learner, val, user_table, item_table, steps=0)
+        pred_val = predict_queries(learner, val, user_table, item_table, data.scale, steps=0)
         val_mae = float(np.abs(pred_val - val.batch_all.y_qry.cpu().numpy()).mean())
         history.append({"epoch": epoch + 1, "train_mse": total / len(target), "val_mae": val_mae})
         if val_mae < best_mae:
@@ -289,6 +304,7 @@ def tune_finetune_rate(
     validation: TaskSet,
     user_table: torch.Tensor,
     item_table: torch.Tensor,
+    scale: RatingScale,
 ) -> tuple[MetaLearner, dict[str, float]]:
     """The regression network with the local rate (from :data:`FINETUNE_RATES`) whose
     fine-tuned validation MAE is lowest, and each candidate's MAE. Same local steps as MeLU."""
@@ -299,7 +315,7 @@ def tune_finetune_rate(
         cfg = dataclasses.replace(regression.cfg, local_lr=rate)
         learner = MetaLearner(regression.net, cfg).to(next(regression.parameters()).device)
         learner.eval()
-        pred = predict_queries(learner, validation, user_table, item_table)
+        pred = predict_queries(learner, validation, user_table, item_table, scale)
         mae = float(np.abs(pred - target).mean())
         maes[str(rate)] = mae
         if best is None or mae < best[0]:
@@ -401,21 +417,24 @@ def score(
 
 def predict_scenario(
     tasks: TaskSet,
-    models: dict[str, tuple[MetaLearner, int | None]],
+    models: dict[str, tuple[Learner, int | None]],
     stats: RatingStats,
     item_content_bias: np.ndarray,
     user_table: torch.Tensor,
     item_table: torch.Tensor,
     rng: np.random.Generator,
+    scale: RatingScale,
+    scorer: CatalogueScorer | None = None,
 ) -> Predictions:
     """Query predictions of every model (learner, local steps) and baseline on ``tasks``."""
     if not bool(tasks.batch_all.mask_qry.all()):
         raise ValueError(f"{tasks.name}: every task must have a full query set")
     methods: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
     for name, (learner, steps) in models.items():
-        pred = predict_queries(learner, tasks, user_table, item_table, steps=steps)
+        own = scorer if scorer is not None and scorer.learner is learner else None
+        pred = predict_queries(learner, tasks, user_table, item_table, scale, steps, scorer=own)
         methods[name] = (pred, pred)
-    methods.update(simple_baselines(tasks, stats, item_content_bias, rng))
+    methods.update(simple_baselines(tasks, stats, item_content_bias, rng, scale))
     return Predictions(
         scenario=tasks.name,
         y_true=tasks.batch_all.y_qry.cpu().numpy().astype(np.float64),

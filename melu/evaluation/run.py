@@ -307,7 +307,9 @@ def evaluate_queries(
     )
     user_table, item_table = data.user_table.to(device), data.catalogue.table.to(device)
     validation = data.tasks["validation"].to(device)
-    finetuned, rate_maes = Q.tune_finetune_rate(regression, validation, user_table, item_table)
+    finetuned, rate_maes = Q.tune_finetune_rate(
+        regression, validation, user_table, item_table, data.scale
+    )
     regression_info["finetune_rate"] = finetuned.cfg.local_lr
     regression_info["finetune_val_mae"] = rate_maes
     models: dict[str, tuple[MetaLearner, int | None]] = {
@@ -321,7 +323,7 @@ def evaluate_queries(
     side = data.ratings[data.ratings["split"] == "warm"]
     n_rows = len(data.catalogue.item_ids)
     stats, damping_maes = Q.tune_damping(
-        side, data.catalogue.rows, n_rows, data.tasks["validation"]
+        side, data.catalogue.rows, n_rows, data.tasks["validation"], data.scale
     )
     content = content_matrix(data.catalogue.table, data.encoder.item_specs())
     item_content_bias, content_info = Q.content_bias(stats, content)
@@ -347,6 +349,8 @@ def evaluate_queries(
             user_table,
             item_table,
             np.random.default_rng([seed, key, 2000]),
+            data.scale,
+            scorer,
         )
         new_rows, new_comparisons = Q.score(preds, bootstrap, seed)
         rows += new_rows

@@ -1,0 +1,210 @@
+"""One scoring path: a learner over a catalogue, as evaluation measures it and ``/recommend``
+serves it.
+
+:class:`CatalogueScorer` holds what a loaded model computes once per catalogue (the taste
+model's item side; MeLU's embedded items and the item side of its first layer) and turns a
+batch of supports into
+
+- ``adapt``: the users' fast weights (the learner's one local update);
+- ``scores``: the ranking score and the predicted rating of every catalogue row, and, where the
+  model holds lists above the user's own mean (``ModelConfig.rank_floor``), which rows clear
+  it (:func:`melu.ranking.rank` puts the others last);
+- ``explain``: for the taste model, the loved support item each listed row follows most.
+
+The catalogue protocol (:mod:`melu.evaluation.catalogue`), training's model selection
+(:mod:`melu.predict`) and the service (:mod:`service.recommender`) all score through it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from melu import closed_form
+from melu.learners import Learner
+from melu.maml import Adaptation, MetaLearner
+from melu.taste_learner import CatalogueSide, TasteLearner, TasteState
+
+# Floats of [B, chunk, H1] activations per chunk: small enough to stay in cache.
+CHUNK_FLOATS = 1 << 16
+
+State = Adaptation | TasteState
+
+
+class Scores(NamedTuple):
+    """Every catalogue row for a batch of users ``[B, R]``: the ranking score, the predicted
+    rating, and which rows clear the user's own mean (None: the model keeps no floor)."""
+
+    rank: torch.Tensor
+    rating: torch.Tensor
+    above_floor: torch.Tensor | None
+
+
+class CachedItemSide:
+    """MeLU's closed-form local update with the catalogue's ``W_item x`` cached.
+
+    Under the closed form (only the head adapts, one fixed rate) a task's first-layer
+    pre-activation of item ``x`` is ``W_item x + (W_task t + b) - lr * sum_j k(x, s_j) g_j``,
+    and only the last two terms depend on the user: ``W_item x`` (``[N, H1]``, about 70% of the
+    per-item arithmetic of ``closed_form.predict``) is computed once per catalogue here.
+    ``tests/test_service.py`` checks that this gives ``closed_form.predict``'s ratings.
+    """
+
+    def __init__(self, learner: MetaLearner, features: torch.Tensor) -> None:
+        params = learner.meta_params()
+        weight = params["head.layers.0.weight"]
+        self.task_dim = weight.shape[1] - features.shape[1]
+        with torch.no_grad():
+            self.item_side = torch.nn.functional.linear(features, weight[:, self.task_dim :])
+        self.features = features
+        self.params = params
+        self.lr = learner.cfg.local_lr
+
+    def applies(self, adaptation: Adaptation) -> bool:
+        return adaptation.kernel is not None and adaptation.kernel.task.shape[-1] == self.task_dim
+
+    def scores(
+        self,
+        adaptation: Adaptation,
+        features: torch.Tensor | None = None,
+        item_side: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predicted ratings ``[B, N]`` of the whole catalogue, or of other items given with
+        their features and item side (a subset of rows, cluster centroids)."""
+        features = self.features if features is None else features
+        item_side = self.item_side if item_side is None else item_side
+        kernel = adaptation.kernel
+        assert kernel is not None
+        weight, bias = self.params["head.layers.0.weight"], self.params["head.layers.0.bias"]
+        task, support, state = kernel.task, kernel.support, kernel.state
+        per_task = torch.nn.functional.linear(task, weight[:, : self.task_dim], bias)  # [B, H1]
+        batch, size, width = support.shape
+        hidden = per_task.shape[-1]
+        flat_support = support.reshape(batch * size, width).t()  # [Di, B*S]
+        shared = ((task * task).sum(-1) + 1.0)[:, None, None]  # [B, 1, 1]
+        step = max(128, CHUNK_FLOATS // (batch * hidden))
+        parts = []
+        for start in range(0, features.shape[0], step):
+            items = features[start : start + step]  # [n, Di]
+            pre1 = item_side[start : start + step].unsqueeze(0) + per_task.unsqueeze(1)
+            if state.first_grads.shape[1]:
+                dots = items @ flat_support  # one GEMM for every task: [n, B*S]
+                gram = dots.reshape(-1, batch, size).transpose(0, 1) + shared  # [B, n, S]
+                pre1 = torch.baddbmm(pre1, gram, state.first_grads, alpha=-self.lr)
+            parts.append(closed_form._forward(pre1, state.layers)[1])
+        return torch.cat(parts, dim=1) + adaptation.offset.unsqueeze(-1)
+
+
+class CatalogueScorer:
+    """A learner (in eval mode) over one catalogue: the per-catalogue work done once, here.
+
+    ``table [R, W]``: the catalogue's feature ids; ``recommendable [R]``: the rows a list may
+    hold (:attr:`melu.data.Catalogue.recommendable`). Call under ``torch.no_grad()``.
+    """
+
+    def __init__(self, learner: Learner, table: torch.Tensor, recommendable: torch.Tensor) -> None:
+        if learner.training:
+            raise ValueError("score in eval mode (dropout would make the scores random)")
+        self.learner = learner
+        self.table = table
+        self.recommendable = recommendable.to(table.device)
+        self.side: CatalogueSide | None = None
+        self.features: torch.Tensor | None = None
+        self.cached: CachedItemSide | None = None
+        with torch.no_grad():
+            if isinstance(learner, TasteLearner):
+                self.side = learner.catalogue_side(table, self.recommendable)
+            elif learner.head_only:
+                # Items embed the same way for every user when only the head adapts.
+                self.features = learner.item_features(table)
+                if learner.closed_form:
+                    self.cached = CachedItemSide(learner, self.features)
+
+    @property
+    def floor(self) -> bool:
+        """Whether lists are held above the user's own mean (``ModelConfig.rank_floor``)."""
+        return isinstance(self.learner, TasteLearner) and self.learner.net.cfg.rank_floor
+
+    def adapt(
+        self,
+        users: torch.Tensor,
+        rows: torch.Tensor,
+        ratings: torch.Tensor,
+        mask: torch.Tensor,
+        steps: int | None = None,
+    ) -> State:
+        """Fast weights of a batch of users: field ids ``[B, U]``, support catalogue rows,
+        ratings and mask ``[B, S]`` (padding: row 0, masked)."""
+        x_spt = self.table[rows]
+        if isinstance(self.learner, TasteLearner):
+            assert self.side is not None
+            return self.learner.adapt(users, rows, x_spt, ratings, mask, self.side, steps)
+        return self.learner.adapt(users, x_spt, ratings, mask, steps=steps)
+
+    def scores(self, state: State, users: torch.Tensor) -> Scores:
+        """:class:`Scores` of every catalogue row for the adapted users."""
+        learner = self.learner
+        if isinstance(learner, TasteLearner):
+            assert isinstance(state, TasteState) and self.side is not None
+            logits, ratings = learner.scores(state, self.side)
+            weight = learner.net.cfg.rank_rating_weight
+            rank = logits + weight * ratings if weight else logits
+            above = None
+            if learner.net.cfg.rank_floor:
+                above = ratings >= learner.support_mean(state).unsqueeze(-1)
+            return Scores(rank, ratings, above)
+        assert isinstance(state, Adaptation)
+        if self.cached is not None and self.cached.applies(state):
+            ratings = self.cached.scores(state)
+        elif self.features is not None:
+            ratings = learner.predict_from_features(state, users, self.features)
+        else:
+            ratings = self._per_user_ratings(state, users)
+        return Scores(ratings, ratings, None)
+
+    def _per_user_ratings(self, state: Adaptation, users: torch.Tensor) -> torch.Tensor:
+        """MeLU with an adapted encoder: items embed per user, in chunks."""
+        assert isinstance(self.learner, MetaLearner)
+        batch = users.shape[0]
+        step = max(1, 65_536 // batch)
+        parts = [
+            self.learner.predict(
+                state, users, self.table[start : start + step].expand(batch, -1, -1)
+            )
+            for start in range(0, self.table.shape[0], step)
+        ]
+        return torch.cat(parts, dim=1)
+
+    def support_losses(self, state: State) -> tuple[list[float], list[float]]:
+        """Each user's support loss before and after the local steps."""
+        return state.loss_before.tolist(), state.loss_after.tolist()
+
+    def explain(
+        self,
+        state: State,
+        index: int,
+        rows: Sequence[int],
+        support_rows: Sequence[int],
+        support_ratings: Sequence[float],
+        loved: float,
+    ) -> list[int | None]:
+        """For user ``index`` of the batch and each listed catalogue row: the support row
+        rated at least ``loved`` whose part of the ranking logit is largest, or None (a row
+        the user rated, none loved, or a model that cannot say: MeLU's)."""
+        if not isinstance(self.learner, TasteLearner) or not rows or not support_rows:
+            return [None] * len(rows)
+        assert isinstance(state, TasteState) and self.side is not None
+        parts = self.learner.support_parts(state, index, self.side, torch.tensor(rows))
+        width = len(support_rows)
+        parts = parts[:width]  # [S, K]; the batch may pad the support further
+        ok = torch.tensor([r >= loved for r in support_ratings], device=parts.device)
+        parts = parts.masked_fill(~ok.unsqueeze(1), -math.inf)
+        best = parts.argmax(0).tolist()
+        rated = set(support_rows)
+        return [
+            None if row in rated or not bool(ok.any()) else support_rows[j]
+            for row, j in zip(rows, best, strict=True)
+        ]

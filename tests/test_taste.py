@@ -1,0 +1,299 @@
+"""The taste model: its co-occurrence, its local update and its meta-gradient, on small
+hand-made catalogues in float64, and its ranking floor."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from melu.config import MetaConfig, ModelConfig, RatingScale
+from melu.cooccurrence import Cooccurrence, normalised_cooccurrence, top_neighbours
+from melu.features import FieldSpec
+from melu.objectives import ITEM_ID_COLUMN, Episode
+from melu.ranking import rank, top_k_row
+from melu.taste import TasteNet
+from melu.taste_learner import TasteLearner
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+N_ITEMS = 12  # catalogue rows 1..12; row 0 is padding
+N_IDS = 10  # rows 1..9 have training ratings (ids 1..9); rows 10..12 are new items (id 0)
+USER_SPECS = [
+    FieldSpec("gender", 3, 0, 1, False),
+    FieldSpec("age", 4, 1, 1, False),
+]
+ITEM_SPECS = [
+    FieldSpec("item", N_IDS, ITEM_ID_COLUMN, 1, False),
+    FieldSpec("rate", 3, 1, 1, False),
+    FieldSpec("year", 1, 2, 1, False),
+    FieldSpec("genre", 5, 3, 2, True),
+]
+MODEL = ModelConfig(
+    objective="taste",
+    taste_dim=6,
+    rating_dim=3,
+    embedding_dim=4,
+    item_fields=("rate", "genre"),
+    user_fields=("gender", "age"),
+    taste_id_dropout=0.0,
+    user_field_dropout=0.0,
+)
+META = MetaConfig(local_steps=2, local_lr=0.3)
+
+
+def table() -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    rows = [[0, 0, 0, 0, 0]]
+    for r in range(1, N_ITEMS + 1):
+        item_id = r if r < N_IDS else 0
+        genres = sorted(rng.choice(np.arange(1, 5), size=2, replace=False).tolist())
+        rows.append([item_id, int(rng.integers(1, 3)), 0, *genres])
+    return torch.tensor(rows, dtype=torch.long)
+
+
+TABLE = table()
+RECOMMENDABLE = TABLE[:, ITEM_ID_COLUMN] > 0
+USERS = torch.tensor([[1, 2], [2, 1], [0, 0]])
+# Training ratings: (user, item id) pairs for the co-occurrence.
+PAIRS = np.array(
+    [(u, i) for u in range(8) for i in range(1, N_IDS) if (u * 7 + i * 3) % 4 != 0],
+    dtype=np.int64,
+)
+
+
+def learner(dtype: torch.dtype = torch.float64, **meta: object) -> TasteLearner:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(META, **meta)  # type: ignore[arg-type]
+    net = TasteNet(USER_SPECS, ITEM_SPECS, MODEL, cfg, RatingScale())
+    out = TasteLearner(net, cfg)
+    net.cooccurrence_table.fit(PAIRS[:, 0], PAIRS[:, 1])
+    with torch.no_grad():
+        for p in out.parameters():  # away from the init's symmetries
+            p.add_(0.05 * torch.randn_like(p))
+    return out.to(dtype)
+
+
+def support() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows, ratings and mask of three users; the second is padded, the third has one rating
+    of a new item."""
+    rows = torch.tensor([[1, 4, 7, 2], [3, 5, 0, 0], [11, 0, 0, 0]])
+    ratings = torch.tensor([[5.0, 4.0, 1.0, 4.0], [4.0, 5.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]])
+    return rows, ratings.double(), rows > 0
+
+
+def episode(own: bool = True) -> Episode:
+    rows, ratings, mask = support()
+    targets = torch.tensor([[3, 6, 8], [1, 9, 0], [2, 4, 0]])
+    target_ratings = torch.tensor([[4.0, 2.0, 5.0], [5.0, 4.0, 0.0], [3.0, 4.0, 0.0]]).double()
+    target_mask = targets > 0
+    owned = None
+    if own:
+        owned = torch.zeros(3, N_IDS, dtype=torch.float64)
+        every = torch.cat([rows, targets], 1)
+        owned.scatter_(1, TABLE[every, ITEM_ID_COLUMN], 1.0)
+        owned[:, 0] = 0.0
+    return Episode(
+        users=USERS,
+        x_spt=TABLE[rows],
+        rows_spt=rows,
+        y_spt=ratings,
+        mask_spt=mask,
+        targets=targets,
+        target_ratings=target_ratings,
+        target_mask=target_mask,
+        liked=(target_mask & (target_ratings >= 4)).double(),
+        own=owned,
+    )
+
+
+# --- co-occurrence ------------------------------------------------------------------------------
+
+
+def dense(pairs: np.ndarray) -> np.ndarray:
+    """GF-CF's R~^T R~ by hand, diagonal zero."""
+    r = np.zeros((pairs[:, 0].max() + 1, N_IDS))
+    r[pairs[:, 0], pairs[:, 1]] = 1.0
+    du, di = r.sum(1), r.sum(0)
+    norm = r / np.sqrt(np.maximum(du, 1))[:, None] / np.sqrt(np.maximum(di, 1))[None, :]
+    p = norm.T @ norm
+    np.fill_diagonal(p, 0.0)
+    return p
+
+
+def test_cooccurrence_is_the_normalised_item_item_matrix() -> None:
+    p, degree = normalised_cooccurrence(PAIRS[:, 0], PAIRS[:, 1], N_IDS)
+    np.testing.assert_allclose(p.toarray(), dense(PAIRS), atol=1e-12)
+    np.testing.assert_array_equal(degree, np.bincount(PAIRS[:, 1], minlength=N_IDS))
+
+
+def test_top_neighbours_keep_the_largest_entries() -> None:
+    p, _ = normalised_cooccurrence(PAIRS[:, 0], PAIRS[:, 1], N_IDS)
+    index, value = top_neighbours(p, 3)
+    full = p.toarray()
+    for row in range(1, N_IDS):
+        expected = np.sort(full[row])[::-1][:3]
+        np.testing.assert_allclose(value[row], expected, rtol=1e-6)
+        np.testing.assert_allclose(full[row, index[row]], value[row], rtol=1e-6)
+
+
+def test_leaving_the_user_out_equals_the_matrix_without_them() -> None:
+    """The training-time correction gives exactly the co-occurrence of the other users."""
+    table = Cooccurrence(N_IDS, 0).double()
+    table.fit(PAIRS[:, 0], PAIRS[:, 1])
+    user = 3
+    mine = PAIRS[PAIRS[:, 0] == user, 1]
+    own = torch.zeros(1, N_IDS, dtype=torch.float64)
+    own[0, mine] = 1.0
+    ids = torch.tensor([mine[:3]])
+    weights = torch.tensor([[1.0, 0.5, 2.0]], dtype=torch.float64)
+    corrected = table.scores(ids, weights, own)[0].numpy()
+    # The matrix of the others, scaled as the fitted one (degrees stay the full data's).
+    others = PAIRS[PAIRS[:, 0] != user]
+    r = np.zeros((PAIRS[:, 0].max() + 1, N_IDS))
+    r[others[:, 0], others[:, 1]] = 1.0
+    di = np.bincount(PAIRS[:, 1], minlength=N_IDS)
+    du = np.bincount(PAIRS[:, 0])
+    norm = r / np.sqrt(np.maximum(du, 1))[:, None] / np.sqrt(np.maximum(di, 1))[None, :]
+    p = norm.T @ norm
+    np.fill_diagonal(p, 0.0)
+    expected = weights.numpy()[0] @ p[mine[:3]] / float(table.scale)
+    expected[0] = 0.0
+    np.testing.assert_allclose(corrected, expected, atol=1e-10)
+
+
+# --- the local update and the meta-gradient -----------------------------------------------------
+
+
+def test_second_order_meta_gradient_matches_finite_differences() -> None:
+    """Gradcheck of the episode loss, through two local steps, w.r.t. meta-parameters the
+    steps depend on (the step sizes, the pooled embeddings, the rating biases)."""
+    model = learner()
+    model.train()
+    ep = episode()
+    names = ["net.step_size.user", "net.rating_scale", "net.item_id.weight", "net.mean"]
+    base = dict(model.named_parameters())
+    inputs = tuple(base[n].detach().clone().requires_grad_() for n in names)
+
+    def loss(*values: torch.Tensor) -> torch.Tensor:
+        params = {**base, **dict(zip(names, values, strict=True))}
+        return torch.func.functional_call(
+            model, params, (ep, TABLE, RECOMMENDABLE), strict=False
+        ).sum()
+
+    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_first_order_drops_the_second_order_terms() -> None:
+    second, first = learner(), learner(first_order=True)
+    grads = []
+    for model in (second, first):
+        model.train()
+        model.zero_grad()
+        model.losses(episode(), TABLE, RECOMMENDABLE).sum().backward()
+        grads.append(model.net.step_size["user"].grad.clone())
+    # A step size reaches the query loss only through the step, in both orders, but the
+    # second order also differentiates the step's gradient: the two differ.
+    assert not torch.allclose(grads[0], grads[1])
+    assert torch.isfinite(grads[1]).all()
+
+
+def test_batched_losses_equal_one_user_at_a_time() -> None:
+    model = learner()
+    model.train()
+    ep = episode()
+    batched = model.losses(ep, TABLE, RECOMMENDABLE)
+    for b in range(3):
+        one = Episode(*(None if t is None else t[b : b + 1] for t in ep))
+        alone = model.losses(one, TABLE, RECOMMENDABLE)
+        torch.testing.assert_close(alone[0], batched[b], rtol=1e-10, atol=1e-10)
+
+
+def test_padding_changes_nothing() -> None:
+    model = learner().eval()
+    rows, ratings, mask = support()
+    side = model.catalogue_side(TABLE, RECOMMENDABLE)
+    narrow = model.adapt(USERS[:1], rows[:1, :3], TABLE[rows[:1, :3]], ratings[:1, :3],
+                         mask[:1, :3], side)  # fmt: skip
+    wide = torch.cat([rows[:1, :3], torch.zeros(1, 5, dtype=torch.long)], 1)
+    padded = model.adapt(
+        USERS[:1],
+        wide,
+        TABLE[wide],
+        torch.cat([ratings[:1, :3], torch.zeros(1, 5, dtype=torch.float64)], 1),
+        wide > 0,
+        side,
+    )
+    a, b = model.scores(narrow, side), model.scores(padded, side)
+    torch.testing.assert_close(a[0], b[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a[1], b[1], rtol=1e-12, atol=1e-12)
+
+
+def test_local_steps_lower_the_support_loss_and_leave_the_meta_parameters() -> None:
+    model = learner().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows, ratings, mask = support()
+    side = model.catalogue_side(TABLE, RECOMMENDABLE)
+    state = model.adapt(USERS, rows, TABLE[rows], ratings, mask, side, steps=3)
+    assert bool((state.loss_after < state.loss_before).all())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    zero = model.adapt(USERS, rows, TABLE[rows], ratings, mask, side, steps=0)
+    torch.testing.assert_close(zero.loss_before, zero.loss_after)
+    assert not torch.allclose(model.scores(state, side)[0], model.scores(zero, side)[0])
+
+
+def test_rating_start_shrinks_towards_the_population() -> None:
+    """One 5-star rating moves the predicted ratings less than ten."""
+    model = learner().eval()
+    side = model.catalogue_side(TABLE, RECOMMENDABLE)
+    shifts = []
+    for n in (1, 9):
+        rows = torch.arange(1, n + 1).unsqueeze(0)
+        ratings = torch.full((1, n), 5.0, dtype=torch.float64)
+        state = model.adapt(USERS[2:3], rows, TABLE[rows], ratings, rows > 0, side, steps=0)
+        shifts.append(float(state.fast.rating_bias[0]))
+    assert 0 < shifts[0] < shifts[1]
+
+
+def test_half_star_levels() -> None:
+    net = TasteNet(USER_SPECS, ITEM_SPECS, MODEL, META, RatingScale(0.5, 5.0, 0.5))
+    levels = net.levels(torch.tensor([0.5, 1.0, 4.5, 5.0, 0.0]))
+    assert levels.tolist() == [1, 2, 9, 10, 0]
+    assert net.rating_scale.shape[0] == 11
+
+
+def test_a_model_without_user_fields() -> None:
+    net = TasteNet([], ITEM_SPECS, MODEL, META, RatingScale())
+    model = TasteLearner(net, META).double().eval()
+    rows, ratings, mask = support()
+    side = model.catalogue_side(TABLE, RECOMMENDABLE)
+    users = torch.zeros(3, 0, dtype=torch.long)
+    state = model.adapt(users, rows, TABLE[rows], ratings, mask, side)
+    assert torch.isfinite(model.scores(state, side)[0]).all()
+
+
+def test_field_dropout_trains_the_not_given_index() -> None:
+    cfg = dataclasses.replace(MODEL, user_field_dropout=0.5)
+    torch.manual_seed(1)
+    net = TasteNet(USER_SPECS, ITEM_SPECS, cfg, META, RatingScale())
+    model = TasteLearner(net, META).double().train()
+    model.losses(episode(own=False), TABLE, RECOMMENDABLE).sum().backward()
+    grad = net.user.tables["gender"].weight.grad
+    assert grad is not None and bool(grad[0].abs().sum() > 0)
+
+
+# --- the ranking floor ----------------------------------------------------------------------------
+
+
+def test_rank_puts_rows_below_the_floor_last() -> None:
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    allowed = torch.tensor([[False, True, True, True, True]])
+    above = torch.tensor([[True, False, True, False, True]])
+    order, n = rank(scores, allowed, above)
+    assert order[0, : int(n[0])].tolist() == [2, 4, 1, 3]
+    pool = torch.arange(1, 5)
+    assert top_k_row(scores[0], pool, 3, above[0]).tolist() == [2, 4, 1]
+    assert top_k_row(scores[0], pool, 1, above[0]).tolist() == [2]
