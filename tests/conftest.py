@@ -69,28 +69,42 @@ def latest_small_data(shared_data: Path) -> ColdStartData:
     return prepare(shared_data, DataConfig.for_dataset("ml-latest-small"))
 
 
-def _small_run(root: Path, data: ColdStartData, model: ModelConfig) -> Path:
+def _small_run(root: Path, data: ColdStartData, model: ModelConfig, meta: MetaConfig) -> Path:
     tasks = dict(data.tasks)
-    tasks["warm"] = tasks["warm"].subset(np.arange(160))
-    tasks["validation"] = tasks["validation"].subset(np.arange(32))
+    tasks["warm"] = tasks["warm"].subset(np.arange(min(160, len(tasks["warm"]))))
+    tasks["validation"] = tasks["validation"].subset(np.arange(min(32, len(tasks["validation"]))))
     config = TrainConfig(epochs=1, device="cpu")
-    train(replace(data, tasks=tasks), root, model, MetaConfig(), config, progress=False)
+    train(replace(data, tasks=tasks), root, model, meta, config, progress=False)
     return root / "checkpoint.pt"
 
 
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory: pytest.TempPathFactory, melu_data: ColdStartData) -> Path:
-    """The default model (rating and watch objectives), one epoch on 160 real training users
-    (seconds), with the full catalogue.
+    """The default model (the taste model), one epoch on 160 real training users (seconds), with
+    the full catalogue.
 
     For tests of serving and the page, which need a real checkpoint but not a good model.
     """
-    return _small_run(tmp_path_factory.mktemp("small-run"), melu_data, PRESETS["default"])
+    preset = PRESETS["default"]
+    return _small_run(tmp_path_factory.mktemp("small-run"), melu_data, preset.model, preset.meta)
 
 
 @pytest.fixture(scope="session")
 def small_rating_checkpoint(
     tmp_path_factory: pytest.TempPathFactory, melu_data: ColdStartData
 ) -> Path:
-    """As :func:`small_checkpoint`, a rating-only model (MeLU's objective)."""
-    return _small_run(tmp_path_factory.mktemp("small-rating-run"), melu_data, ModelConfig())
+    """As :func:`small_checkpoint`, MeLU's rating network."""
+    return _small_run(
+        tmp_path_factory.mktemp("small-rating-run"), melu_data, ModelConfig(), MetaConfig()
+    )
+
+
+@pytest.fixture(scope="session")
+def latest_small_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory, latest_small_data: ColdStartData
+) -> Path:
+    """As :func:`small_checkpoint`, on ml-latest-small: half stars, no user fields."""
+    preset = PRESETS["default"]
+    return _small_run(
+        tmp_path_factory.mktemp("small-latest-run"), latest_small_data, preset.model, preset.meta
+    )
