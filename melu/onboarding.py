@@ -10,7 +10,8 @@ what they have seen and skips the rest:
   far the rating pulls the user's weights); its *popularity* is its number of training
   ratings; each is divided by its maximum and the score is their product. MeLU's code sums the
   gradient norms of every parameter; the local update here changes the adapted parameters
-  only, so only theirs count.
+  only, so only theirs count (the taste model's fast weights, at their start:
+  :meth:`melu.taste_learner.TasteLearner.unit_gradient_norms`).
 - ``popularity``: the number of training ratings.
 - ``entropy``: log popularity times the entropy of the item's ratings (Rashid et al., "Getting
   to know you", IUI 2002): popular items people disagree about.
@@ -40,7 +41,9 @@ from scipy import sparse
 from torch.func import functional_call, grad, vmap
 
 from melu.data import ColdStartData
+from melu.learners import Learner
 from melu.maml import MetaLearner, masked_mse, support_stats
+from melu.taste_learner import TasteLearner
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ STRATEGIES: tuple[str, ...] = ("evidence", "popularity", "entropy", "diverse")
 LIST_LENGTH = 200
 DIVERSE_PENALTIES: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0)
 GRAD_CHUNK = 8192
+TASTE_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ def _head_grad_norms(
 
 @torch.no_grad()
 def discriminative_values(
-    learner: MetaLearner,
+    learner: Learner,
     data: ColdStartData,
     chunk: int = GRAD_CHUNK,
 ) -> np.ndarray:
@@ -233,17 +237,26 @@ def discriminative_values(
     device = next(learner.parameters()).device
     sums = np.zeros(len(data.catalogue.item_ids))
     counts = np.zeros(len(data.catalogue.item_ids))
+    table = data.catalogue.table.to(device)
+    side = (
+        learner.catalogue_side(table, data.catalogue.recommendable.to(device))
+        if isinstance(learner, TasteLearner)
+        else None
+    )
+    # The taste model scores one-rating supports against the whole catalogue: smaller chunks.
+    chunk = chunk if side is None else min(chunk, TASTE_CHUNK)
     try:
         for start in range(0, len(rows), chunk):
             sl = slice(start, start + chunk)
-            fn = _head_grad_norms if learner.closed_form else _grad_norms
-            norms = fn(
-                learner,
-                data.user_table[torch.from_numpy(user_rows[sl].copy())].to(device),
-                data.catalogue.table[torch.from_numpy(rows[sl].copy())].to(device),
-                torch.from_numpy(values[sl].copy()).to(device=device, dtype=dtype),
-                learner.cfg.local_steps,
-            )
+            users = data.user_table[torch.from_numpy(user_rows[sl].copy())].to(device)
+            row_t = torch.from_numpy(rows[sl].copy()).to(device)
+            given = torch.from_numpy(values[sl].copy()).to(device=device, dtype=dtype)
+            if isinstance(learner, TasteLearner):
+                assert side is not None
+                norms = learner.unit_gradient_norms(users, row_t, table[row_t], given, side)
+            else:
+                fn = _head_grad_norms if learner.closed_form else _grad_norms
+                norms = fn(learner, users, table[row_t], given, learner.cfg.local_steps)
             np.add.at(sums, rows[sl], norms.double().cpu().numpy())
             np.add.at(counts, rows[sl], 1.0)
     finally:
@@ -251,7 +264,7 @@ def discriminative_values(
     return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
 
 
-def item_scores(learner: MetaLearner, data: ColdStartData) -> ItemScores:
+def item_scores(learner: Learner, data: ColdStartData) -> ItemScores:
     """Every strategy's per-item score; the gradients dominate the time."""
     started = time.perf_counter()
     n_rows = len(data.catalogue.item_ids)

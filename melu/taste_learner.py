@@ -170,6 +170,41 @@ class TasteLearner(nn.Module):
         co = single[:, items.ids] * (items.ids > 0) * weights / n.sqrt()
         return pooled_part + fast.cooccurrence[index] * co
 
+    def unit_gradient_norms(
+        self,
+        users: torch.Tensor,
+        rows: torch.Tensor,
+        x: torch.Tensor,
+        ratings: torch.Tensor,
+        catalogue: CatalogueSide,
+    ) -> torch.Tensor:
+        """``[n]``: for ``n`` one-rating supports (``rows [n]``, their features ``x [n, W]``,
+        ``ratings [n]``), the summed norms of the gradient of MeLU's "unit loss" (the support
+        loss over its own value: only the direction a rating pulls in counts) w.r.t. the fast
+        weights the local steps adapt, at their start. MeLU's evidence score
+        (:mod:`melu.onboarding`) for the taste model."""
+        mask = torch.ones_like(rows, dtype=torch.bool).unsqueeze(1)
+        support = self.net.pool(
+            self.support(users, rows.unsqueeze(1), x.unsqueeze(1), ratings.unsqueeze(1), mask)
+        )
+        start = self.net.start(support)
+        allowed = candidates(catalogue.recommendable, support.rows, support.mask)
+        with torch.enable_grad():
+            fast = FastWeights(
+                *(
+                    t.detach().requires_grad_(name in self.adapted)
+                    for name, t in zip(FAST_WEIGHTS, start, strict=True)
+                )
+            )
+            loss = self.net.support_loss(fast, support, catalogue.items, allowed)
+            unit = loss / loss.detach().clamp(min=1e-12)
+            targets = [getattr(fast, name) for name in self.adapted]
+            grads = torch.autograd.grad(unit.sum(), targets)
+        total = torch.zeros_like(ratings)
+        for grad in grads:
+            total = total + grad.reshape(grad.shape[0], -1).norm(dim=-1)
+        return total
+
     # --- the meta-objective ----------------------------------------------------------------------
 
     def losses(

@@ -232,13 +232,17 @@ class ListResult:
     popularity_percentile: float
 
 
-def judge(cases: Cases, scores: np.ndarray, counts: np.ndarray) -> ListResult:
-    """Rank ``scores [n, R]`` with :func:`melu.ranking.rank` and measure the lists."""
+def judge(
+    cases: Cases, scores: np.ndarray, counts: np.ndarray, above_floor: np.ndarray | None = None
+) -> ListResult:
+    """Rank ``scores [n, R]`` with :func:`melu.ranking.rank` (rows ``above_floor`` first,
+    where the model keeps a floor) and measure the lists."""
     # Only candidate columns are ranked (the shelf's ~740 new items, not the whole catalogue);
     # they stay in row order, so ties still go to the smaller item id.
     columns = np.flatnonzero(cases.candidates)
     allowed = cases.allowed()[:, columns]
-    order, n_allowed = rank(torch.from_numpy(scores[:, columns]), torch.from_numpy(allowed))
+    floor = None if above_floor is None else torch.from_numpy(above_floor[:, columns])
+    order, n_allowed = rank(torch.from_numpy(scores[:, columns]), torch.from_numpy(allowed), floor)
     order_np = columns[order.numpy()]
     depth = max(M.RANKING_DEPTH, TOP)
     if int(n_allowed.min()) < depth:

@@ -29,7 +29,8 @@ from melu.evaluation import metrics as M
 from melu.evaluation.rankers import Supports
 from melu.evaluation.report import OnboardingRow
 from melu.features import content_matrix, content_vectors
-from melu.maml import MetaLearner
+from melu.learners import Learner
+from melu.scoring import CatalogueScorer
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def onboarding_cases(
 def simulate(
     data: ColdStartData,
     lists: dict[str, np.ndarray],
-    scores: Callable[[np.ndarray, Supports], np.ndarray],
+    scores: Callable[[np.ndarray, Supports], C.ModelLists],
     scenarios: Sequence[str] = C.CATALOGUE_SCENARIOS,
     *,
     seed: int = 0,
@@ -168,7 +169,8 @@ def simulate(
                     np.random.default_rng([seed, 5000]).choice(len(cases), max_users, False)
                 )
                 cases, effort = cases.subset(pick), effort[pick]
-            result = C.judge(cases, scores(cases.user_rows, cases.supports), counts)
+            lists_ = scores(cases.user_rows, cases.supports)
+            result = C.judge(cases, lists_.scores, counts, lists_.above_floor)
             sizes = (cases.supports.rows > 0).sum(1)
             results[strategy] = (result, effort, sizes)
         if not results:
@@ -201,12 +203,13 @@ def simulate(
 
 
 def model_scorer(
-    learner: MetaLearner, data: ColdStartData
-) -> Callable[[np.ndarray, Supports], np.ndarray]:
+    learner: Learner, data: ColdStartData
+) -> Callable[[np.ndarray, Supports], C.ModelLists]:
     """Catalogue scores after adapting on each support, as the service computes them."""
+    scorer = CatalogueScorer(learner.eval(), data.catalogue.table, data.catalogue.recommendable)
 
-    def score(user_rows: np.ndarray, supports: Supports) -> np.ndarray:
-        return C.model_scores(learner, data.user_table, data.catalogue.table, user_rows, supports)
+    def score(user_rows: np.ndarray, supports: Supports) -> C.ModelLists:
+        return C.model_scores(scorer, data.user_table, user_rows, supports)
 
     return score
 
@@ -220,7 +223,7 @@ def _validation(rows: list[OnboardingRow], strategy: str, metric: str) -> float:
 
 
 def choose_lists(
-    learner: MetaLearner, data: ColdStartData, seed: int = 0
+    learner: Learner, data: ColdStartData, seed: int = 0
 ) -> tuple[O.Lists, dict[str, Any]]:
     """The onboarding lists of the checkpoint, and how the diverse one was chosen.
 
