@@ -11,8 +11,8 @@ from melu.maml import MetaLearner, gather
 from melu.objectives import candidates, recommendable_rows, sample_episodes
 from melu.ranking import rank
 from melu.scoring import CatalogueScorer
-from melu.taste_learner import TasteState
 from melu.tasks import TaskSet
+from melu.taste_learner import TasteState
 
 
 @torch.no_grad()
