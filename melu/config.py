@@ -167,8 +167,9 @@ class ModelConfig:
     cooccurrence_neighbours: int = 256
     # Ranking score = taste logit + this weight times the predicted rating.
     rank_rating_weight: float = 0.0
-    # Rank items predicted below the user's own mean after every other item, so that no list
-    # shows a film the model expects the user to rate below their average.
+    # Rank items predicted below the user's own mean rating (shrunk towards the population's)
+    # after every other item, so that no list shows a film the model expects the user to rate
+    # below their average while another film clears it.
     rank_floor: bool = False
 
 
@@ -238,7 +239,12 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # The taste model: one local step of every fast weight, from a meta-learned start.
     "default": Preset(
-        ModelConfig(objective="taste", user_field_dropout=0.5, rank_floor=True),
+        # Rating weight 0.5 on validation users (seed 0, with the floor): Recall@10 from
+        # 3/5/10/20 ratings 0.358/0.389/0.405/0.400 at 0, 0.362/0.393/0.407/0.399 at 0.5,
+        # 0.362/0.395/0.409/0.401 at 1.0.
+        ModelConfig(
+            objective="taste", user_field_dropout=0.5, rank_rating_weight=0.5, rank_floor=True
+        ),
         MetaConfig(local_steps=1, local_lr=0.5),
     ),
     "melu": Preset(

@@ -154,7 +154,7 @@ class CatalogueScorer:
             rank = logits + weight * ratings if weight else logits
             above = None
             if learner.net.cfg.rank_floor:
-                above = ratings >= learner.support_mean(state).unsqueeze(-1)
+                above = ratings >= learner.user_mean(state).unsqueeze(-1)
             return Scores(rank, ratings, above)
         assert isinstance(state, Adaptation)
         if self.cached is not None and self.cached.applies(state):

