@@ -9,6 +9,7 @@ functions, so that what is evaluated is exactly what is served:
   in item-id order (:meth:`melu.data.Catalogue.build` sorts them), so ties go to the smaller
   item id and the same scores always give the same list;
 - :func:`top_k_row` is the same order for one user, cheaper when ``k`` is small;
+- :func:`rank_top` is its first ``k`` entries for a batch, without sorting whole rows;
 - :func:`batch_invariant` rounds scores first, so that batching never reorders near ties.
 """
 
@@ -100,6 +101,28 @@ def rank(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, tor
     order = torch.sort(keyed, dim=1, descending=True, stable=True).indices
     order = order.gather(1, torch.sort(~allowed.gather(1, order), dim=1, stable=True).indices)
     return order, allowed.sum(1)
+
+
+def rank_top(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+    """The first ``k`` entries of :func:`rank`'s order, ``[B, k]`` (every user needs at least
+    ``k`` allowed rows).
+
+    Sorting whole rows dominates measuring thousands of users' lists over thousands of
+    candidates, so only the ``k`` rows that :func:`rank` puts first are found (those above the
+    k-th best score, then the ones tied with it in row order) and sorted.
+    """
+    allowed = allowed.expand_as(scores)
+    if int(allowed.sum(1).min()) < k:
+        raise ValueError(f"fewer than {k} allowed rows for some user")
+    keyed = torch.where(torch.isnan(scores) | ~allowed, -torch.inf, scores)
+    kth = torch.topk(keyed, k, dim=1).values[:, -1:]
+    above = keyed > kth
+    # An allowed row scored -inf (NaN) still goes before every disallowed row, as in rank().
+    tied = (keyed == kth) & allowed
+    chosen = above | (tied & (tied.cumsum(1) <= k - above.sum(1, keepdim=True)))
+    rows = chosen.nonzero()[:, 1].view(-1, k)  # ascending within each user
+    order = torch.sort(keyed.gather(1, rows), dim=1, descending=True, stable=True).indices
+    return rows.gather(1, order)
 
 
 def top_k_row(scores: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:

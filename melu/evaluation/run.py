@@ -178,7 +178,7 @@ def evaluate_catalogue(
             if len(ranker.grid()) == 1:
                 chosen[ranker.name][size] = ranker.grid()[0]
                 continue
-            setting, tried = C.tune(ranker, validation, counts)
+            setting, tried = C.tune(ranker, validation)
             chosen[ranker.name][size] = setting
             tuning.setdefault(ranker.name, {})[str(size)] = {
                 "chosen": setting,
