@@ -19,7 +19,6 @@ training ratings, the catalogue protocol's candidates); other rows score 0.
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -28,7 +27,6 @@ import numpy as np
 import torch
 from scipy import linalg, sparse
 from sklearn.preprocessing import normalize
-from threadpoolctl import threadpool_limits
 
 from melu.evaluation.rankers import (
     Als,
@@ -44,8 +42,6 @@ from melu.evaluation.rankers import (
     SupportsMemo,
     TrainingData,
 )
-
-log = logging.getLogger(__name__)
 
 
 def _rated_support(supports: Supports, n_rows: int, rated: np.ndarray) -> sparse.csr_matrix:
@@ -82,10 +78,9 @@ class GfCf:
         norm = sparse.diags(users**-0.5) @ r @ sparse.diags(items**-0.5)
         self.linear = (norm.T @ norm).toarray()  # [I, I] R~^T R~
         top = min(max(self.RANKS), len(self.rated))
-        with threadpool_limits(1, "blas"):
-            _, vectors = linalg.eigh(
-                self.linear, subset_by_index=[len(self.rated) - top, len(self.rated) - 1]
-            )
+        _, vectors = linalg.eigh(
+            self.linear, subset_by_index=[len(self.rated) - top, len(self.rated) - 1]
+        )
         self.vectors = vectors[:, ::-1]  # [I, k_max], largest singular value first
         self.down, self.up = items**-0.5, items**0.5
         self._memo = SupportsMemo()
@@ -250,7 +245,12 @@ class MultDae:
             self.net = _Autoencoder(len(self.rated), self.HIDDEN)
         self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
         rows = normalize(data.matrix[:, self.rated].astype(np.float32)).tocsr()
-        rng = np.random.default_rng([seed, 17])
+        with torch.enable_grad():  # also when the caller scores under no_grad
+            self._train(rows, np.random.default_rng([seed, 17]))
+
+    def _train(self, rows: sparse.csr_matrix, rng: np.random.Generator) -> None:
+        """Adam on the multinomial likelihood of dropped-out rows, a snapshot at each of
+        :attr:`EPOCHS`."""
         optimiser = torch.optim.Adam(self.net.parameters(), lr=self.LR)
         weights = [p for p in self.net.parameters() if p.dim() == 2]
         for epoch in range(1, max(self.EPOCHS) + 1):
@@ -304,13 +304,11 @@ class ContentPrior:
         fit_m, rest_m = fit @ mean, rest @ mean
         kernel = (fit @ fit.T).toarray() - fit_m[:, None] - fit_m[None, :] + mean @ mean
         cross = (rest @ fit.T).toarray() - rest_m[:, None] - fit_m[None, :] + mean @ mean
-        with threadpool_limits(1, "blas"):
-            s, u = linalg.eigh(kernel)
+        s, u = linalg.eigh(kernel)
         s = np.maximum(s, 0.0)
         centred = target - target.mean()
         uy = u.T @ centred
         self.priors: dict[float, np.ndarray] = {}
-        self.loo_mse: dict[float, float] = {}
         for alpha in self.ALPHAS:
             dual = u @ (uy / (s + alpha))
             fitted = target.mean() + kernel @ dual
@@ -321,7 +319,6 @@ class ContentPrior:
             prior[seen] = loo
             prior[~seen] = target.mean() + cross @ dual
             self.priors[alpha] = prior
-            self.loo_mse[alpha] = float(np.mean((loo - target) ** 2))
 
     def grid(self) -> list[Setting]:
         return [{"alpha": a} for a in self.ALPHAS]
@@ -351,10 +348,10 @@ class ContentPriorKnn:
         return prior + float(setting["weight"]) * knn
 
 
-R = TypeVar("R", bound=Ranker)
+RankerT = TypeVar("RankerT", bound=Ranker)
 
 
-def _fit(make: Callable[[], R], seconds: dict[str, float] | None) -> R:
+def _fit(make: Callable[[], RankerT], seconds: dict[str, float] | None) -> RankerT:
     """``make()``; ``seconds`` (if given) gets the wall time of the fit, by ranker name."""
     started = time.perf_counter()
     ranker = make()
