@@ -3,8 +3,9 @@ against the baselines, and write ``results/quality.json`` and ``docs/results.md`
 
 Each seed runs what ``melu train --seed S --preset P`` runs (the seed also draws the validation
 users and each user's query items), then ``melu.evaluation.evaluate_checkpoint``: the catalogue
-protocol (the list a new user gets from 3, 5, 10, 20 ratings, against popularity, EASE, ALS,
-item kNN, ... tuned on validation users), and MeLU's protocol on the four scenarios. The
+protocol (the list a new user gets from 3, 5, 10, 20 ratings, against popularity, EASE, EDLAE,
+GF-CF, RP3beta, iALS, item kNN, Mult-DAE, ... tuned on validation users), and MeLU's protocol on
+the four scenarios. The
 Markdown puts the mean and spread over seeds beside the goals; "better" and "worse" need the
 paired interval to exclude 0 in every seed, anything else is "tied".
 

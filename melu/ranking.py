@@ -9,6 +9,7 @@ selection all order rows with these functions, from the scores of
   item id and the same scores always give the same list. Rows that do not clear the user's
   own mean (``above_floor``, where the model keeps that floor) come after every row that does:
   a list holds a film predicted below the user's average only once nothing else is left;
+- :func:`rank_top` is its first ``k`` entries for a batch, without sorting whole rows;
 - :func:`top_k_row` is the same order for one user, cheaper when ``k`` is small;
 - :func:`batch_invariant` rounds scores first, so that batching never reorders near ties.
 
@@ -60,6 +61,47 @@ def rank(
         order = order.gather(1, torch.sort(below.to(torch.int8), dim=1, stable=True).indices)
     order = order.gather(1, torch.sort(~allowed.gather(1, order), dim=1, stable=True).indices)
     return order, allowed.sum(1)
+
+
+def rank_top(
+    scores: torch.Tensor,
+    allowed: torch.Tensor,
+    k: int,
+    above_floor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The first ``k`` entries of :func:`rank`'s order, ``[B, k]`` (every user needs at least
+    ``k`` allowed rows).
+
+    Sorting whole rows dominates measuring thousands of users' lists over thousands of
+    candidates, so only the ``k`` rows that :func:`rank` puts first are found (those above the
+    k-th best score, then the ones tied with it in row order) and sorted. With a floor, the
+    users who have ``k`` allowed rows above it take them alone; the few others go through
+    :func:`rank`.
+    """
+    allowed = allowed.expand_as(scores)
+    if above_floor is not None:
+        clear = allowed & above_floor.expand_as(scores)
+        enough = clear.sum(1) >= k
+        out = torch.empty(scores.shape[0], k, dtype=torch.long, device=scores.device)
+        if bool(enough.any()):
+            out[enough] = rank_top(scores[enough], clear[enough], k)
+        if not bool(enough.all()):
+            rest = ~enough
+            out[rest] = rank(scores[rest], allowed[rest], above_floor.expand_as(scores)[rest])[0][
+                :, :k
+            ]
+        return out
+    if int(allowed.sum(1).min()) < k:
+        raise ValueError(f"fewer than {k} allowed rows for some user")
+    keyed = torch.where(torch.isnan(scores) | ~allowed, -torch.inf, scores)
+    kth = torch.topk(keyed, k, dim=1).values[:, -1:]
+    above = keyed > kth
+    # An allowed row scored -inf (NaN) still goes before every disallowed row, as in rank().
+    tied = (keyed == kth) & allowed
+    chosen = above | (tied & (tied.cumsum(1) <= k - above.sum(1, keepdim=True)))
+    rows = chosen.nonzero()[:, 1].view(-1, k)  # ascending within each user
+    order = torch.sort(keyed.gather(1, rows), dim=1, descending=True, stable=True).indices
+    return rows.gather(1, order)
 
 
 def top_k_row(

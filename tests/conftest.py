@@ -8,12 +8,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from scipy import sparse
 
 from melu import movielens
 from melu.config import PRESETS, DataConfig, MetaConfig, ModelConfig, TrainConfig
 from melu.data import ColdStartData, prepare
+from melu.evaluation.rankers import TrainingData
 from melu.train import train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +57,19 @@ def shared_data() -> Path:
 def melu_frames(shared_data: Path) -> movielens.MovieLens:
     """MeLU's release as frames, read once; tests must not modify them."""
     return movielens.load("melu", shared_data)
+
+
+@pytest.fixture(scope="session")
+def toy_training() -> TrainingData:
+    """60 users rating 2 to 7 of 12 items (rows 1..12; row 0 is padding), identity content."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(60):
+        for item in rng.choice(np.arange(1, 13), size=rng.integers(2, 8), replace=False):
+            rows.append((user, int(item), float(rng.integers(1, 6))))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating"])
+    content = sparse.csr_matrix(np.eye(13))
+    return TrainingData.build(frame, {i: i for i in range(1, 13)}, 13, content)
 
 
 @pytest.fixture(scope="session")

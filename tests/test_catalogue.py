@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy import sparse
@@ -16,7 +15,7 @@ from melu.data import ColdStartData
 from melu.evaluation import catalogue as C
 from melu.evaluation.metrics import coverage, popularity_percentile, ranking_metrics
 from melu.evaluation.rankers import Ease, ItemKnn, Popularity, Supports, TrainingData
-from melu.ranking import rank, top_k_row
+from melu.ranking import rank, rank_top, top_k_row
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,6 +77,18 @@ def test_top_k_row_is_the_batched_order() -> None:
             assert top_k_row(scores[b], pool, k).tolist() == expected.tolist()
 
 
+def test_rank_top_is_the_first_k_of_rank() -> None:
+    rng = np.random.default_rng(1)
+    scores = torch.from_numpy(rng.integers(0, 4, size=(6, 200)).astype(np.float64))
+    scores[rng.random((6, 200)) < 0.3] = float("nan")
+    allowed = torch.from_numpy(rng.random((6, 200)) > 0.5)
+    order, _ = rank(scores, allowed)
+    for k in (1, 10, 20, int(allowed.sum(1).min())):
+        assert rank_top(scores, allowed, k).tolist() == order[:, :k].tolist()
+    with pytest.raises(ValueError, match="allowed"):
+        rank_top(scores, allowed, 200)
+
+
 # --- support draws ------------------------------------------------------------------------------
 
 
@@ -114,19 +125,8 @@ def test_shelf_draws_new_items_only(melu_data: ColdStartData) -> None:
 # --- baselines against their definitions --------------------------------------------------------
 
 
-def _toy_training() -> TrainingData:
-    rng = np.random.default_rng(0)
-    rows = []
-    for user in range(60):
-        for item in rng.choice(np.arange(1, 13), size=rng.integers(2, 8), replace=False):
-            rows.append((user, int(item), float(rng.integers(1, 6))))
-    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating"])
-    content = sparse.csr_matrix(np.eye(13))
-    return TrainingData.build(frame, {i: i for i in range(1, 13)}, 13, content)
-
-
-def test_ease_scores_match_the_closed_form() -> None:
-    data = _toy_training()
+def test_ease_scores_match_the_closed_form(toy_training: TrainingData) -> None:
+    data = toy_training
     x = data.matrix.toarray()[:, 1:]
     l2 = 7.0
     p = np.linalg.inv(x.T @ x + l2 * np.eye(x.shape[1]))
@@ -139,8 +139,8 @@ def test_ease_scores_match_the_closed_form() -> None:
     assert (got[:, 0] == 0).all()
 
 
-def test_item_knn_and_popularity_use_the_training_matrix() -> None:
-    data = _toy_training()
+def test_item_knn_and_popularity_use_the_training_matrix(toy_training: TrainingData) -> None:
+    data = toy_training
     supports = Supports(np.array([[1, 2]]), np.array([[5.0, 4.0]]))
     np.testing.assert_array_equal(Popularity(data).score(supports, {})[0], data.counts)
     knn = ItemKnn(data).score(supports, {"neighbours": 100})
@@ -162,10 +162,51 @@ def test_tune_picks_the_best_setting_on_validation(melu_data: ColdStartData) -> 
         melu_data.train_ratings, melu_data.catalogue.rows, len(counts), content
     )
     ease = Ease(data)
-    setting, tried = C.tune(ease, cases, counts)
+    setting, tried = C.tune(ease, cases)
     assert setting == max(tried, key=lambda t: t[1])[0]
     assert len(tried) == len(ease.grid())
     assert max(v for _, v in tried) > min(v for _, v in tried)
+
+
+def _full_sort_metrics(cases: C.Cases, scores: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """The reference: every candidate sorted by :func:`rank`, hits and first hit read off."""
+    columns = np.flatnonzero(cases.candidates)
+    order, _ = rank(
+        torch.from_numpy(scores[:, columns]), torch.from_numpy(cases.allowed()[:, columns])
+    )
+    order_np = columns[order.numpy()]
+    out = {}
+    for relevance in C.RELEVANCE:
+        rel = cases.relevant(relevance)
+        keep = rel.sum(1) > 0
+        ranked = np.take_along_axis(rel[keep], order_np[keep], axis=1)
+        first = ranked.argmax(1) + 1.0
+        out[relevance] = ranking_metrics(ranked[:, :20], rel.sum(1)[keep], first)
+    return out
+
+
+def test_judge_and_tuning_measure_rank_order(melu_data: ColdStartData) -> None:
+    """judge (the first 20 rows and the first hit) and tuning's Recall@10 give what sorting
+    every candidate with rank() gives, exactly: ties, NaN and all."""
+    counts = C.training_counts(melu_data)
+    catalogue = C.build_cases(melu_data, "validation", 5, seed=0).subset(np.arange(120))
+    shelf = C.build_cases(melu_data, "new_item", 5, seed=0, protocol="shelf")
+    rng = np.random.default_rng(0)
+    shape = (120, len(counts))
+    popular = np.broadcast_to(counts + rng.integers(0, 2, size=len(counts)), shape).copy()
+    coarse = rng.integers(0, 3, size=shape).astype(np.float64)  # ties everywhere
+    holes = rng.random(shape)
+    holes[rng.random(shape) < 0.5] = np.nan
+    for cases, scores in (
+        *((catalogue, s) for s in (popular, coarse, holes, np.zeros(shape))),
+        (shelf.subset(np.arange(120)), coarse),
+    ):
+        result = C.judge(cases, scores, counts)
+        want = _full_sort_metrics(cases, scores)
+        for relevance in C.RELEVANCE:
+            for metric, values in want[relevance].items():
+                np.testing.assert_array_equal(result.per_user[relevance][metric], values)
+        assert C.liked_recall(cases, scores) == want["liked"]["recall@10"].mean()
 
 
 # --- what is served is what is evaluated --------------------------------------------------------

@@ -300,10 +300,11 @@ def test_evaluate_end_to_end(one_epoch: Path, shared_data: Path, tmp_path: Path)
     assert set(ranking["relevance"]) == {"liked", "watched"}
     catalogue_methods = set(ranking[ranking.scenario == "new_user"]["method"])
     assert catalogue_methods == {
-        "melu", "melu_no_adapt", "popularity", "item_mean", "ease", "als", "item_knn", "random",
+        "melu", "melu_no_adapt", "popularity", "item_mean", "ease", "edlae", "gf_cf", "rp3beta",
+        "als", "item_knn", "mult_dae", "random",
     }  # fmt: skip
     assert set(ranking[ranking.scenario == "new_item"]["method"]) == {
-        "melu", "melu_no_adapt", "content_knn", "random",
+        "melu", "melu_no_adapt", "content_knn", "content_prior", "content_prior_knn", "random",
     }  # fmt: skip
     assert (ranking["value"].between(0, 1)).all()
     assert (ranking["ci_low"] <= ranking["value"] + 1e-9).all()
@@ -317,7 +318,11 @@ def test_evaluate_end_to_end(one_epoch: Path, shared_data: Path, tmp_path: Path)
     assert (lists["popularity_percentile"].between(0, 100)).all()
     popular = lists[(lists.method == "popularity") & (lists.scenario == "new_user")]
     assert (popular["popularity_percentile"] > 99).all()
-    assert "ease" in report.info["tuning"]
+    # Every baseline with a grid was tuned on validation users, the shelf's content prior too.
+    for method in ("ease", "edlae", "gf_cf", "rp3beta", "als", "mult_dae", "content_prior"):
+        assert set(report.info["tuning"][method]) == {"3", "5", "10", "20"}
+    shelf = lists[(lists.scenario == "new_item") & (lists.method == "content_prior")]
+    assert (shelf["setting"] != "").all()
     genre = report.genre_frame()
     assert len(genre) == 10 * len(set(genre["method"])) and genre["share"].between(0, 1).all()
 

@@ -337,7 +337,10 @@ class Report:
             "(global) item mean, so `item_mean` = `global_mean` and `user_item_bias` = "
             "`user_mean` there; `user_mean` and `global_mean` rank the 10 items alike.",
             "- Baseline settings (in the list table) were chosen per S on validation users; "
-            "their `validation` rows are therefore in-sample and optimistic.",
+            "their `validation` rows are therefore in-sample and optimistic. The shelf has no "
+            "validation users of its own: its baselines' settings were chosen on the "
+            "validation users' catalogue lists (content only, each item's popularity prior "
+            "predicted as if it were new).",
             "",
         ]
         out += self._ranking_markdown()

@@ -30,16 +30,9 @@ from melu.errors import MeluError
 from melu.evaluation import catalogue as C
 from melu.evaluation import metrics as M
 from melu.evaluation import query as Q
+from melu.evaluation.anchors import catalogue_baselines, shelf_baselines
 from melu.evaluation.onboarding import choose_lists, model_scorer, simulate
-from melu.evaluation.rankers import (
-    Ranker,
-    Setting,
-    Supports,
-    TrainingData,
-    catalogue_baselines,
-    describe,
-    shelf_baselines,
-)
+from melu.evaluation.rankers import Ranker, Setting, Supports, TrainingData, describe
 from melu.evaluation.report import (
     MELU,
     Comparison,
@@ -150,10 +143,7 @@ def evaluate_catalogue(
     started = time.perf_counter()
     device = torch.device(device)
     counts = C.training_counts(data)
-    content = content_matrix(data.catalogue.table, data.encoder.item_specs())
-    training = TrainingData.build(
-        data.train_ratings, data.catalogue.rows, len(data.catalogue.item_ids), content
-    )
+    training = training_data(data)
     log.info("fitting the catalogue baselines")
     rankers = catalogue_baselines(training, seed)
     shelf = shelf_baselines(training, seed)
@@ -163,28 +153,13 @@ def evaluate_catalogue(
         return C.model_scores(learner, user_table, item_table, users, supports, steps)
 
     def cases_for(scenario: str, size: int, protocol: str) -> C.Cases:
-        cases = C.build_cases(data, scenario, size, seed, protocol)
-        if max_users is not None and len(cases) > max_users:
-            pick = np.random.default_rng([seed, size, 3000]).choice(len(cases), max_users, False)
-            cases = cases.subset(np.sort(pick))
-        return cases
+        return scenario_cases(data, scenario, size, seed, protocol, max_users)
 
     # Settings per S, chosen on validation users (the model's own choices are made there too).
-    chosen: dict[str, dict[int, Setting]] = {r.name: {} for r in rankers}
-    tuning: dict[str, Any] = {}
-    for size in sizes:
-        validation = cases_for("validation", size, "catalogue")
-        for ranker in rankers:
-            if len(ranker.grid()) == 1:
-                chosen[ranker.name][size] = ranker.grid()[0]
-                continue
-            setting, tried = C.tune(ranker, validation, counts)
-            chosen[ranker.name][size] = setting
-            tuning.setdefault(ranker.name, {})[str(size)] = {
-                "chosen": setting,
-                "recall@10": [[s, round(v, 5)] for s, v in tried],
-            }
-            log.info("%s, S=%d: chose %s on validation users", ranker.name, size, setting)
+    # The shelf has no validation users of its own: its content-only rankers are tuned on the
+    # validation users' catalogue lists.
+    validation = {size: cases_for("validation", size, "catalogue") for size in sizes}
+    chosen, tuning = tune_rankers([*rankers, *shelf], validation)
 
     ranking: list[RankingRow] = []
     comparisons: list[RankingComparison] = []
@@ -243,6 +218,53 @@ def evaluate_catalogue(
         "seconds": round(time.perf_counter() - started, 2),
     }
     return ranking, comparisons, lists, genre_rows, info
+
+
+def training_data(data: ColdStartData) -> TrainingData:
+    """The training ratings and item content as the catalogue baselines are fitted on them."""
+    content = content_matrix(data.catalogue.table, data.encoder.item_specs())
+    return TrainingData.build(
+        data.train_ratings, data.catalogue.rows, len(data.catalogue.item_ids), content
+    )
+
+
+def scenario_cases(
+    data: ColdStartData,
+    scenario: str,
+    size: int,
+    seed: int,
+    protocol: str,
+    max_users: int | None = None,
+) -> C.Cases:
+    """:func:`~melu.evaluation.catalogue.build_cases`, cut to a seeded ``max_users`` subset."""
+    cases = C.build_cases(data, scenario, size, seed, protocol)
+    if max_users is not None and len(cases) > max_users:
+        pick = np.random.default_rng([seed, size, 3000]).choice(len(cases), max_users, False)
+        cases = cases.subset(np.sort(pick))
+    return cases
+
+
+def tune_rankers(
+    rankers: Sequence[Ranker], validation: dict[int, C.Cases]
+) -> tuple[dict[str, dict[int, Setting]], dict[str, Any]]:
+    """Each ranker's setting per S (``validation``: S -> validation cases), chosen by
+    :func:`~melu.evaluation.catalogue.tune`, and what every setting scored."""
+    chosen: dict[str, dict[int, Setting]] = {r.name: {} for r in rankers}
+    tuning: dict[str, Any] = {}
+    for size, cases in validation.items():
+        for ranker in rankers:
+            grid = ranker.grid()
+            if len(grid) == 1:
+                chosen[ranker.name][size] = grid[0]
+                continue
+            setting, tried = C.tune(ranker, cases)
+            chosen[ranker.name][size] = setting
+            tuning.setdefault(ranker.name, {})[str(size)] = {
+                "chosen": setting,
+                "recall@10": [[s, round(v, 5)] for s, v in tried],
+            }
+            log.info("%s, S=%d: chose %s on validation users", ranker.name, size, setting)
+    return chosen, tuning
 
 
 def loved_genre_test(

@@ -1,0 +1,388 @@
+"""Stronger catalogue baselines ("anchors", issue 17), and the line-ups both protocols evaluate.
+
+Each anchor is fitted once on the training ratings (:class:`~melu.evaluation.rankers.TrainingData`)
+and folds a new user in from their support alone, as the rankers of
+:mod:`melu.evaluation.rankers` do; :func:`melu.evaluation.catalogue.tune` chooses a setting of
+its grid per number of ratings on validation users. They work on the rated rows (items with
+training ratings, the catalogue protocol's candidates); other rows score 0.
+
+- gf_cf: GF-CF (Shen et al., CIKM 2021), linear filter plus ideal low-pass filter;
+- rp3beta: RP3beta (Paudel et al. 2017; Dacrema et al. 2019's code), 3-step random walk
+  discounted by popularity;
+- edlae: EDLAE (Steck, NeurIPS 2020), EASE with a dropout-emphasised diagonal;
+- mult_dae: Mult-DAE (Liang et al., WWW 2018), a denoising autoencoder with a multinomial
+  likelihood; the support row is encoded;
+- content_prior (shelf): a ridge regression of log training popularity on content, so that a new
+  item gets the popularity its content predicts; content_prior_knn adds content kNN to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+import torch
+from scipy import linalg, sparse
+from sklearn.preprocessing import normalize
+
+from melu.evaluation.rankers import (
+    Als,
+    ContentKnn,
+    Ease,
+    ItemKnn,
+    ItemMean,
+    Popularity,
+    RandomRanker,
+    Ranker,
+    Setting,
+    Supports,
+    SupportsMemo,
+    TrainingData,
+)
+
+
+def _rated_support(supports: Supports, n_rows: int, rated: np.ndarray) -> sparse.csr_matrix:
+    """``[n, rated]`` binary support rows over the rated rows only."""
+    return supports.matrix(n_rows)[:, rated].tocsr()
+
+
+def _scatter(values: np.ndarray, rated: np.ndarray, n_rows: int) -> np.ndarray:
+    """``[n, R]`` scores: ``values [n, rated]`` at the rated rows, 0 elsewhere."""
+    out = np.zeros((values.shape[0], n_rows))
+    out[:, rated] = values
+    return out
+
+
+class GfCf:
+    """GF-CF (Shen et al., CIKM 2021, "How Powerful is Graph Convolution for Recommendation?"):
+    ``x R~^T R~ + alpha x D_I^-1/2 V_k V_k^T D_I^1/2``, ``R~ = D_U^-1/2 R D_I^-1/2``.
+
+    ``x`` is the new user's binary support row; ``V_k`` are the top ``k`` right singular
+    vectors of ``R~`` (the authors' code: ``alpha`` 0.3, ``k`` 256). They are the top
+    eigenvectors of ``R~^T R~``, so one eigendecomposition serves every ``k``.
+    """
+
+    name = "gf_cf"
+    ALPHAS: tuple[float, ...] = (0.1, 0.3, 1.0)
+    RANKS: tuple[int, ...] = (16, 32, 64, 128, 256)
+
+    def __init__(self, data: TrainingData) -> None:
+        self.n_rows = data.matrix.shape[1]
+        self.rated = np.flatnonzero(data.counts > 0)
+        r = data.matrix[:, self.rated].astype(np.float64)
+        users = np.asarray(r.sum(1)).ravel()
+        items = data.counts[self.rated]
+        norm = sparse.diags(users**-0.5) @ r @ sparse.diags(items**-0.5)
+        self.linear = (norm.T @ norm).toarray()  # [I, I] R~^T R~
+        top = min(max(self.RANKS), len(self.rated))
+        _, vectors = linalg.eigh(
+            self.linear, subset_by_index=[len(self.rated) - top, len(self.rated) - 1]
+        )
+        self.vectors = vectors[:, ::-1]  # [I, k_max], largest singular value first
+        self.down, self.up = items**-0.5, items**0.5
+        self._memo = SupportsMemo()
+
+    def grid(self) -> list[Setting]:
+        # alpha 0 is the linear filter alone: k does not matter there.
+        return [
+            {"alpha": a, "rank": k} for a in self.ALPHAS for k in (self.RANKS if a > 0 else (0,))
+        ]
+
+    def score(self, supports: Supports, setting: Setting) -> np.ndarray:
+        x = self._memo.get(supports, "x", lambda: _rated_support(supports, self.n_rows, self.rated))
+        out = np.array(self._memo.get(supports, "linear", lambda: x @ self.linear))
+        alpha, k = float(setting["alpha"]), int(setting["rank"])
+        if alpha > 0:
+            # x D_I^-1/2 V, every k at once: the grid's ranks are prefixes of V's columns.
+            xv = self._memo.get(
+                supports, "low", lambda: x.multiply(self.down).tocsr() @ self.vectors
+            )
+            out += alpha * (xv[:, :k] @ (self.vectors[:, :k].T * self.up))
+        return _scatter(out, self.rated, self.n_rows)
+
+
+class Rp3Beta:
+    """RP3beta (Paudel et al., ACM TiiS 2017; as in Dacrema et al., RecSys 2019, "Are we really
+    making much progress?"): ``W_ij = (P_iu^a P_uj^a)_ij / deg_j^beta``, the ``k`` largest per
+    row kept (the diagonal dropped), rows L1-normalised; a user scores ``x W``.
+
+    ``P_ui`` is the row-normalised user-item matrix, ``P_iu`` the row-normalised item-user one.
+    """
+
+    name = "rp3beta"
+    ALPHAS: tuple[float, ...] = (0.5, 0.75, 1.0)
+    BETAS: tuple[float, ...] = (0.3, 0.4, 0.5)
+    NEIGHBOURS: tuple[int, ...] = (50, 100, 200)
+
+    def __init__(self, data: TrainingData) -> None:
+        self.n_rows = data.matrix.shape[1]
+        self.rated = np.flatnonzero(data.counts > 0)
+        r = data.matrix[:, self.rated].astype(np.float64)
+        self.p_ui = normalize(r, norm="l1", axis=1).tocsr()
+        self.p_iu = normalize(r.T, norm="l1", axis=1).tocsr()
+        self.degree = data.counts[self.rated]
+        # (alpha, beta) -> each row's neighbours by decreasing weight, [I, k_max] each: every
+        # k of the grid is a prefix, and tuning goes over the grid once per S.
+        self._neighbours: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = {}
+
+    def grid(self) -> list[Setting]:
+        return [
+            {"alpha": a, "beta": b, "neighbours": k}
+            for a in self.ALPHAS
+            for b in self.BETAS
+            for k in self.NEIGHBOURS
+        ]
+
+    def _ranked(self, alpha: float, beta: float) -> tuple[np.ndarray, np.ndarray]:
+        key = (alpha, beta)
+        if key not in self._neighbours:
+            walk = (self.p_iu.power(alpha) @ self.p_ui.power(alpha)).toarray()
+            walk *= self.degree**-beta
+            np.fill_diagonal(walk, 0.0)
+            k = min(max(self.NEIGHBOURS), walk.shape[1] - 1)
+            top = np.argpartition(-walk, k - 1, axis=1)[:, :k]
+            values = np.take_along_axis(walk, top, axis=1)
+            order = np.argsort(-values, axis=1, kind="stable")
+            self._neighbours[key] = (
+                np.take_along_axis(top, order, axis=1).astype(np.int32),
+                np.take_along_axis(values, order, axis=1).astype(np.float32),
+            )
+        return self._neighbours[key]
+
+    def score(self, supports: Supports, setting: Setting) -> np.ndarray:
+        top, values = self._ranked(float(setting["alpha"]), float(setting["beta"]))
+        k = min(int(setting["neighbours"]), top.shape[1])
+        x = _rated_support(supports, self.n_rows, self.rated)
+        # x W without building W: each support item adds its k best neighbours' weights,
+        # divided by their sum (the row's L1 normalisation).
+        items = x.indices
+        users = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+        weights = values[items, :k].astype(np.float64)
+        weights *= x.data[:, None] / np.maximum(weights.sum(1, keepdims=True), 1e-300)
+        out = sparse.csr_matrix(
+            (weights.ravel(), (np.repeat(users, k), top[items, :k].ravel())),
+            shape=x.shape,
+        ).toarray()
+        return _scatter(out, self.rated, self.n_rows)
+
+
+class Edlae(Ease):
+    """EDLAE (Steck, NeurIPS 2020, "Autoencoders that don't overfit towards the identity"),
+    full rank: ``B = I - P diag(1 / diag P)``, ``P = (X^T X + Lambda)^-1``,
+    ``Lambda = p / (1 - p) diag(X^T X) + lambda I``.
+
+    Dropout ``p`` regularises each item by its popularity; ``p = 0`` is EASE (its own row,
+    :class:`~melu.evaluation.rankers.Ease`). One eigendecomposition per ``p`` serves every
+    ``lambda``.
+    """
+
+    name = "edlae"
+    DROPOUTS: tuple[float, ...] = (0.8, 0.9, 0.95)
+    REGULARISERS: tuple[float, ...] = (100.0, 300.0, 1000.0)
+
+    def grid(self) -> list[Setting]:
+        return [{"dropout": p, "l2": v} for p in self.DROPOUTS for v in self.REGULARISERS]
+
+
+class _Autoencoder(torch.nn.Module):
+    """``[I -> hidden... -> I]`` with tanh between layers; the first layer reads sparse rows
+    (an embedding bag: a row holds ~2% of the items)."""
+
+    def __init__(self, n_items: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        dims = [*hidden, *hidden[-2::-1], n_items]
+        self.first = torch.nn.EmbeddingBag(n_items, dims[0], mode="sum")
+        self.bias = torch.nn.Parameter(torch.empty(dims[0]))
+        layers: list[torch.nn.Module] = [torch.nn.Tanh()]
+        for a, b in itertools.pairwise(dims):
+            layers += [torch.nn.Linear(a, b), torch.nn.Tanh()]
+        self.rest = torch.nn.Sequential(*layers[:-1])  # no tanh on the logits
+        # The authors' initialisation: Xavier weights, biases N(0, 0.001^2).
+        for module in [self.first, *self.rest]:
+            if isinstance(module, torch.nn.Linear | torch.nn.EmbeddingBag):
+                torch.nn.init.xavier_uniform_(module.weight)
+        for bias in [self.bias, *(m.bias for m in self.rest if isinstance(m, torch.nn.Linear))]:
+            torch.nn.init.normal_(bias, std=0.001)
+
+    def forward(self, rows: sparse.csr_matrix) -> torch.Tensor:
+        """Logits ``[n, I]`` of rows ``[n, I]`` (as given: normalised, perhaps dropped out)."""
+        hidden = self.first(
+            torch.from_numpy(rows.indices.astype(np.int64)),
+            torch.from_numpy(rows.indptr[:-1].astype(np.int64)),
+            per_sample_weights=torch.from_numpy(rows.data.astype(np.float32)),
+        )
+        return self.rest(hidden + self.bias)
+
+
+class MultDae:
+    """Mult-DAE (Liang et al., WWW 2018, "Variational Autoencoders for Collaborative
+    Filtering"): ``[I -> 600 -> 200 -> 600 -> I]``, tanh, input dropout 0.5 on the
+    L2-normalised row, multinomial log-likelihood, L2 penalty 0.01, Adam, batches of 500;
+    trained on the training users' rows.
+
+    A new user's support row is encoded and decoded (no dropout). The number of epochs is the
+    grid: weights are kept after each of :attr:`EPOCHS`, and validation users choose. Adam's
+    rate is 3e-3, not the authors' 1e-3: their epochs (ML-20M) are ~270 steps, ours 5, and on
+    validation users 3e-3 reaches in 30-40 epochs what 1e-3 reaches in 60 (half the time).
+    """
+
+    name = "mult_dae"
+    EPOCHS: tuple[int, ...] = (20, 30, 40)
+    HIDDEN: tuple[int, ...] = (600, 200)
+    DROPOUT = 0.5
+    BATCH = 500
+    LR = 3e-3
+    WEIGHT_DECAY = 0.01  # the authors' L2 penalty: lambda * sum of squared weights
+
+    def __init__(self, data: TrainingData, seed: int) -> None:
+        self.n_rows = data.matrix.shape[1]
+        self.rated = np.flatnonzero(data.counts > 0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = _Autoencoder(len(self.rated), self.HIDDEN)
+        self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
+        rows = normalize(data.matrix[:, self.rated].astype(np.float32)).tocsr()
+        with torch.enable_grad():  # also when the caller scores under no_grad
+            self._train(rows, np.random.default_rng([seed, 17]))
+
+    def _train(self, rows: sparse.csr_matrix, rng: np.random.Generator) -> None:
+        """Adam on the multinomial likelihood of dropped-out rows, a snapshot at each of
+        :attr:`EPOCHS`."""
+        optimiser = torch.optim.Adam(self.net.parameters(), lr=self.LR)
+        weights = [p for p in self.net.parameters() if p.dim() == 2]
+        for epoch in range(1, max(self.EPOCHS) + 1):
+            order = rng.permutation(rows.shape[0])
+            for start in range(0, len(order), self.BATCH):
+                batch = rows[order[start : start + self.BATCH]]
+                target = torch.from_numpy((batch > 0).toarray().astype(np.float32))
+                batch.data *= (rng.random(batch.nnz) >= self.DROPOUT) / (1.0 - self.DROPOUT)
+                nll = -(torch.log_softmax(self.net(batch), 1) * target).sum(1).mean()
+                loss = nll + self.WEIGHT_DECAY * sum((w * w).sum() for w in weights)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+            if epoch in self.EPOCHS:
+                self.snapshots[epoch] = {
+                    k: v.detach().clone() for k, v in self.net.state_dict().items()
+                }
+
+    def grid(self) -> list[Setting]:
+        return [{"epochs": e} for e in self.EPOCHS]
+
+    @torch.no_grad()
+    def score(self, supports: Supports, setting: Setting) -> np.ndarray:
+        self.net.load_state_dict(self.snapshots[int(setting["epochs"])])
+        x = normalize(_rated_support(supports, self.n_rows, self.rated).astype(np.float32))
+        return _scatter(self.net(x.tocsr()).double().numpy(), self.rated, self.n_rows)
+
+
+class ContentPrior:
+    """Content prior: ridge regression of ``log(1 + training ratings)`` on item content, fitted
+    on the items with training ratings; a new item gets the popularity its content predicts.
+
+    The shelf has no validation users of its own, so the ridge penalty is chosen on the
+    validation users' catalogue lists, where each rated item's prior is its leave-one-out
+    prediction: every candidate is scored as if it were new. Unrated rows (new items) get the
+    prediction of the ridge fitted on every rated item.
+    """
+
+    name = "content_prior"
+    ALPHAS: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0)
+
+    def __init__(self, data: TrainingData) -> None:
+        self.n_rows = data.matrix.shape[1]
+        seen = data.counts > 0
+        x = sparse.csr_matrix(data.content, dtype=np.float64)
+        target = np.log1p(data.counts[seen])
+        fit, rest = x[seen], x[~seen]
+        # The dual (kernel) form: there are fewer rated items than content columns, and one
+        # eigendecomposition of the centred kernel serves every penalty.
+        mean = np.asarray(fit.mean(0)).ravel()
+        fit_m, rest_m = fit @ mean, rest @ mean
+        kernel = (fit @ fit.T).toarray() - fit_m[:, None] - fit_m[None, :] + mean @ mean
+        cross = (rest @ fit.T).toarray() - rest_m[:, None] - fit_m[None, :] + mean @ mean
+        s, u = linalg.eigh(kernel)
+        s = np.maximum(s, 0.0)
+        centred = target - target.mean()
+        uy = u.T @ centred
+        self.priors: dict[float, np.ndarray] = {}
+        for alpha in self.ALPHAS:
+            dual = u @ (uy / (s + alpha))
+            fitted = target.mean() + kernel @ dual
+            # Leave-one-out in closed form: r_i / (1 - H_ii), H the hat matrix with intercept.
+            hat = (u * u) @ (s / (s + alpha)) + 1.0 / len(target)
+            loo = target - (target - fitted) / (1.0 - hat)
+            prior = np.zeros(self.n_rows)
+            prior[seen] = loo
+            prior[~seen] = target.mean() + cross @ dual
+            self.priors[alpha] = prior
+
+    def grid(self) -> list[Setting]:
+        return [{"alpha": a} for a in self.ALPHAS]
+
+    def score(self, supports: Supports, setting: Setting) -> np.ndarray:
+        prior = self.priors[float(setting["alpha"])]
+        return np.broadcast_to(prior, (len(supports.rows), self.n_rows)).copy()
+
+
+class ContentPriorKnn:
+    """Content prior plus ``weight`` times content kNN: popular-looking new items, moved
+    towards the ones like what the user rated above their mean."""
+
+    name = "content_prior_knn"
+    WEIGHTS: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
+
+    def __init__(self, prior: ContentPrior, knn: ContentKnn) -> None:
+        self.prior, self.knn = prior, knn
+        self._memo = SupportsMemo()
+
+    def grid(self) -> list[Setting]:
+        return [{**p, "weight": w} for p in self.prior.grid() for w in self.WEIGHTS]
+
+    def score(self, supports: Supports, setting: Setting) -> np.ndarray:
+        prior = self.prior.score(supports, {"alpha": setting["alpha"]})
+        knn = self._memo.get(supports, "knn", lambda: self.knn.score(supports, {}))
+        return prior + float(setting["weight"]) * knn
+
+
+RankerT = TypeVar("RankerT", bound=Ranker)
+
+
+def _fit(make: Callable[[], RankerT], seconds: dict[str, float] | None) -> RankerT:
+    """``make()``; ``seconds`` (if given) gets the wall time of the fit, by ranker name."""
+    started = time.perf_counter()
+    ranker = make()
+    if seconds is not None:
+        seconds[ranker.name] = time.perf_counter() - started
+    return ranker
+
+
+def catalogue_baselines(
+    data: TrainingData, seed: int, seconds: dict[str, float] | None = None
+) -> list[Ranker]:
+    """The baselines of the catalogue protocol, fitted (``seconds``: each fit's wall time)."""
+    makers: list[Callable[[], Ranker]] = [
+        lambda: Popularity(data),
+        lambda: ItemMean(data),
+        lambda: Ease(data),
+        lambda: Edlae(data),
+        lambda: GfCf(data),
+        lambda: Rp3Beta(data),
+        lambda: Als(data, seed),
+        lambda: ItemKnn(data),
+        lambda: MultDae(data, seed),
+        lambda: RandomRanker(data.matrix.shape[1], seed),
+    ]
+    return [_fit(make, seconds) for make in makers]
+
+
+def shelf_baselines(
+    data: TrainingData, seed: int, seconds: dict[str, float] | None = None
+) -> list[Ranker]:
+    """The baselines of the new-item shelf: nothing collaborative knows a new item."""
+    knn = _fit(lambda: ContentKnn(data), seconds)
+    prior = _fit(lambda: ContentPrior(data), seconds)
+    return [knn, prior, ContentPriorKnn(prior, knn), RandomRanker(data.matrix.shape[1], seed)]
