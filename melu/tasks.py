@@ -14,7 +14,7 @@ step, and the tensors can live on the GPU for the whole run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -410,6 +410,56 @@ class FlatTasks:
     def nbytes(self) -> int:
         arrays = (self.user_ids, self.user_rows, self.offsets, self.items, self.ratings)
         return sum(a.nbytes for a in arrays)
+
+    def batch(self, index: np.ndarray | Sequence[int]) -> TaskBatch:
+        """Tasks ``index`` padded into a :class:`TaskBatch` on their own (support width: their
+        longest support): what streaming training builds per step, so that no tensor of every
+        task ever exists. The same rows as ``to_taskset().batch(index)``."""
+        idx = np.asarray(index, dtype=np.int64)
+        starts, ends = self.offsets[idx], self.offsets[idx + 1]
+        lengths = ends - starts
+        sizes = lengths - self.query_size
+        width, q, n = int(sizes.max()) if len(idx) else 0, self.query_size, len(idx)
+        task = np.repeat(np.arange(n), lengths)
+        flat = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        source = np.repeat(starts, lengths) + flat
+        spt = flat < sizes[task]
+        x_spt, y_spt = np.zeros((n, width), dtype=np.int64), np.zeros((n, width), np.float32)
+        x_qry, y_qry = np.zeros((n, q), dtype=np.int64), np.zeros((n, q), dtype=np.float32)
+        x_spt[task[spt], flat[spt]] = self.items[source[spt]]
+        y_spt[task[spt], flat[spt]] = self.ratings[source[spt]]
+        qpos = flat[~spt] - sizes[task[~spt]]
+        x_qry[task[~spt], qpos] = self.items[source[~spt]]
+        y_qry[task[~spt], qpos] = self.ratings[source[~spt]]
+        return TaskBatch(
+            users=torch.from_numpy(self.user_rows[idx].astype(np.int64)),
+            x_spt=torch.from_numpy(x_spt),
+            y_spt=torch.from_numpy(y_spt),
+            mask_spt=torch.arange(width).unsqueeze(0) < torch.from_numpy(sizes).unsqueeze(1),
+            x_qry=torch.from_numpy(x_qry),
+            y_qry=torch.from_numpy(y_qry),
+            mask_qry=torch.ones(n, q, dtype=torch.bool),
+        )
+
+    def batches(
+        self, batch_size: int, generator: np.random.Generator, bucket: int = 1
+    ) -> Iterator[TaskBatch]:
+        """Every task once, shuffled, in batches built as they are needed (:meth:`batch`);
+        with ``bucket > 1`` sorted by size within pools of ``bucket`` batches, as
+        :meth:`TaskSet.batches` does."""
+        order = generator.permutation(len(self))
+        sizes = self.support_sizes
+        groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if bucket > 1:
+            pool = batch_size * bucket
+            groups = []
+            for i in range(0, len(order), pool):
+                chunk = order[i : i + pool]
+                chunk = chunk[np.argsort(sizes[chunk], kind="stable")]
+                groups.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
+            groups = [groups[k] for k in generator.permutation(len(groups))]
+        for group in groups:
+            yield self.batch(group)
 
     def to_taskset(self) -> TaskSet:
         """The same tasks as padded tensors (support width: the longest support)."""

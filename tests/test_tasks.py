@@ -480,3 +480,18 @@ def test_select_tasks_by_hand(rule: str) -> None:
     sel.relabel(np.array([3, 8]), "new_user", "validation")
     assert sel.tasks("new_user")[0].tolist() == []
     assert sel.tasks("validation")[0].tolist() == expected
+
+
+def test_flat_tasks_stream_the_same_batches_as_the_padded_set(melu_data: ColdStartData) -> None:
+    """Streaming training builds each batch from the flat tasks alone: the same rows, ratings
+    and masks as the padded task set, and every task exactly once per pass."""
+    flat = melu_data.flat_tasks["warm"]
+    padded = flat.to_taskset()
+    index = np.array([5, 0, 17, 3])
+    a, b = flat.batch(index), padded.batch(index, trim=True)
+    for name in ("users", "x_spt", "y_spt", "mask_spt", "x_qry", "y_qry", "mask_qry"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    seen = np.concatenate(
+        [batch.users.numpy() for batch in flat.batches(32, np.random.default_rng(0), bucket=4)]
+    )
+    assert sorted(seen.tolist()) == sorted(flat.user_rows.tolist())
