@@ -2,9 +2,9 @@
 protocol (10 rated query items per user), with the baselines people already use.
 
 Modules: :mod:`~melu.evaluation.metrics` (pure functions), :mod:`~melu.evaluation.catalogue`
-and :mod:`~melu.evaluation.query` (the two protocols), :mod:`~melu.evaluation.rankers`
-(catalogue baselines), :mod:`~melu.evaluation.report` (JSON, Markdown),
-:mod:`~melu.evaluation.run` (the entry points re-exported here).
+and :mod:`~melu.evaluation.query` (the two protocols), :mod:`~melu.evaluation.rankers` and
+:mod:`~melu.evaluation.anchors` (catalogue baselines), :mod:`~melu.evaluation.report` (JSON,
+Markdown), :mod:`~melu.evaluation.run` (the entry points re-exported here).
 """
 
 from melu.evaluation.metrics import (

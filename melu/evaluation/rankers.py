@@ -10,11 +10,15 @@ least-squares fold-in of a new user) and item-item cosine kNN.
 - popularity: training counts;
 - item_mean: shrunk item mean, ``(sum + m * global mean) / (count + m)``;
 - ease: EASE (Steck 2019), closed form; all regularisers from one eigendecomposition;
-- als: ``implicit``'s ALS, the user's factors solved from the support (fold-in);
+- als: iALS, ``implicit``'s ALS, the user's factors solved from the support (fold-in), on a
+  grid after Rendle et al. 2022;
 - item_knn: ``implicit``'s cosine item-item kNN, scores summed over the support items;
 - content_knn: similarity of genre, director, actors, rate and year to the support items,
   weighted by each rating's distance from the user's mean (new items have no ratings);
 - random.
+
+The stronger baselines of issue 17 (GF-CF, RP3beta, EDLAE, Mult-DAE, the content prior) and
+the line-ups each protocol evaluates are in :mod:`melu.evaluation.anchors`.
 """
 
 from __future__ import annotations
