@@ -6,11 +6,13 @@ Stages (one function each, registered in ``STAGES``):
 
 * ``prepare``: read the CSV files (ratings, movies, tags, links, genome) and build the
   scenarios, vocabularies and tasks: ``melu.data.prepare_frames`` as ``melu train`` runs it.
+* ``train``: the taste model's co-occurrence fit and meta-training steps on batches streamed
+  from the flat tasks: tasks/s, and the epoch time it projects to.
+* ``evaluate``: the catalogue protocol's model part (adapt, score every recommendable item,
+  rank with the floor, judge) for up to 1,000 new users at each of S = 3, 5, 10, 20.
 
-The model's stages (training time per epoch in tasks/s, catalogue evaluation, ``/recommend``
-p50/p99 at the catalogue's size) are to be added the same way: a function
-``stage_<name>(release: Path) -> dict`` that may call :func:`prepared` for the data, and an
-entry in ``STAGES``; the table and the growth fit pick them up.
+A stage is a function ``stage_<name>(release: Path) -> dict`` that may call :func:`prepared`
+for the data, and an entry in ``STAGES``; the table and the growth fit pick them up.
 
 Prints a table and writes JSON (default results/scale_cpu.json) with, per size and stage: the
 child's wall and CPU seconds (with its start: imports take ~5 s), the stage's own wall and
@@ -98,7 +100,120 @@ def stage_prepare(release: Path) -> dict[str, Any]:
     }
 
 
-STAGES: dict[str, Callable[[Path], dict[str, Any]]] = {"prepare": stage_prepare}
+# Meta-batches timed per training stage (after one warm-up): an epoch at 25M ratings is 7,000
+# of them, so the epoch time is projected from these.
+TRAIN_BATCHES = 30
+# Users scored per number of ratings in the evaluation stage.
+EVAL_USERS = 1000
+
+
+def _taste_learner(data: ColdStartData) -> tuple[Any, float]:
+    """The default preset's taste model for ``data``, its co-occurrence fitted (seconds)."""
+    from melu.config import PRESETS
+    from melu.learners import build_learner, fit_to_training
+
+    preset = PRESETS["default"]
+    learner = build_learner(data.encoder, preset.model, preset.meta, data.scale)
+    start = time.perf_counter()
+    fit_to_training(learner, data.train_ratings, data.catalogue.rows, data.catalogue.table.numpy())
+    return learner, time.perf_counter() - start
+
+
+def stage_train(release: Path) -> dict[str, Any]:
+    """Meta-training of the taste model on batches streamed from the flat tasks (no padded
+    tensor of every task): tasks/s over :data:`TRAIN_BATCHES` meta-batches of 32, and the epoch
+    time that projects to."""
+    import torch
+
+    from melu.config import PRESETS
+    from melu.objectives import sample_episodes
+
+    torch.set_num_threads(1)
+    data, seconds = prepared(release)
+    learner, fit_s = _taste_learner(data)
+    learner.train()
+    preset = PRESETS["default"]
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    table, recommendable = data.catalogue.table, data.catalogue.recommendable
+    vocab = data.encoder.item_specs()[0].vocab_size
+    flat = data.flat_tasks["warm"]
+    batches = flat.batches(32, np.random.default_rng(0), bucket=8)
+
+    def step() -> int:
+        batch = next(batches)
+        episode = sample_episodes(
+            batch, data.user_table, table, preset.meta.episode_support,
+            preset.model.liked_rating, vocab_size=vocab,
+        )  # fmt: skip
+        loss = learner(episode, table, recommendable).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return len(batch)
+
+    step()  # warm-up
+    start, tasks = time.perf_counter(), 0
+    for _ in range(TRAIN_BATCHES):
+        tasks += step()
+    elapsed = time.perf_counter() - start
+    rate = tasks / elapsed
+    return {
+        **seconds,
+        "cooccurrence_fit_s": fit_s,
+        "training_tasks": len(flat),
+        "catalogue_items": len(data.catalogue),
+        "recommendable_items": int(recommendable.sum()),
+        "tasks_per_s": rate,
+        "epoch_s_projected": len(flat) / rate,
+    }
+
+
+def stage_evaluate(release: Path) -> dict[str, Any]:
+    """The catalogue protocol's model part at this catalogue's size: up to
+    :data:`EVAL_USERS` new users at each S, adapted and ranked over every recommendable item
+    exactly as ``melu evaluate`` and ``/recommend`` do (the scorer, the floor, rank_top)."""
+    import torch
+
+    from melu.evaluation import catalogue as C
+    from melu.scoring import CatalogueScorer
+
+    torch.set_num_threads(1)
+    data, seconds = prepared(release)
+    learner, fit_s = _taste_learner(data)
+    learner.eval()
+    counts = C.training_counts(data)
+    timings: dict[str, float] = {}
+    users = 0
+    with torch.no_grad():
+        start = time.perf_counter()
+        scorer = CatalogueScorer(learner, data.catalogue.table, data.catalogue.recommendable)
+        timings["item_side_s"] = time.perf_counter() - start
+        for size in (3, 5, 10, 20):
+            cases = C.build_cases(data, "new_user", size, 0, "catalogue")
+            if len(cases) > EVAL_USERS:
+                pick = np.random.default_rng([0, size]).choice(len(cases), EVAL_USERS, False)
+                cases = cases.subset(np.sort(pick))
+            start = time.perf_counter()
+            lists = C.model_scores(scorer, data.user_table, cases.user_rows, cases.supports)
+            C.judge(cases, lists.scores, counts, lists.above_floor)
+            timings[f"S{size}_s"] = time.perf_counter() - start
+            users += len(cases)
+    model_s = sum(v for k, v in timings.items() if k.startswith("S"))
+    return {
+        **seconds,
+        **timings,
+        "cooccurrence_fit_s": fit_s,
+        "catalogue_items": len(data.catalogue),
+        "users_scored": users,
+        "users_per_s": users / model_s,
+    }
+
+
+STAGES: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "prepare": stage_prepare,
+    "train": stage_train,
+    "evaluate": stage_evaluate,
+}
 
 
 # --- the parent: generate, run each stage in a child, fit the growth ---------------------------
@@ -156,9 +271,19 @@ def growth(rows: list[dict[str, Any]], stage: str) -> dict[str, float | None]:
     }
 
 
+# What each stage reports beside the common columns: (key, heading, format).
+EXTRA: dict[str, list[tuple[str, str, str]]] = {
+    "prepare": [],
+    "train": [("tasks_per_s", "tasks/s", ".0f"), ("epoch_s_projected", "epoch s", ".0f"),
+              ("cooccurrence_fit_s", "co-oc s", ".1f")],
+    "evaluate": [("users_per_s", "users/s", ".0f"), ("catalogue_items", "items", ",")],
+}  # fmt: skip
+
+
 def table(rows: list[dict[str, Any]], stage: str) -> str:
     head = (f"{'ratings':>10} {'users':>8} {'movies':>7} {'child s':>7} {'work s':>7} "
             f"{'cpu s':>7} {'read s':>7} {'prep s':>7} {'peak GB':>8} {'tasks':>8}")  # fmt: skip
+    head += "".join(f" {title:>9}" for _, title, _ in EXTRA.get(stage, []))
     lines = [f"stage {stage}", head]
     for r in rows:
         s = r["stages"][stage]
@@ -167,6 +292,7 @@ def table(rows: list[dict[str, Any]], stage: str) -> str:
             f"{s['work_s']:>7.1f} {s['work_cpu_s']:>7.1f} {s.get('read_s', float('nan')):>7.1f} "
             f"{s.get('prepare_s', float('nan')):>7.1f} {s['peak_rss_gb']:>8.2f} "
             f"{sum(s.get('tasks', {}).values()):>8,}"
+            + "".join(f" {s[key]:>9{fmt}}" for key, _, fmt in EXTRA.get(stage, []))
         )
     return "\n".join(lines)
 
