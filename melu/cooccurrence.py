@@ -29,6 +29,8 @@ index 0, the unknown item (new items), has no neighbours and is nobody's neighbo
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 import torch
@@ -36,11 +38,8 @@ from scipy import sparse
 from torch import nn
 
 
-def normalised_cooccurrence(
-    users: np.ndarray, items: np.ndarray, n_items: int
-) -> tuple[sparse.csr_matrix, np.ndarray]:
-    """``P = R~^T R~`` (diagonal zero) over item indices ``0..n_items-1`` and the items'
-    degrees ``d_i``, from the (user, item) pairs of the training ratings."""
+def _normalised(users: np.ndarray, items: np.ndarray, n_items: int) -> sparse.csc_matrix:
+    """``R~ = D_U^-1/2 R D_I^-1/2`` (binary ``R``: training users x items), by columns."""
     user_index = pd.factorize(users)[0]
     r = sparse.csr_matrix(
         (np.ones(len(items), dtype=np.float64), (user_index, items)),
@@ -52,32 +51,73 @@ def normalised_cooccurrence(
     d_item = np.asarray(r.sum(0)).ravel()
     inv_u = sparse.diags(1.0 / np.sqrt(np.maximum(d_user, 1.0)))
     inv_i = sparse.diags(1.0 / np.sqrt(np.maximum(d_item, 1.0)))
-    normalised = inv_u @ r @ inv_i
+    return sparse.csc_matrix(inv_u @ r @ inv_i)
+
+
+def normalised_cooccurrence(
+    users: np.ndarray, items: np.ndarray, n_items: int
+) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """``P = R~^T R~`` (diagonal zero) over item indices ``0..n_items-1`` and the items'
+    degrees ``d_i``, from the (user, item) pairs of the training ratings (all of it at once:
+    for tests and small catalogues; :func:`neighbour_lists` fits the model)."""
+    normalised = _normalised(users, items, n_items)
     p = (normalised.T @ normalised).tocsr()
     p.setdiag(0.0)
     p.eliminate_zeros()
-    return p, d_item
+    return p, np.diff(normalised.indptr).astype(np.float64)
 
 
-def top_neighbours(p: sparse.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``k`` largest entries as ``(index [n, k], value [n, k])``, padded with
-    index 0 and value 0 (``k = 0``: as many as the fullest row holds)."""
-    n = p.shape[0]
-    lengths = np.diff(p.indptr)
-    width = int(lengths.max(initial=0)) if k <= 0 else k
-    width = max(width, 1)
-    index = np.zeros((n, width), dtype=np.int64)
-    value = np.zeros((n, width), dtype=np.float32)
-    for row in range(n):
-        start, end = p.indptr[row], p.indptr[row + 1]
-        cols, vals = p.indices[start:end], p.data[start:end]
-        if len(cols) > width:
-            keep = np.argpartition(-vals, width - 1)[:width]
-            cols, vals = cols[keep], vals[keep]
-        order = np.lexsort((cols, -vals))  # largest first, ties by index: deterministic
-        index[row, : len(order)] = cols[order]
-        value[row, : len(order)] = vals[order]
-    return index, value
+class Neighbours(NamedTuple):
+    """Each item's ``k`` largest co-occurrence entries (``index``/``value [n, k]``, padded with
+    index 0 and value 0), the items' degrees, and the standard deviation of every nonzero
+    entry of ``P`` (its scale)."""
+
+    index: np.ndarray
+    value: np.ndarray
+    degree: np.ndarray
+    scale: float
+
+
+def neighbour_lists(
+    users: np.ndarray, items: np.ndarray, n_items: int, k: int, block: int = 1024
+) -> Neighbours:
+    """:class:`Neighbours` of ``P = R~^T R~`` computed ``block`` items at a time, so that
+    memory stays at ``block x n_items`` whatever the catalogue (87k items: ``P`` itself would
+    hold billions of entries). Rows are largest first, ties by index."""
+    normalised = _normalised(users, items, n_items)
+    degree = np.diff(normalised.indptr).astype(np.float64)
+    width = max(1, k)
+    index = np.zeros((n_items, width), dtype=np.int64)
+    value = np.zeros((n_items, width), dtype=np.float32)
+    total = total_sq = count = 0.0
+    for start in range(0, n_items, block):
+        stop = min(start + block, n_items)
+        rows = np.asarray((normalised[:, start:stop].T @ normalised).todense())
+        rows[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        nonzero = rows[rows != 0]
+        total, total_sq, count = (
+            total + nonzero.sum(),
+            total_sq + (nonzero**2).sum(),
+            count + nonzero.size,
+        )
+        # The k largest (a partition), then largest first, ties by index (a stable sort of
+        # the index-sorted candidates).
+        if width < rows.shape[1]:
+            top = np.sort(np.argpartition(-rows, width - 1, axis=1)[:, :width], axis=1)
+        else:
+            top = np.broadcast_to(np.arange(rows.shape[1]), rows.shape).copy()
+        candidates = np.take_along_axis(rows, top, axis=1)
+        order = np.take_along_axis(top, np.argsort(-candidates, axis=1, kind="stable"), axis=1)
+        order = order[:, :width]
+        values = np.take_along_axis(rows, order, axis=1)
+        order[values == 0] = 0
+        # A catalogue smaller than k leaves the rest of each row as padding.
+        index[start:stop, : order.shape[1]] = order
+        value[start:stop, : order.shape[1]] = values
+    mean = total / max(count, 1.0)
+    variance = total_sq / max(count, 1.0) - mean**2
+    scale = float(np.sqrt(variance)) if count > 1 and variance > 0 else 1.0
+    return Neighbours(index, value, degree, scale)
 
 
 class Cooccurrence(nn.Module):
@@ -99,23 +139,16 @@ class Cooccurrence(nn.Module):
     @torch.no_grad()
     def fit(self, users: np.ndarray, items: np.ndarray) -> None:
         """Fill the buffers from the training ratings' (user, item-index) pairs. Values are
-        divided by the standard deviation of the nonzero entries, so that ``beta`` starts on
+        divided by the standard deviation of the nonzero entries, so that the trust starts on
         the scale of the other logit terms whatever the data."""
         n_items, width = self.index.shape
-        p, degree = normalised_cooccurrence(users, items, n_items)
-        k = width if width < n_items - 1 else 0
-        index, value = top_neighbours(p, k)
-        index, value = index[:, :width], value[:, :width]
-        if index.shape[1] < width:
-            pad = width - index.shape[1]
-            index = np.pad(index, ((0, 0), (0, pad)))
-            value = np.pad(value, ((0, 0), (0, pad)))
-        scale = float(p.data.std()) if p.nnz > 1 and p.data.std() > 0 else 1.0
-        self.index.copy_(torch.from_numpy(index))
-        self.value.copy_(torch.from_numpy(value / scale))
-        self.inv_sqrt_degree.copy_(torch.from_numpy(1.0 / np.sqrt(np.maximum(degree, 1.0))))
+        found = neighbour_lists(users, items, n_items, width)
+        self.index.copy_(torch.from_numpy(found.index))
+        self.value.copy_(torch.from_numpy(found.value / found.scale))
+        inverse = 1.0 / np.sqrt(np.maximum(found.degree, 1.0))
+        self.inv_sqrt_degree.copy_(torch.from_numpy(inverse))
         self.inv_sqrt_degree[0] = 0.0
-        self.scale.fill_(scale)
+        self.scale.fill_(found.scale)
 
     def scores(
         self,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from melu.config import MetaConfig, ModelConfig, RatingScale
-from melu.cooccurrence import Cooccurrence, normalised_cooccurrence, top_neighbours
+from melu.cooccurrence import Cooccurrence, neighbour_lists, normalised_cooccurrence
 from melu.features import FieldSpec
 from melu.objectives import ITEM_ID_COLUMN, Episode
 from melu.ranking import rank, top_k_row
@@ -129,14 +129,17 @@ def test_cooccurrence_is_the_normalised_item_item_matrix() -> None:
     np.testing.assert_array_equal(degree, np.bincount(PAIRS[:, 1], minlength=N_IDS))
 
 
-def test_top_neighbours_keep_the_largest_entries() -> None:
-    p, _ = normalised_cooccurrence(PAIRS[:, 0], PAIRS[:, 1], N_IDS)
-    index, value = top_neighbours(p, 3)
+@pytest.mark.parametrize("block", [1, 4, 64])
+def test_neighbour_lists_keep_the_largest_entries_whatever_the_block(block: int) -> None:
+    p, degree = normalised_cooccurrence(PAIRS[:, 0], PAIRS[:, 1], N_IDS)
+    found = neighbour_lists(PAIRS[:, 0], PAIRS[:, 1], N_IDS, 3, block=block)
     full = p.toarray()
     for row in range(1, N_IDS):
         expected = np.sort(full[row])[::-1][:3]
-        np.testing.assert_allclose(value[row], expected, rtol=1e-6)
-        np.testing.assert_allclose(full[row, index[row]], value[row], rtol=1e-6)
+        np.testing.assert_allclose(found.value[row], expected, rtol=1e-6)
+        np.testing.assert_allclose(full[row, found.index[row]], found.value[row], rtol=1e-6)
+    np.testing.assert_array_equal(found.degree, degree)
+    assert found.scale == pytest.approx(float(p.data.std()), rel=1e-9)
 
 
 def test_leaving_the_user_out_equals_the_matrix_without_them() -> None:
