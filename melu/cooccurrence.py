@@ -68,12 +68,12 @@ def normalised_cooccurrence(
 
 
 class Neighbours(NamedTuple):
-    """Each item's ``k`` largest co-occurrence entries (``index``/``value [n, k]``, padded with
+    """Each item's ``k`` largest co-occurrence entries (``items``/``values [n, k]``, padded with
     index 0 and value 0), the items' degrees, and the standard deviation of every nonzero
     entry of ``P`` (its scale)."""
 
-    index: np.ndarray
-    value: np.ndarray
+    items: np.ndarray
+    values: np.ndarray
     degree: np.ndarray
     scale: float
 
@@ -143,8 +143,8 @@ class Cooccurrence(nn.Module):
         the scale of the other logit terms whatever the data."""
         n_items, width = self.index.shape
         found = neighbour_lists(users, items, n_items, width)
-        self.index.copy_(torch.from_numpy(found.index))
-        self.value.copy_(torch.from_numpy(found.value / found.scale))
+        self.index.copy_(torch.from_numpy(found.items))
+        self.value.copy_(torch.from_numpy(found.values / found.scale))
         inverse = 1.0 / np.sqrt(np.maximum(found.degree, 1.0))
         self.inv_sqrt_degree.copy_(torch.from_numpy(inverse))
         self.inv_sqrt_degree[0] = 0.0

@@ -136,8 +136,8 @@ def test_neighbour_lists_keep_the_largest_entries_whatever_the_block(block: int)
     full = p.toarray()
     for row in range(1, N_IDS):
         expected = np.sort(full[row])[::-1][:3]
-        np.testing.assert_allclose(found.value[row], expected, rtol=1e-6)
-        np.testing.assert_allclose(full[row, found.index[row]], found.value[row], rtol=1e-6)
+        np.testing.assert_allclose(found.values[row], expected, rtol=1e-6)
+        np.testing.assert_allclose(full[row, found.items[row]], found.values[row], rtol=1e-6)
     np.testing.assert_array_equal(found.degree, degree)
     assert found.scale == pytest.approx(float(p.data.std()), rel=1e-9)
 
