@@ -61,6 +61,31 @@ def kept_weights(metrics: dict[str, Any]) -> str:
     )
 
 
+def check_options(model_cfg: ModelConfig, meta_cfg: MetaConfig, train_cfg: TrainConfig) -> None:
+    """Refuse options the taste model would silently ignore or cannot train with: they belong
+    to MeLU's rating network. (torch.compile: aot_autograd has no double backward for the
+    second-order steps, and the first-order meta-gradient it compiled differed from eager by
+    8e-4 in float64.)"""
+    if model_cfg.objective != "taste":
+        return
+    given = [
+        flag
+        for flag, on in (
+            ("--adapt all", meta_cfg.adapt == "all"),
+            ("--learn-local-lr", meta_cfg.learn_local_lr),
+            ("--local-update vmap", meta_cfg.local_update == "vmap"),
+            ("--compile", train_cfg.compile),
+        )
+        if on
+    ]
+    if given:
+        raise MeluError(
+            f"{', '.join(given)}: only for MeLU's rating network (--preset melu or --objective "
+            "rating); the taste model adapts its own fast weights with learned step sizes, "
+            "and torch.compile cannot differentiate its local steps"
+        )
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,6 +164,7 @@ def train(
     elif path.exists() and world.is_main:
         log.warning("%s exists and will be overwritten (use --resume to continue it)", path)
 
+    check_options(model_cfg, meta_cfg, train_cfg)
     dtype = _dtype(train_cfg.dtype)
     torch.manual_seed(train_cfg.seed)
     learner = build_learner(data.encoder, model_cfg, meta_cfg, data.scale)
