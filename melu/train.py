@@ -211,6 +211,18 @@ def train(
                 "state": previous.state,
             }
         log.info("resuming %s after epoch %d", path, start_epoch)
+    # Training never changes the buffers (the taste model's co-occurrence lists and its step
+    # schedule): every state a checkpoint holds shares one CPU copy of them, so that torch.save
+    # writes them once (a taste model's checkpoint on MeLU's data: 187 -> 102 MB).
+    buffers = dict(learner.named_buffers())
+    frozen = {
+        name: value.detach().to("cpu", copy=True)
+        for name, value in learner.state_dict().items()
+        if name in buffers
+    }
+    for kept in (best, best_list):
+        if kept["state"] is not None:
+            kept["state"] = {**kept["state"], **frozen}
 
     model: torch.nn.Module = learner
     if world.enabled:
@@ -314,11 +326,15 @@ def train(
             )
             row["val_recall"] = recall
             if recall > best_list["recall"]:
-                best_list = {"recall": recall, "epoch": epoch + 1, "state": _cpu_state(learner)}
+                best_list = {
+                    "recall": recall,
+                    "epoch": epoch + 1,
+                    "state": _cpu_state(learner, frozen),
+                }
                 best = {"val_mae": val["mae"], "epoch": epoch + 1, "state": best_list["state"]}
                 improved = True
         elif val["mae"] < best["val_mae"]:
-            best = {"val_mae": val["mae"], "epoch": epoch + 1, "state": _cpu_state(learner)}
+            best = {"val_mae": val["mae"], "epoch": epoch + 1, "state": _cpu_state(learner, frozen)}
             improved = True
         row["seconds"] = round(time.perf_counter() - started, 3)
         history.append(row)
@@ -361,7 +377,7 @@ def train(
                 state=best["state"],
                 metrics=metrics,
                 resume={
-                    "model": _cpu_state(learner),
+                    "model": _cpu_state(learner, frozen),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else {},
                     "epoch": epoch + 1 if not stop else train_cfg.epochs,
@@ -414,5 +430,9 @@ def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed:
     ckpt.save(path, checkpoint)
 
 
-def _cpu_state(learner: Learner) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in learner.state_dict().items()}
+def _cpu_state(learner: Learner, frozen: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CPU copy of the learner's state, with the ``frozen`` tensors (its buffers) shared."""
+    return {
+        k: frozen[k] if k in frozen else v.detach().to("cpu", copy=True)
+        for k, v in learner.state_dict().items()
+    }

@@ -291,8 +291,20 @@ def test_taste_checkpoint_round_trips_with_its_step_schedule(
         scorer=scorer,
     )  # fmt: skip
     assert mae["mae"] == pytest.approx(metrics["best_val_mae"], abs=1e-6)
+    _buffers_written_once(taste_run)
     ckpt.save(tmp_path / "copy.pt", loaded)
     assert ckpt.load(tmp_path / "copy.pt").metrics == metrics
+
+
+def _buffers_written_once(path: Path) -> None:
+    """The taste model's co-occurrence lists (most of its weights) are shared by the kept
+    state and the resume state, so the file holds them once."""
+    loaded = ckpt.load(path)
+    size = sum(t.numel() * t.element_size() for t in loaded.state.values())
+    for name in ("net.cooccurrence_table.index", "net.cooccurrence_table.value"):
+        kept, latest = loaded.state[name], loaded.resume["model"][name]
+        assert kept.untyped_storage().data_ptr() == latest.untyped_storage().data_ptr(), name
+    assert path.stat().st_size < 1.3 * size
 
 
 def test_bad_checkpoints_are_reported(tmp_path: Path) -> None:
@@ -363,6 +375,7 @@ def test_resumed_taste_run_equals_uninterrupted_run_and_chooses_its_schedule_onc
     _same_run(full, resumed)
     assert resumed.metrics["step_schedule"] == full.metrics["step_schedule"]
     assert resumed.metrics["best_val_recall"] == full.metrics["best_val_recall"]
+    _buffers_written_once(out / "checkpoint.pt")
     # A finished run: nothing trains, nothing is chosen again, the file is left alone.
     written = (out / "checkpoint.pt").stat().st_mtime_ns
     again = train(small_data, out, TASTE.model, TASTE.meta, SMALL, resume=True, progress=False)
