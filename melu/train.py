@@ -425,7 +425,9 @@ def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed:
         seed,
     )
     schedule = learner.net.step_schedule.detach().cpu()
-    checkpoint.state["net.step_schedule"] = schedule.clone()
+    # In the dtype the run was trained in (the learner above is built in float32).
+    trained = checkpoint.state["net.step_schedule"].dtype
+    checkpoint.state["net.step_schedule"] = schedule.to(trained, copy=True)
     checkpoint.metrics["step_schedule"] = {"chosen": schedule.tolist(), "recall@10": tried}
     ckpt.save(path, checkpoint)
 

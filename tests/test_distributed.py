@@ -47,8 +47,10 @@ def test_two_gloo_processes_match_one(shared_data: Path, tmp_path: Path, model: 
     for name, value in single.state.items():
         torch.testing.assert_close(ddp.state[name], value, rtol=1e-8, atol=1e-10)
     if model == "taste":
-        # Chosen once, by rank 0, after training: the same schedule as one process chose.
+        # Chosen once, by rank 0, after training: the same schedule as one process chose,
+        # stored in the run's dtype like every other weight.
         assert ddp.metrics["step_schedule"] == single.metrics["step_schedule"]
+        assert ddp.state["net.step_schedule"].dtype == torch.float64
     # Only rank 0 wrote: one checkpoint, one metrics file, no stray temporary files.
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
         "checkpoint.pt",
