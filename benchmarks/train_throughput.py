@@ -32,6 +32,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -339,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_float32_matmul_precision("high")
 
+    # The build machine's cores are shared: the load says how much of them this run had.
+    load_before = os.getloadavg()
     rows = benchmark(args)
     report: dict[str, object] = {
         "date": dt.date.today().isoformat(),
@@ -363,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                     row = epoch_timing(args, Path(tmp), compiled=mode == "compiled", model=model)
                 report["training"].append(row)  # type: ignore[attr-defined]
                 log.info("training %s %s: %s", model, mode, row)
+    report["load_average_1min"] = {"start": load_before[0], "end": os.getloadavg()[0]}
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(report, indent=2) + "\n")
@@ -391,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{t['after_epochs_s']:.1f} s outside epochs), best validation MAE "
             f"{t['best_val_mae']:.4f}{recall}"
         )
+    load = report["load_average_1min"]
+    lines.append(f"load average (1 min) on {os.cpu_count()} cores: {load}")  # shared machines
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
