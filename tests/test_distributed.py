@@ -12,6 +12,9 @@ import pytest
 import torch
 
 from melu import checkpoint as ckpt
+from melu.distributed import World
+from melu.objectives import Episode
+from melu.train import _shard
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -56,3 +59,24 @@ def test_two_gloo_processes_match_one(shared_data: Path, tmp_path: Path, model: 
         "checkpoint.pt",
         "metrics.jsonl",
     ]
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_ranks_shard_episodes_whose_own_may_be_none(own: bool) -> None:
+    """Each rank takes a strided share of a batch of episodes (5 tasks over 2 ranks: 3 and
+    2), every field cut alike; ``own`` (the users' items, None where nothing is left out of
+    the co-occurrence) stays None or is cut too."""
+    n = 5
+    fields = {
+        name: torch.arange(n * 2).view(n, 2) + 100 * i for i, name in enumerate(Episode._fields)
+    }
+    episode = Episode(**{**fields, "own": fields["own"] if own else None})
+    shards = [_shard(episode, World(rank=rank, size=2)) for rank in range(2)]
+    assert [len(s.users) for s in shards] == [3, 2]
+    for name in Episode._fields:
+        if name == "own" and not own:
+            assert all(s.own is None for s in shards)
+            continue
+        parts = [getattr(s, name) for s in shards]
+        assert torch.equal(torch.cat(parts).sort(0).values, fields[name].sort(0).values), name
+        assert torch.equal(parts[1], fields[name][1::2]), name
