@@ -1,10 +1,13 @@
-"""Correctness on a CUDA GPU, run before timing it: the GPU computes melu's meta-gradient.
+"""Correctness on a CUDA GPU, run before timing it: the GPU computes melu's meta-gradients.
 
-On real MeLU warm tasks (32 per batch, 5 local steps, second order, dropout off so that every
-variant computes the same function), compares by relative error ``|a - b| / |b|`` over all
-meta-gradients:
+On real MeLU warm tasks (32 per batch, dropout off so that every variant computes the same
+function), compares by relative error ``|a - b| / |b|`` over all meta-gradients:
 
-- the closed-form path on the GPU vs the CPU, both float64;
+- the taste model (the default preset's; its co-occurrence fitted as training fits it), its
+  meta-loss on the cold-start episodes of those tasks (drawn once, on the CPU): GPU vs CPU,
+  float64, second order (training's) and first order;
+- MeLU's rating network (5 local steps, second order), the closed-form path on the GPU vs the
+  CPU, both float64;
 - the closed-form path vs the generic ``vmap`` path on the GPU, float64;
 - the compiled path (``torch.compile``, CUDA graphs) vs eager on the GPU, float32.
 
@@ -24,10 +27,12 @@ from pathlib import Path
 
 import torch
 
-from melu.checkpoint import build_learner
-from melu.config import DataConfig, MetaConfig, ModelConfig
+from melu.config import PRESETS, DataConfig, MetaConfig, ModelConfig
 from melu.data import ColdStartData, prepare
+from melu.learners import build_learner, fit_to_training
 from melu.maml import MetaLearner, TaskFeatures, gather
+from melu.objectives import Episode, sample_episodes
+from melu.taste_learner import TasteLearner
 
 log = logging.getLogger("benchmarks.check_cuda")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens"
@@ -39,7 +44,44 @@ def learner_on(
     torch.manual_seed(0)
     meta = dataclasses.replace(MetaConfig(), local_update=local_update)  # type: ignore[arg-type]
     learner = build_learner(data.encoder, ModelConfig(), meta)
+    assert isinstance(learner, MetaLearner)
     return learner.to(device=device, dtype=dtype).eval()  # eval: no dropout
+
+
+def taste_on(data: ColdStartData, device: str, first_order: bool) -> TasteLearner:
+    """The default preset's taste model in float64, as training starts it (seeded weights,
+    co-occurrence fitted), in eval mode: no item-id or user-field dropout."""
+    preset = PRESETS["default"]
+    torch.manual_seed(0)
+    meta = dataclasses.replace(preset.meta, first_order=first_order)
+    learner = build_learner(data.encoder, preset.model, meta, data.scale)
+    assert isinstance(learner, TasteLearner)
+    table = data.catalogue.table.numpy()
+    fit_to_training(learner, data.train_ratings, data.catalogue.rows, table)
+    return learner.to(device=device, dtype=torch.float64).eval()
+
+
+def taste_episodes(data: ColdStartData) -> Episode:
+    """The episodes training would draw from the 32 tasks, drawn once (seeded, CPU, float64)."""
+    preset = PRESETS["default"]
+    tasks = data.tasks["warm"].to("cpu", torch.float64)
+    return sample_episodes(
+        tasks.batch(list(range(0, 32 * 7, 7))),
+        data.user_table,
+        data.catalogue.table,
+        preset.meta.episode_support,
+        preset.model.liked_rating,
+        vocab_size=data.encoder.item_specs()[0].vocab_size,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def taste_grads(learner: TasteLearner, data: ColdStartData, episode: Episode) -> torch.Tensor:
+    device = next(learner.parameters()).device
+    on = Episode(*(None if t is None else t.to(device) for t in episode))  # type: ignore[arg-type]
+    table = data.catalogue.table.to(device)
+    loss = learner.losses(on, table, data.catalogue.recommendable.to(device)).mean()
+    return grads(learner, loss)
 
 
 def tasks_on(
@@ -52,7 +94,7 @@ def tasks_on(
     return gather(batch, data.user_table.to(device), data.catalogue.table.to(device))
 
 
-def grads(learner: MetaLearner, loss: torch.Tensor) -> torch.Tensor:
+def grads(learner: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
     learner.zero_grad(set_to_none=True)
     loss.backward()
     return torch.cat([p.grad.reshape(-1).double().cpu() for p in learner.parameters()])  # type: ignore[union-attr]
@@ -77,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     longest = int(data.tasks["warm"].support_sizes.max())
     f64 = torch.float64
     checks: list[tuple[str, float, float]] = []
+
+    episode = taste_episodes(data)
+    for order, first_order in (("second", False), ("first", True)):
+        reference = taste_grads(taste_on(data, "cpu", first_order), data, episode)
+        gpu_grads = taste_grads(taste_on(data, dev, first_order), data, episode)
+        name = f"taste model, {order} order, float64: GPU vs CPU"
+        checks.append((name, rel(gpu_grads, reference), 1e-9))
 
     cpu = learner_on(data, "cpu", f64)
     reference = grads(cpu, cpu.meta_loss(tasks_on(data, "cpu", f64, None)))

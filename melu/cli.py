@@ -159,12 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
         f"{_DEFAULT.meta.local_steps}, melu {_MELU.meta.local_steps})",
     )
     train.add_argument(
-        "--learn-local-lr", action="store_true", help="learn per-parameter local rates (Meta-SGD)"
+        "--learn-local-lr",
+        action="store_true",
+        help="MeLU's network: learn per-parameter local rates (Meta-SGD; the taste model always "
+        "learns its step sizes)",
     )
     train.add_argument(
         "--adapt",
         choices=("head", "all"),
-        help=f"parameters adapted per user: the decision layers or all (default: {_META.adapt})",
+        help="MeLU's network: the parameters adapted per user, the decision layers or all "
+        f"(default: {_META.adapt})",
     )
     train.add_argument(
         "--first-order", action="store_true", help="first-order MAML (no second derivatives)"
@@ -172,15 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--objective",
         choices=("rating", "taste"),
-        help="override the preset's model: MeLU's rating network (the melu preset's), or the "
-        "taste model whose fast weights rank the catalogue and predict the ratings (the "
-        "default preset's)",
+        help="the model: MeLU's rating network, or the taste model whose fast weights rank the "
+        f"catalogue and predict the ratings (default: the preset's, {_DEFAULT.model.objective} "
+        f"for default, {_MELU.model.objective} for melu)",
     )
     train.add_argument(
         "--local-update",
         choices=("auto", "vmap"),
-        help="auto: the closed-form head update where it applies; vmap: torch.func per task "
-        f"(default: {_META.local_update})",
+        help="MeLU's network: auto, the closed-form head update where it applies; vmap, "
+        f"torch.func per task (default: {_META.local_update})",
     )
     train.add_argument(
         "--patience",
@@ -200,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, help=f"seed of data splits and training (default: {_TRAIN.seed})"
     )
     train.add_argument(
-        "--compile", action="store_true", help="torch.compile the meta-loss (pays on a GPU)"
+        "--compile",
+        action="store_true",
+        help="MeLU's network: torch.compile the meta-loss (pays on a GPU)",
     )
     train.add_argument(
         "--resume",
@@ -455,12 +461,13 @@ def _how_it_ended(metrics: dict[str, Any], train_cfg: TrainConfig) -> str:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from melu.data import prepare
-    from melu.train import kept_weights, resolve_device, train
+    from melu.train import check_options, kept_weights, resolve_device, train
 
     resolve_device(args.device)  # fail on a bad device before minutes of data loading
     model_cfg, meta_cfg, train_cfg, given = _train_configs(args)
     if not _check_resume(args, given):
         return 0
+    check_options(model_cfg, meta_cfg, train_cfg)  # before minutes of data loading too
     seed = train_cfg.seed
     data = prepare(args.data_dir, DataConfig.for_dataset(args.dataset, seed=seed))
     result = train(

@@ -1,8 +1,9 @@
 """Meta-training on a small real subset, for ``test_distributed`` to run under torchrun.
 
-Usage: ``torchrun --nproc_per_node=N tests/ddp_worker.py OUT_DIR`` (or plain ``python`` for one
-process); dropout (of embeddings and of item ids) is off so that every process count
-computes the same function.
+Usage: ``torchrun --nproc_per_node=N tests/ddp_worker.py OUT_DIR DATA_DIR MODEL`` (or plain
+``python`` for one process), MODEL ``rating`` (MeLU's network) or ``taste`` (the default
+preset's model). Every dropout is off, so that every process count computes the same function:
+ranks draw dropout masks from their own generators.
 """
 
 from __future__ import annotations
@@ -13,12 +14,22 @@ from pathlib import Path
 
 import numpy as np
 
-from melu.config import DataConfig, MetaConfig, ModelConfig, TrainConfig
+from melu.config import PRESETS, DataConfig, MetaConfig, ModelConfig, TrainConfig
 from melu.data import ColdStartData, prepare
 from melu.train import train
 
-# No randomness in the forward pass: ranks draw dropout masks from their own generators.
-MODEL = ModelConfig(embedding_dropout=0.0, item_id_dropout=0.0)
+# Embedding and item-id dropout (MeLU's network), item-id and user-field dropout (the taste
+# model) all off.
+NO_DROPOUT = {"embedding_dropout": 0.0, "item_id_dropout": 0.0}
+MODELS = {
+    "rating": (ModelConfig(**NO_DROPOUT), MetaConfig()),  # type: ignore[arg-type]
+    "taste": (
+        dataclasses.replace(
+            PRESETS["default"].model, taste_id_dropout=0.0, user_field_dropout=0.0, **NO_DROPOUT
+        ),
+        PRESETS["default"].meta,
+    ),
+}
 TRAIN = TrainConfig(epochs=2, batch_size=32, device="cpu", seed=5, dtype="float64", patience=10)
 
 
@@ -34,9 +45,10 @@ def small_data(shared: Path) -> ColdStartData:
     return dataclasses.replace(data, tasks=tasks)
 
 
-def main(out: Path, shared: Path) -> None:
-    train(small_data(shared), out, MODEL, MetaConfig(), TRAIN, progress=False)
+def main(out: Path, shared: Path, model: str) -> None:
+    model_cfg, meta_cfg = MODELS[model]
+    train(small_data(shared), out, model_cfg, meta_cfg, TRAIN, progress=False)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])

@@ -67,16 +67,23 @@ def test_help_describes_every_flag_with_its_default() -> None:
                 continue
             assert action.help, (command, action.option_strings)
             if action.nargs != 0 and not action.required:
-                assert "default" in action.help, (command, action.option_strings)
+                assert "default:" in action.help, (command, action.option_strings)
     serve = commands["melu serve"].format_help()
     assert "(default: 127.0.0.1" in serve and "(default: 8000)" in serve
 
 
-def test_patience_help_names_what_stops_and_what_is_kept() -> None:
+def test_train_help_says_which_model_each_option_is_for() -> None:
+    """Each model is selected on its own measure (--patience); the options of MeLU's network
+    say so, and --objective names the presets' models."""
     help_text = " ".join(dict(_subparsers(build_parser()))["melu train"].format_help().split())
-    assert "neither validation MAE nor" in help_text
-    assert "validation Recall@10 from 5 ratings" in help_text
-    assert "keeps the rating network of the best MAE epoch" in help_text
+    assert "validation Recall@10 from 5 ratings for the taste model" in help_text
+    assert "validation MAE for MeLU's network" in help_text
+    assert "the checkpoint keeps the best epoch's weights (default: 5)" in help_text
+    assert "(default: the preset's, taste for default, rating for melu)" in help_text
+    for flag in ("--learn-local-lr", "--adapt {head,all}", "--local-update {auto,vmap}"):
+        assert f"{flag} MeLU's network: " in help_text, flag
+    assert "--compile MeLU's network: " in help_text
+    assert "(default: the preset's; default preset 1, melu 5)" in help_text
 
 
 def test_serve_help_lists_the_settings() -> None:
@@ -143,9 +150,14 @@ def test_resume_refuses_other_options(
         melu(*common, "--epochs", "5", "--local-steps", "2", "--dataset", "ml-latest-small"),
         "--resume",
     )
-    assert "--epochs 5 (the run has 1)" in line and "--local-steps 2 (the run has 5)" in line
+    # The default preset's taste model takes one local step.
+    assert "--epochs 5 (the run has 1)" in line and "--local-steps 2 (the run has 1)" in line
     assert "--dataset ml-latest-small (the run has melu)" in line
     assert "--out" in line and "RUN_DIR" in line
+    # Another model is another run.
+    for option in (["--objective", "rating"], ["--preset", "melu"]):
+        line = one_line_error(melu(*common, *option), "--resume")
+        assert "--preset/--objective (another model configuration)" in line
     # Options equal to the saved ones are fine; the run is finished, and says so, and leaves
     # the checkpoint alone (the Makefile evaluates again only when it changes).
     written = (run / "checkpoint.pt").stat().st_mtime_ns
@@ -156,21 +168,62 @@ def test_resume_refuses_other_options(
     assert (run / "checkpoint.pt").stat().st_mtime_ns == written
 
 
+@pytest.mark.parametrize(
+    ("fixture", "measure", "kept"),
+    [
+        (
+            "small_checkpoint",
+            "validation Recall@10 from 5 ratings",
+            "best validation Recall@10 from 5 ratings {best_val_recall:.4f}; validation MAE "
+            "{best_val_mae:.4f})",
+        ),
+        (
+            "small_rating_checkpoint",
+            "validation MAE",
+            "best validation MAE {best_val_mae:.4f})",
+        ),
+    ],
+)
 def test_resume_says_when_a_run_stopped_early(
-    small_checkpoint: Path, shared_data: Path, tmp_path: Path
+    request: pytest.FixtureRequest,
+    shared_data: Path,
+    tmp_path: Path,
+    fixture: str,
+    measure: str,
+    kept: str,
 ) -> None:
-    run = _run_copy(small_checkpoint, tmp_path)
+    """Which measure stopped the run (the taste model's Recall@10, MeLU network's MAE), and
+    which epoch's weights the checkpoint holds, by that measure."""
+    run = _run_copy(request.getfixturevalue(fixture), tmp_path)
     saved = ckpt.load(run / "checkpoint.pt")
     saved.metrics = {**saved.metrics, "stopped_early": True}
     ckpt.save(run / "checkpoint.pt", saved)
     result = melu("train", "--data-dir", str(shared_data), "--out", str(run), "--resume")
     assert result.returncode == 0, result.stderr
-    # Which measures stop a run, and which epoch's weights the checkpoint holds, by which one.
     assert (
-        "stopped early after epoch 1 (no better validation MAE or Recall@10 from 5 ratings for "
-        "5 epochs); it keeps the rating network from epoch 1 (best validation MAE "
+        f"stopped early after epoch 1 (no better {measure} for 5 epochs); it keeps the weights "
+        f"of epoch 1 ({kept.format(**saved.metrics)}. Nothing to resume"
     ) in result.stderr
-    assert "and the watch model from epoch 1 (best validation Recall@10 from 5" in result.stderr
+
+
+def test_the_taste_model_refuses_options_of_melus_network(tmp_path: Path) -> None:
+    """Options the taste model would silently ignore, or cannot train with (torch.compile of
+    its second-order steps), are refused in one line before any data is read; MeLU's network
+    takes them (and then fails on the missing data folder)."""
+    common = ["train", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "run")]
+    line = one_line_error(
+        melu(*common, "--adapt", "all", "--learn-local-lr", "--compile"),
+        "--adapt all, --learn-local-lr, --compile: only for MeLU's rating network",
+    )
+    assert "--preset melu or --objective rating" in line
+    one_line_error(melu(*common, "--local-update", "vmap"), "--local-update vmap: only for")
+    one_line_error(
+        melu(*common, "--preset", "melu", "--objective", "taste", "--compile"), "--compile: only"
+    )
+    for model in (["--preset", "melu"], ["--objective", "rating"]):
+        line = one_line_error(melu(*common, *model, "--adapt", "all", "--compile"))
+        assert "file not found" in line and "only for" not in line
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("target", ["check-port"])

@@ -150,7 +150,7 @@ def test_batched_prediction_equals_vmapped_per_task_prediction() -> None:
     params = learner.meta_params()
     with torch.no_grad():
         adaptation = learner.adapt(batch.users, batch.x_spt, batch.y_spt, batch.mask_spt)
-        # Every tensor of the adaptation per task; its optional watch fields are None here.
+        # Every tensor of the adaptation per task, its kernel included.
         dims = BATCHED._replace(kernel=0)
         expected = torch.vmap(learner.predict_task, in_dims=(None, dims, 0, 0))(
             params, adaptation, batch.users, batch.x_qry

@@ -300,3 +300,54 @@ def test_rank_puts_rows_below_the_floor_last() -> None:
     pool = torch.arange(1, 5)
     assert top_k_row(scores[0], pool, 3, above[0]).tolist() == [2, 4, 1]
     assert top_k_row(scores[0], pool, 1, above[0]).tolist() == [2]
+
+
+# --- MAML's guarantees, as tests/test_maml.py gives them for MeLU's network ----------------------
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_every_meta_parameter_gets_a_meta_gradient(first_order: bool) -> None:
+    """The query loss reaches every meta-parameter through the start and the local steps:
+    the embeddings, the pooling, the shrinkage, the co-occurrence's start and every step size
+    and gate (first order too: it drops the gradient's own derivative, not the step)."""
+    model = learner(first_order=first_order).train()
+    model.zero_grad()
+    model.losses(episode(), TABLE, RECOMMENDABLE).sum().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert float(param.grad.abs().sum()) > 0, name
+
+
+def test_zero_steps_leave_the_meta_learned_start() -> None:
+    model = learner().eval()
+    rows, ratings, mask = support()
+    side = model.catalogue_side(TABLE, RECOMMENDABLE)
+    state = model.adapt(USERS, rows, TABLE[rows], ratings, mask, side, steps=0)
+    start = model.net.start(model.net.pool(model.support(USERS, rows, TABLE[rows], ratings, mask)))
+    for name, got, expected in zip(start._fields, state.fast, start, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
+
+
+def test_the_step_schedule_scales_the_step_per_support_size() -> None:
+    """``TasteNet.step_schedule`` multiplies the step of a user whose support size falls in
+    its bucket (the three users: 4 ratings, bucket 4-7; 2 and 1 ratings, bucket 1-3): a
+    multiple of 0 keeps the start, 1.5 goes half as far again."""
+    model = learner().eval()
+    rows, ratings, mask = support()
+    side = model.catalogue_side(TABLE, RECOMMENDABLE)
+
+    def fast_weights(schedule: list[float]) -> list[torch.Tensor]:
+        with torch.no_grad():
+            model.net.step_schedule.copy_(torch.tensor(schedule))
+        return list(model.adapt(USERS, rows, TABLE[rows], ratings, mask, side, steps=1).fast)
+
+    start = fast_weights([0.0] * 5)
+    learned = fast_weights([1.0] * 5)
+    scheduled = fast_weights([1.5, 0.0, 1.0, 1.0, 1.0])
+    multiple = torch.tensor([0.0, 1.5, 1.5], dtype=torch.float64)  # per user
+    for base, one, got in zip(start, learned, scheduled, strict=True):
+        shape = (-1,) + (1,) * (base.dim() - 1)
+        expected = base + multiple.view(shape) * (one - base)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        assert not torch.equal(one, base)
