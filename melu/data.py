@@ -7,6 +7,7 @@ Data flows one way: files -> frames (:mod:`melu.movielens`) -> scenarios and tas
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from melu.tasks import (
     SCENARIO_INDEX,
     SCENARIOS,
     FlatTasks,
+    PaddedTasks,
     TaskSet,
     assign_scenarios,
     build_flat_tasks,
@@ -119,9 +121,11 @@ class ColdStartData:
 
     ``config`` is the configuration the data were prepared under, with what prepare() read
     from the data pinned in it (the rating scale, the time split's cutoff): it is what a
-    checkpoint stores. ``tasks`` are the padded task sets training reads; ``flat_tasks`` the
-    same tasks as prepared, flat with offsets (:class:`~melu.tasks.FlatTasks`), for code that
-    must not pad every task at once.
+    checkpoint stores. ``flat_tasks`` are the tasks as prepared, flat with offsets
+    (:class:`~melu.tasks.FlatTasks`): the taste model's training streams its batches from
+    them; ``tasks`` the same as padded task sets, padded per scenario when first read
+    (:class:`~melu.tasks.PaddedTasks`: evaluation, MeLU's training).
+    :meth:`restrict` keeps some tasks of a scenario in both.
     """
 
     config: DataConfig
@@ -129,7 +133,7 @@ class ColdStartData:
     catalogue: Catalogue
     user_table: torch.Tensor  # [n_users + 1, len(encoder.user_fields)], row 0 = unknown user
     user_rows: dict[int, int]
-    tasks: dict[str, TaskSet]
+    tasks: Mapping[str, TaskSet]
     # Every rating with its scenario (``split``, categorical over SCENARIOS), before the count
     # rule; "validation" marks the ratings of carved-out validation users. ``in_task`` is True
     # for the ratings the tasks hold (the count rule may leave a user out, or truncate one).
@@ -137,6 +141,16 @@ class ColdStartData:
     flat_tasks: dict[str, FlatTasks] = field(default_factory=dict)
     # The tag genome aligned to catalogue rows (ml-25m, ml-32m); None elsewhere.
     genome: GenomeBlock | None = None
+
+    def restrict(self, name: str, index: np.ndarray) -> ColdStartData:
+        """The same data with only tasks ``index`` of scenario ``name`` (small runs, tests):
+        in the padded and the flat tasks alike."""
+        tasks = dict(self.tasks)
+        tasks[name] = tasks[name].subset(index)
+        flat = dict(self.flat_tasks)
+        if name in flat:
+            flat[name] = flat[name].subset(index)
+        return replace(self, tasks=tasks, flat_tasks=flat)
 
     @property
     def scale(self) -> RatingScale:
@@ -280,7 +294,7 @@ def prepare_frames(
             cfg,
         )
     del selection
-    tasks = {name: f.to_taskset() for name, f in flat.items()}
+    tasks = PaddedTasks(flat)
     genome = (
         GenomeBlock.align(ml.genome.tags, ml.genome.item_ids, ml.genome.scores, catalogue.item_ids)
         if ml.genome is not None

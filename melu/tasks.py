@@ -14,7 +14,7 @@ step, and the tensors can live on the GPU for the whole run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -381,6 +381,27 @@ class TaskSet:
         return replace(self, batch_all=self.batch_all.to(device, dtype))
 
 
+class PaddedTasks(Mapping[str, "TaskSet"]):
+    """Each scenario's :class:`TaskSet`, padded from its :class:`FlatTasks` the first time it
+    is asked for: a 25M-rating release never pads its training tasks (training streams them,
+    :meth:`FlatTasks.batches`), only the smaller sets evaluation reads."""
+
+    def __init__(self, flat: dict[str, FlatTasks]) -> None:
+        self._flat = flat
+        self._padded: dict[str, TaskSet] = {}
+
+    def __getitem__(self, name: str) -> TaskSet:
+        if name not in self._padded:
+            self._padded[name] = self._flat[name].to_taskset()
+        return self._padded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._flat)
+
+    def __len__(self) -> int:
+        return len(self._flat)
+
+
 @dataclass(frozen=True)
 class FlatTasks:
     """Every task of one scenario as flat arrays with offsets (CSR): the compact form a release
@@ -410,6 +431,23 @@ class FlatTasks:
     def nbytes(self) -> int:
         arrays = (self.user_ids, self.user_rows, self.offsets, self.items, self.ratings)
         return sum(a.nbytes for a in arrays)
+
+    def subset(self, index: np.ndarray | Sequence[int]) -> FlatTasks:
+        """Tasks ``index`` as flat tasks of their own (small runs, tests)."""
+        idx = np.asarray(index, dtype=np.int64)
+        starts, lengths = self.offsets[idx], np.diff(self.offsets)[idx]
+        source = np.repeat(starts, lengths) + (
+            np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        )
+        return FlatTasks(
+            name=self.name,
+            user_ids=self.user_ids[idx],
+            user_rows=self.user_rows[idx],
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            items=self.items[source],
+            ratings=self.ratings[source],
+            query_size=self.query_size,
+        )
 
     def batch(self, index: np.ndarray | Sequence[int]) -> TaskBatch:
         """Tasks ``index`` padded into a :class:`TaskBatch` on their own (support width: their

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ from melu.objectives import Episode, sample_episodes
 from melu.predict import catalogue_recall, query_mae
 from melu.schedule import choose_step_schedule
 from melu.scoring import CatalogueScorer
+from melu.tasks import TaskBatch
 from melu.taste_learner import TasteLearner
 
 log = logging.getLogger(__name__)
@@ -238,10 +240,14 @@ def train(
     item_table = data.catalogue.table.to(device)
     recommendable = data.catalogue.recommendable.to(device)
     vocab = data.encoder.item_specs()[0].vocab_size
-    # Ratings in the training dtype once here, not per step.
-    train_tasks = data.tasks["warm"].to(device, dtype)
+    # The taste model streams its batches from the flat tasks, so that no tensor of every
+    # training task ever exists (25M ratings); MeLU's network reads the padded tasks, whose
+    # queries it redraws every epoch. Ratings in the training dtype once here, not per step.
+    flat_train = data.flat_tasks.get("warm") if lists else None
+    train_tasks = None if flat_train is not None else data.tasks["warm"].to(device, dtype)
+    n_train = len(flat_train) if flat_train is not None else len(data.tasks["warm"])
     val_tasks = data.tasks["validation"].to(device, dtype)
-    if len(train_tasks) == 0 or len(val_tasks) == 0:
+    if n_train == 0 or len(val_tasks) == 0:
         raise MeluError("no training or validation tasks: is the dataset complete?")
     # A compiled meta-loss gives the same gradients (tested); it pays off on GPUs, where CUDA
     # graphs ("reduce-overhead") remove the launch cost of its many small kernels. Every batch
@@ -255,17 +261,27 @@ def train(
         if train_cfg.compile
         else model
     )
-    full_width = train_tasks.batch_all.x_spt.shape[1]
+    full_width = int(data.tasks["warm"].support_sizes.max()) if train_cfg.compile else 0
 
     for epoch in range(start_epoch, train_cfg.epochs):
         started = time.perf_counter()
         learner.train()
         rng = np.random.default_rng((train_cfg.seed, epoch))
-        episodes = train_tasks.resample_queries(rng) if train_cfg.resample_queries else train_tasks
-        batches = episodes.batches(train_cfg.batch_size, rng, bucket=BUCKET_BATCHES)
+        batches: Iterable[TaskBatch]
+        if flat_train is not None:
+            # An episode draws its support from all of a task's ratings: no query redraw.
+            streamed = flat_train.batches(train_cfg.batch_size, rng, bucket=BUCKET_BATCHES)
+            batches = (b.to(device, dtype) for b in streamed)
+        else:
+            assert train_tasks is not None
+            episodes = (
+                train_tasks.resample_queries(rng) if train_cfg.resample_queries else train_tasks
+            )
+            batches = episodes.batches(train_cfg.batch_size, rng, bucket=BUCKET_BATCHES)
         total = torch.zeros((), device=device, dtype=dtype)
         bar = tqdm(
             batches,
+            total=math.ceil(n_train / train_cfg.batch_size),
             desc=f"epoch {epoch + 1}/{train_cfg.epochs}",
             disable=not (progress and world.is_main),
             leave=False,
@@ -309,7 +325,7 @@ def train(
         val = query_mae(learner, val_tasks, user_table, item_table, data.scale, scorer=scorer)
         row = {
             "epoch": epoch + 1,
-            "train_loss": float(total.item()) / len(train_tasks),
+            "train_loss": float(total.item()) / n_train,
             "val_mae": val["mae"],
             "val_rmse": val["rmse"],
             "lr": optimizer.param_groups[0]["lr"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,11 +85,10 @@ def latest_small_data(shared_data: Path) -> ColdStartData:
 
 
 def _small_run(root: Path, data: ColdStartData, model: ModelConfig, meta: MetaConfig) -> Path:
-    tasks = dict(data.tasks)
-    tasks["warm"] = tasks["warm"].subset(np.arange(min(160, len(tasks["warm"]))))
-    tasks["validation"] = tasks["validation"].subset(np.arange(min(32, len(tasks["validation"]))))
+    small = data.restrict("warm", np.arange(min(160, len(data.tasks["warm"]))))
+    small = small.restrict("validation", np.arange(min(32, len(data.tasks["validation"]))))
     config = TrainConfig(epochs=1, device="cpu")
-    train(replace(data, tasks=tasks), root, model, meta, config, progress=False)
+    train(small, root, model, meta, config, progress=False)
     return root / "checkpoint.pt"
 
 

@@ -36,13 +36,9 @@ TRAIN = TrainConfig(epochs=2, batch_size=32, device="cpu", seed=5, dtype="float6
 def small_data(shared: Path) -> ColdStartData:
     data = prepare(shared, DataConfig(dataset="melu"))
     rng = np.random.default_rng(0)
-    tasks = dict(data.tasks)
     # 200 tasks: the last batch of each epoch (8 tasks) does not split evenly over 3 ranks.
-    tasks["warm"] = data.tasks["warm"].subset(
-        rng.choice(len(data.tasks["warm"]), 200, replace=False)
-    )
-    tasks["validation"] = data.tasks["validation"].subset(np.arange(64))
-    return dataclasses.replace(data, tasks=tasks)
+    data = data.restrict("warm", rng.choice(len(data.tasks["warm"]), 200, replace=False))
+    return data.restrict("validation", np.arange(64))
 
 
 def main(out: Path, shared: Path, model: str) -> None:

@@ -44,10 +44,8 @@ MODELS = {"rating": RATING, "taste": TASTE}
 def subset(data: ColdStartData, n_warm: int, n_val: int) -> ColdStartData:
     rng = np.random.default_rng(0)
     warm, val = data.tasks["warm"], data.tasks["validation"]
-    tasks = dict(data.tasks)
-    tasks["warm"] = warm.subset(rng.choice(len(warm), n_warm, replace=False))
-    tasks["validation"] = val.subset(rng.choice(len(val), n_val, replace=False))
-    return dataclasses.replace(data, tasks=tasks)
+    data = data.restrict("warm", rng.choice(len(warm), n_warm, replace=False))
+    return data.restrict("validation", rng.choice(len(val), n_val, replace=False))
 
 
 @pytest.fixture(scope="module")
@@ -300,11 +298,24 @@ def _buffers_written_once(path: Path) -> None:
     """The taste model's co-occurrence lists (most of its weights) are shared by the kept
     state and the resume state, so the file holds them once."""
     loaded = ckpt.load(path)
-    size = sum(t.numel() * t.element_size() for t in loaded.state.values())
-    for name in ("net.cooccurrence_table.index", "net.cooccurrence_table.value"):
+    shared = ("net.cooccurrence_table.index", "net.cooccurrence_table.value")
+
+    def nbytes(tensors: object) -> int:
+        if isinstance(tensors, torch.Tensor):
+            return tensors.numel() * tensors.element_size()
+        if isinstance(tensors, dict):
+            return sum(nbytes(v) for v in tensors.values())
+        if isinstance(tensors, list | tuple):
+            return sum(nbytes(v) for v in tensors)
+        return 0
+
+    for name in shared:
         kept, latest = loaded.state[name], loaded.resume["model"][name]
         assert kept.untyped_storage().data_ptr() == latest.untyped_storage().data_ptr(), name
-    assert path.stat().st_size < 1.3 * size
+    once = nbytes(loaded.state) + nbytes(loaded.resume) - nbytes([loaded.state[n] for n in shared])
+    twice = once + nbytes([loaded.state[n] for n in shared])
+    # Within pickling's overhead of the size with the lists once, well below it with them twice.
+    assert path.stat().st_size < once + 0.5 * (twice - once)
 
 
 def test_bad_checkpoints_are_reported(tmp_path: Path) -> None:
