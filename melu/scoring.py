@@ -12,7 +12,9 @@ batch of supports into
 - ``explain``: for the taste model, the loved support item each listed row follows most.
 
 The catalogue protocol (:mod:`melu.evaluation.catalogue`), training's model selection
-(:mod:`melu.predict`) and the service (:mod:`service.recommender`) all score through it.
+(:mod:`melu.predict`) and the service (:mod:`service.recommender`) all score through it. Every
+catalogue row gets a score, new items (no training ratings) from their content; which rows a
+list may hold is :func:`melu.objectives.candidates`' to say, not the scorer's.
 """
 
 from __future__ import annotations
@@ -116,7 +118,14 @@ class CatalogueScorer:
         self.cached: CachedItemSide | None = None
         with torch.no_grad():
             if isinstance(learner, TasteLearner):
-                self.side = learner.catalogue_side(table, self.recommendable)
+                # Every row's item side, not only the recommendable rows': a new item (no
+                # training ratings, item id "unknown") is never in the default list nor the
+                # local update's softmax (``recommendable`` still says so), but it is scored
+                # from its content where it is named: the service's explicit candidates and
+                # /score ids, the new-releases shelf.
+                every = torch.ones_like(self.recommendable)
+                side = learner.catalogue_side(table, every)
+                self.side = CatalogueSide(side.items, self.recommendable)
             elif learner.head_only:
                 # Items embed the same way for every user when only the head adapts.
                 self.features = learner.item_features(table)

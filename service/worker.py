@@ -54,7 +54,8 @@ def build(
     if compute:
         # The first adapt call pays one-time setup (allocations, lazy inits): before any client.
         unknown_user = tuple(recommender.encoder.encode_user({}))
-        recommender.run([Job(unknown_user, (1,), (3.0,), TopK(1, None, ()))])
+        scale = recommender.scale.values()
+        recommender.run([Job(unknown_user, (1,), (scale[len(scale) // 2],), TopK(1, None))])
     return recommender
 
 
