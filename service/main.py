@@ -297,14 +297,18 @@ def serve(
     port: int = 8000,
     device: str = "cpu",
     workers: int = 1,
+    threads: int | None = None,
 ) -> None:
     """Run the service with uvicorn until interrupted; other settings come from ``MELU_*``.
 
     Everything that can fail on the user's input (settings, the port, the checkpoint) fails
     here, as a ``MeluError`` the command line prints in one line, before the server listens.
     With ``workers`` > 1, that many processes (each with its own model) share the port.
+    ``threads`` (``melu --threads``): torch threads of the model, wherever it computes (the
+    worker process is spawned, so the command line's own setting does not reach it).
     """
-    settings = from_environment(checkpoint=Path(checkpoint), device=device)
+    overrides: dict[str, Any] = {"torch_threads": threads} if threads else {}
+    settings = from_environment(checkpoint=Path(checkpoint), device=device, **overrides)
     sock = listen(host, port)
     try:
         resolve_device(settings.device)  # a device this machine lacks fails here, in one line
@@ -325,6 +329,8 @@ def serve(
     del recommender
     os.environ["MELU_CHECKPOINT"] = str(settings.checkpoint)
     os.environ["MELU_DEVICE"] = settings.device
+    if settings.torch_threads is not None:
+        os.environ["MELU_TORCH_THREADS"] = str(settings.torch_threads)
     config = uvicorn_config(
         "service.main:create_app", settings, factory=True, workers=workers, log_level="info"
     )

@@ -648,6 +648,7 @@ class Recommender:
             ),
             user_fields=list(self.user_fields),
             user_values=self.user_values,
+            onboarding=sorted(ck.onboarding.get("lists", {})),
             configs={
                 "data": to_dict(ck.data),
                 "model": to_dict(ck.model),

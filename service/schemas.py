@@ -372,6 +372,10 @@ class ModelDetails(BaseModel):
         description="accepted values of the closed user fields the model reads (gender, age, "
         "occupation; zip: any string)"
     )
+    onboarding: list[str] = Field(
+        description="the onboarding lists the checkpoint stores (GET /onboarding strategies); "
+        "empty: GET /onboarding answers 404"
+    )
     configs: dict[str, dict[str, Any]]
     metrics: dict[str, Any]
     limits: Limits

@@ -928,6 +928,7 @@ def test_onboarding_endpoint(client: httpx.Client, ckpt: Checkpoint, tmp_path: P
     missing = client.get("/onboarding")
     assert missing.status_code == 404
     assert "melu onboarding" in missing.json()["detail"][0]["msg"]
+    assert client.get("/model").json()["onboarding"] == []  # the page asks for none
     bad = client.get("/onboarding", params={"strategy": "hype", "n": 0})
     assert bad.status_code == 422
     assert {e["field"] for e in _errors(bad)} == {"strategy", "n"}
@@ -941,6 +942,8 @@ def test_onboarding_endpoint(client: httpx.Client, ckpt: Checkpoint, tmp_path: P
     running = start_server(create_app(Settings(checkpoint=path)))
     try:
         with httpx.Client(base_url=running.url, timeout=30) as c:
+            strategies = ["diverse", "entropy", "evidence", "popularity"]
+            assert c.get("/model").json()["onboarding"] == strategies
             body = c.get("/onboarding", params={"n": 5}).json()
             assert body["strategy"] == "diverse" and body["total"] == len(ids)
             assert [it["item_id"] for it in body["items"]] == ids[::-1][:5]
