@@ -490,13 +490,18 @@ def test_nan_checkpoint_is_refused(checkpoint: Path, tmp_path: Path) -> None:
 # expects 422 beside 2xx for schema-valid requests (ids outside the catalogue match the schema).
 
 
-def test_schemathesis_all_checks(small_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("trained", ["small_checkpoint", "latest_small_checkpoint"])
+def test_schemathesis_all_checks(
+    trained: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The default model on MeLU's data (whole stars, demographics) and on ml-latest-small
+    (half stars, no user fields): /openapi.json carries each one's scale."""
     command = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     if command is None:
         pytest.fail("schemathesis is not installed: pip install -e '.[dev]'", pytrace=False)
     # As `melu train` leaves a checkpoint: with onboarding lists (their content is tested in
     # test_onboarding; here only that /onboarding answers as its schema says).
-    ckpt = load(small_checkpoint)
+    ckpt = load(request.getfixturevalue(trained))
     ids = [int(i) for i in ckpt.catalogue.item_ids[1:201]]
     strategies = ("diverse", "evidence", "popularity", "entropy")
     ckpt.onboarding = {"lists": {s: ids for s in strategies}, "info": {}}
