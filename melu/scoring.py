@@ -126,6 +126,28 @@ class CatalogueScorer:
                 every = torch.ones_like(self.recommendable)
                 side = learner.catalogue_side(table, every)
                 self.side = CatalogueSide(side.items, self.recommendable)
+                # The local update's softmax runs over the recommendable rows alone, so it is
+                # handed those only (row 0 kept as padding; the others are masked out of the
+                # softmax anyway): 2,648 of MeLU's 3,881 items, 4,007 of ml-latest-small's
+                # 9,742, the same loss for a third to a half less work per request.
+                # ``_compact_row`` maps a catalogue row to its row there (0: none). The
+                # catalogue passes read every item's side from memory (a 62k-item catalogue's
+                # is 70 MB), so fewer rows is less time, not only fewer operations.
+                kept = torch.nonzero(self.recommendable).squeeze(1)
+                kept = torch.cat([kept.new_zeros(1), kept[kept > 0]])
+                mask = torch.ones_like(kept, dtype=torch.bool)
+                mask[0] = False
+                self._kept = kept
+                self._compact = CatalogueSide(side.items.take(kept), mask)
+                self._compact_row = torch.zeros_like(self.recommendable, dtype=torch.long)
+                self._compact_row[kept[1:]] = torch.arange(1, len(kept), device=kept.device)
+                # The other rows (new items): scored only where asked (``every_row``).
+                others = torch.ones_like(self.recommendable)
+                others[kept] = False
+                self._others = torch.nonzero(others).squeeze(1)
+                self._other_side = CatalogueSide(
+                    side.items.take(self._others), torch.zeros_like(self._others, dtype=torch.bool)
+                )
             elif learner.head_only:
                 # Items embed the same way for every user when only the head adapts.
                 self.features = learner.item_features(table)
@@ -149,16 +171,32 @@ class CatalogueScorer:
         ratings and mask ``[B, S]`` (padding: row 0, masked)."""
         x_spt = self.table[rows]
         if isinstance(self.learner, TasteLearner):
-            assert self.side is not None
-            return self.learner.adapt(users, rows, x_spt, ratings, mask, self.side, steps)
+            # The support's rows only take it out of the softmax's candidates: in the compact
+            # catalogue they are its rows (a support item that is not recommendable is not
+            # there, and maps to the padding row). Its item side comes from x_spt.
+            compact = self._compact_row[rows]
+            return self.learner.adapt(users, compact, x_spt, ratings, mask, self._compact, steps)
         return self.learner.adapt(users, x_spt, ratings, mask, steps=steps)
 
-    def scores(self, state: State, users: torch.Tensor) -> Scores:
-        """:class:`Scores` of every catalogue row for the adapted users."""
+    def scores(self, state: State, users: torch.Tensor, every_row: bool = True) -> Scores:
+        """:class:`Scores` of every catalogue row for the adapted users.
+
+        ``every_row=False`` (the taste model): the recommendable rows only, what a list drawn
+        from them needs; the other rows get rank ``-inf`` and rating NaN (and are not above
+        the floor). The recommendable rows' scores are the same either way.
+        """
         learner = self.learner
         if isinstance(learner, TasteLearner):
-            assert isinstance(state, TasteState) and self.side is not None
-            logits, ratings = learner.scores(state, self.side)
+            assert isinstance(state, TasteState)
+            batch, rows = state.fast.user.shape[0], self.table.shape[0]
+            dtype, device = state.fast.user.dtype, state.fast.user.device
+            logits = torch.full((batch, rows), -math.inf, dtype=dtype, device=device)
+            ratings = torch.full((batch, rows), math.nan, dtype=dtype, device=device)
+            parts = [(self._kept, self._compact)]
+            if every_row and self._others.numel():
+                parts.append((self._others, self._other_side))
+            for index, side in parts:
+                logits[:, index], ratings[:, index] = learner.scores(state, side)
             weight = learner.net.cfg.rank_rating_weight
             rank = logits + weight * ratings if weight else logits
             above = None

@@ -120,6 +120,9 @@ class Job:
     unknown_user_fields: tuple[str, ...] = ()
     # (field, why) of each given user field the model does not read.
     ignored_user_fields: tuple[tuple[str, str], ...] = ()
+    # Whether it names a row outside the recommendable set (a new item): only then are those
+    # rows scored (CatalogueScorer.scores' every_row).
+    names_new_items: bool = False
 
 
 class Scored(NamedTuple):
@@ -217,6 +220,7 @@ class Recommender:
         # [R] bool, and its rows: the one recommendable set (items with training ratings).
         self.recommendable = self.catalogue.recommendable.to(device)
         self._recommendable_rows = torch.nonzero(self.catalogue.recommendable).squeeze(1)
+        self._is_recommendable: list[bool] = self.catalogue.recommendable.tolist()
         self.scorer: CatalogueScorer | None = None
         self.retrieval: ClusterRetrieval | None = None
         if compute:
@@ -435,7 +439,7 @@ class Recommender:
         if errors:
             raise InputError(errors)
         select = TopK(request.k, pool, request.exclude_rated)
-        return Job(user, rows, ratings, select, unknown, ignored)
+        return Job(user, rows, ratings, select, unknown, ignored, self._names_new(pool or ()))
 
     def score_job(self, request: ScoreRequest, settings: Settings) -> Job:
         errors: list[FieldError] = []
@@ -446,7 +450,11 @@ class Recommender:
             picked = self._item_rows(request.item_ids, ("body", "item_ids"), errors)
         if errors:
             raise InputError(errors)
-        return Job(user, rows, ratings, Pick(tuple(picked)), unknown, ignored)
+        named_new = self._names_new(picked)
+        return Job(user, rows, ratings, Pick(tuple(picked)), unknown, ignored, named_new)
+
+    def _names_new(self, rows: Sequence[int]) -> bool:
+        return not all(self._is_recommendable[r] for r in rows)
 
     # --- jobs -> outcomes (the worker thread; all the torch work) ----------------------------
 
@@ -471,6 +479,7 @@ class Recommender:
             state = scorer.adapt(users, rows_spt, y_spt, mask_spt, steps=self.steps)
             retrieved = False
             above: torch.Tensor | None = None
+            scored: torch.Tensor | slice = slice(1, None)  # row 0 is padding
             if (
                 self.retrieval is not None
                 and isinstance(state, Adaptation)
@@ -482,14 +491,18 @@ class Recommender:
                 ratings_all = scores
                 retrieved = True
             else:
-                scores, ratings_all, above = scorer.scores(state, users)
+                # Rows outside the recommendable set are scored only when a job names one.
+                every_row = any(j.names_new_items for j in jobs)
+                scores, ratings_all, above = scorer.scores(state, users, every_row)
+                if not every_row and self.taste:
+                    scored = self._recommendable_rows
             pred = batch_invariant(scores.cpu())  # [B, n_items + 1]
             rated = batch_invariant(ratings_all.cpu()).clamp(self.scale.low, self.scale.high)
             floor = above.cpu() if above is not None else None
             before, after = scorer.support_losses(state)
-            # Row 0 is padding. Checked weights on finite inputs stay finite; should they not,
-            # the request fails (a JSON 500) rather than answer null or unranked scores.
-            body = pred[:, 1:]
+            # Checked weights on finite inputs stay finite; should they not, the request fails
+            # (a JSON 500) rather than answer null or unranked scores.
+            body = pred[:, scored]
             bad = torch.isnan(body) | (body == math.inf)
             if not retrieved:
                 bad |= body == -math.inf  # with retrieval, -inf marks the rows not retrieved
