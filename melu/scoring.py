@@ -28,6 +28,7 @@ import torch
 from melu import closed_form
 from melu.learners import Learner
 from melu.maml import Adaptation, MetaLearner
+from melu.objectives import candidates
 from melu.taste_learner import CatalogueSide, TasteLearner, TasteState
 
 # Floats of [B, chunk, H1] activations per chunk: small enough to stay in cache.
@@ -116,6 +117,9 @@ class CatalogueScorer:
         self.side: CatalogueSide | None = None
         self.features: torch.Tensor | None = None
         self.cached: CachedItemSide | None = None
+        # The last adapted batch and its recommendable rows' logits and ratings, which the
+        # loss after the steps needed (adapt) and the list needs (scores): computed once.
+        self._last: tuple[TasteState, torch.Tensor, torch.Tensor] | None = None
         with torch.no_grad():
             if isinstance(learner, TasteLearner):
                 # Every row's item side, not only the recommendable rows': a new item (no
@@ -174,9 +178,37 @@ class CatalogueScorer:
             # The support's rows only take it out of the softmax's candidates: in the compact
             # catalogue they are its rows (a support item that is not recommendable is not
             # there, and maps to the padding row). Its item side comes from x_spt.
-            compact = self._compact_row[rows]
-            return self.learner.adapt(users, compact, x_spt, ratings, mask, self._compact, steps)
+            return self._adapt_taste(self.learner, users, rows, x_spt, ratings, mask, steps)
         return self.learner.adapt(users, x_spt, ratings, mask, steps=steps)
+
+    def _adapt_taste(
+        self,
+        learner: TasteLearner,
+        users: torch.Tensor,
+        rows: torch.Tensor,
+        x_spt: torch.Tensor,
+        ratings: torch.Tensor,
+        mask: torch.Tensor,
+        steps: int | None,
+    ) -> TasteState:
+        """The taste model's local update, with its support loss after the steps computed
+        from the logits the list is ranked by (kept for :meth:`scores`) instead of from a
+        pass over the catalogue of its own (on a 62k-item catalogue, 3.7 of 12.8 ms CPU)."""
+        compact = self._compact_row[rows]
+        state = learner.adapt(
+            users, compact, x_spt, ratings, mask, self._compact, steps, report=False
+        )
+        logits, predicted = learner.scores(state, self._compact)
+        allowed = candidates(self._compact.recommendable, state.support.rows, state.support.mask)
+        after = learner.net.support_loss(
+            state.fast, state.support, self._compact.items, allowed, logits=logits
+        ).detach()
+        n_steps = learner.cfg.local_steps if steps is None else steps
+        # No steps: the loss before them is the loss after (steps() computed neither).
+        before = state.loss_before if n_steps > 0 else after
+        state = state._replace(loss_before=before, loss_after=after)
+        self._last = (state, logits, predicted)
+        return state
 
     def scores(self, state: State, users: torch.Tensor, every_row: bool = True) -> Scores:
         """:class:`Scores` of every catalogue row for the adapted users.
@@ -196,7 +228,11 @@ class CatalogueScorer:
             if every_row and self._others.numel():
                 parts.append((self._others, self._other_side))
             for index, side in parts:
-                logits[:, index], ratings[:, index] = learner.scores(state, side)
+                last = self._last
+                if side is self._compact and last is not None and last[0] is state:
+                    logits[:, index], ratings[:, index] = last[1], last[2]
+                else:
+                    logits[:, index], ratings[:, index] = learner.scores(state, side)
             weight = learner.net.cfg.rank_rating_weight
             rank = logits + weight * ratings if weight else logits
             above = None

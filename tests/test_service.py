@@ -1142,3 +1142,35 @@ def test_user_fields_are_ignored_by_a_model_without_them(
     # The example request the server prints and publishes sends no user.
     example = latest.get("/openapi.json").json()["components"]["schemas"]["RecommendRequest"]
     assert "user" not in example["examples"][0]
+
+
+def test_scorer_shortcuts_change_nothing(ckpt: Checkpoint) -> None:
+    """What melu.scoring does to save work per request gives the learner's own numbers: the
+    local update over the recommendable rows alone, the loss after the steps from the list's
+    logits (the learner's report pass computes it over the catalogue), and lists from the
+    recommendable rows alone (every_row=False) score those rows exactly as every_row=True."""
+    learner = ckpt.learner("cpu")
+    table, recommendable = ckpt.catalogue.table, ckpt.catalogue.recommendable
+    scorer = CatalogueScorer(learner, table, recommendable)
+    rng = np.random.default_rng(4)
+    rows = torch.from_numpy(rng.choice(np.arange(1, len(ckpt.catalogue) + 1), (3, 6), False))
+    ratings = torch.from_numpy(rng.integers(1, 6, (3, 6)).astype(np.float32))
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[2, 2:] = False
+    users = torch.tensor([[1, 2, 3, 0], [0, 0, 0, 0], [2, 1, 4, 0]])
+    side = learner.catalogue_side(table, recommendable)  # the learner's own catalogue
+    for steps in (0, 1, 2):
+        with torch.no_grad():
+            state = scorer.adapt(users, rows, ratings, mask, steps)
+            own = learner.adapt(users, rows, table[rows], ratings, mask, side, steps)
+            every, listed = scorer.scores(state, users), scorer.scores(state, users, False)
+        torch.testing.assert_close(state.loss_before, own.loss_before, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(state.loss_after, own.loss_after, atol=1e-5, rtol=1e-5)
+        logits, _ = learner.scores(own, side)
+        keep, new = recommendable, ~recommendable
+        new[0] = False  # padding
+        torch.testing.assert_close(every.rank[:, keep], logits[:, keep], atol=1e-5, rtol=1e-5)
+        assert torch.equal(every.rank[:, keep], listed.rank[:, keep])
+        assert listed.above_floor is not None
+        assert torch.isinf(listed.rank[:, new]).all() and not listed.above_floor[:, new].any()
+        assert torch.isfinite(every.rank).all()
