@@ -1,15 +1,17 @@
 """Latency and throughput of the HTTP service, with micro-batching on and off.
 
-Starts a real server (``python -m uvicorn --factory service.main:create_app``) on a loopback
-port for each mode, sends the same requests (5 ratings each, every movie scored, k=10) and
-measures:
+Starts a real server (``melu serve``) on a loopback port for each mode, sends the same
+requests (5 ratings each on the checkpoint's scale, the user fields the model reads, every
+movie scored, k=10) and measures:
 
 * p50 / p99 latency with one client sending requests back to back;
 * requests per second with 1, 8 and 32 concurrent clients (keep-alive connections);
 * with ``--workers 1,2``: the same with several server processes sharing the port;
-* with ``--catalogue-sizes 100000,1000000``: latency at one client against the size of the
+* with ``--catalogue-sizes 62000,100000``: latency at one client against the size of the
   catalogue, on synthetic catalogues whose items draw each feature field (rate, year, genres,
-  directors, actors, id) from a random real movie, so that they use the real vocabularies.
+  directors, actors, id) from a random real movie, so that they use the real vocabularies
+  (and, for the taste model, the real co-occurrence: an item with a real movie's id is
+  recommendable and co-occurs as that movie does).
 
 The load generator is a minimal asyncio HTTP/1.1 client rather than httpx: it shares the CPU
 with the server, so it should cost as little as possible. Every loop is bounded by a request
@@ -17,7 +19,8 @@ count or a deadline.
 
     python benchmarks/serve_latency.py --checkpoint runs/x/checkpoint.pt --json results/serve.json
 
-Without ``--checkpoint`` (or if the file is missing) a 1-epoch checkpoint is trained first.
+Without ``--checkpoint`` (or if the file is missing) a 1-epoch checkpoint of the default
+preset (the taste model) is trained first.
 """
 
 from __future__ import annotations
@@ -60,18 +63,19 @@ def _default_data_dir() -> Path:
 def ensure_checkpoint(path: Path | None, data_dir: Path) -> Path:
     if path is not None and path.is_file():
         return path
-    from melu.config import DataConfig, MetaConfig, ModelConfig, TrainConfig
+    from melu.config import PRESETS, DataConfig, TrainConfig
     from melu.data import prepare
     from melu.train import train
 
     run_dir = path.parent if path is not None else Path(tempfile.mkdtemp(prefix="melu-bench-"))
-    log.info("training a 1-epoch checkpoint into %s", run_dir)
+    log.info("training a 1-epoch checkpoint of the default preset into %s", run_dir)
     data = prepare(data_dir, DataConfig(dataset="melu"))
+    preset = PRESETS["default"]
     train(
         data,
         run_dir,
-        ModelConfig(),
-        MetaConfig(),
+        preset.model,
+        preset.meta,
         TrainConfig(epochs=1, device="cpu"),
         progress=False,
     )
@@ -79,24 +83,33 @@ def ensure_checkpoint(path: Path | None, data_dir: Path) -> Path:
 
 
 def build_requests(checkpoint: Path, n: int, ratings: int, k: int, seed: int) -> list[bytes]:
-    """``n`` distinct /recommend requests as raw HTTP/1.1 bytes."""
+    """``n`` distinct /recommend requests as raw HTTP/1.1 bytes: ratings drawn from the
+    checkpoint's scale, values of the closed user fields the model reads (none for the CSV
+    releases)."""
     from melu.checkpoint import load
 
     ck = load(checkpoint)
     ids = ck.catalogue.item_ids[1:]
     vocab = ck.encoder.user_vocab
+    fields = [
+        f
+        for f in ("gender", "age", "occupation")
+        if f in ck.encoder.user_fields and f in ck.model.user_fields
+    ]
+    levels = np.asarray(ck.data.scale.values())
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         items = rng.choice(ids, size=ratings, replace=False)
-        body = {
+        body: dict[str, Any] = {
             "ratings": [
-                {"item_id": int(i), "rating": int(r)}
-                for i, r in zip(items, rng.integers(1, 6, size=ratings), strict=True)
+                {"item_id": int(i), "rating": float(r)}
+                for i, r in zip(items, rng.choice(levels, size=ratings), strict=True)
             ],
-            "user": {f: str(rng.choice(vocab[f].tokens)) for f in ("gender", "age", "occupation")},
             "k": k,
         }
+        if fields:
+            body["user"] = {f: str(rng.choice(vocab[f].tokens)) for f in fields}
         payload = json.dumps(body).encode()
         head = (
             "POST /recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -197,11 +210,12 @@ class Server:
             **os.environ,
             "PYTHONPATH": str(REPO),
             "MELU_MICRO_BATCHING": "true" if batching else "false",
-            "MELU_LOCAL_STEPS": str(args.local_steps),
             "MELU_BATCH_MAX_WAIT_MS": str(args.batch_max_wait_ms),
             # Closed-loop clients never exceed their own count; the bound is for open load.
             "MELU_MAX_QUEUE": "1024",
         }
+        if args.local_steps is not None:
+            env["MELU_LOCAL_STEPS"] = str(args.local_steps)
         if args.torch_threads:
             env["MELU_TORCH_THREADS"] = str(args.torch_threads)
         if getattr(args, "retrieval_fraction", 0.0):
@@ -405,13 +419,16 @@ def retrieval_recall(path: Path, args: argparse.Namespace, n: int = 20) -> float
     )
     rng = np.random.default_rng(1)
     users = ck.encoder.encode_user({})
+    levels = ck.data.scale.values()
     shares = []
     for _ in range(n):
-        rows = tuple(int(r) for r in rng.choice(np.arange(1, len(exact) + 1), args.ratings))
-        ratings = tuple(float(r) for r in rng.integers(1, 6, args.ratings))
-        job = Job(tuple(users), rows, ratings, TopK(args.k, None, rows))
-        want = {r for r, _ in exact.run([job])[0].items}
-        got = {r for r, _ in approx.run([job])[0].items}
+        rows = tuple(
+            int(r) for r in rng.choice(np.arange(1, len(exact) + 1), args.ratings, replace=False)
+        )
+        ratings = tuple(float(rng.choice(levels)) for _ in rows)
+        job = Job(tuple(users), rows, ratings, TopK(args.k, None))
+        want = {it.row for it in exact.run([job])[0].items}
+        got = {it.row for it in approx.run([job])[0].items}
         shares.append(len(want & got) / len(want))
     return float(np.mean(shares))
 
@@ -533,7 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-requests", type=int, default=300)
     parser.add_argument("--ratings", type=int, default=5, help="ratings per request")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--local-steps", type=int, default=5)
+    parser.add_argument(
+        "--local-steps", type=int, help="MELU_LOCAL_STEPS (default: the checkpoint's)"
+    )
     parser.add_argument("--batch-max-wait-ms", type=float, default=2.0)
     parser.add_argument("--torch-threads", type=int, help="MELU_TORCH_THREADS for the server")
     parser.add_argument("--modes", default="batched,unbatched")

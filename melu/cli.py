@@ -565,6 +565,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         device=args.device,
         workers=args.workers,
+        threads=args.threads,
     )
     return 0
 

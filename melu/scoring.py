@@ -12,7 +12,9 @@ batch of supports into
 - ``explain``: for the taste model, the loved support item each listed row follows most.
 
 The catalogue protocol (:mod:`melu.evaluation.catalogue`), training's model selection
-(:mod:`melu.predict`) and the service (:mod:`service.recommender`) all score through it.
+(:mod:`melu.predict`) and the service (:mod:`service.recommender`) all score through it. Every
+catalogue row gets a score, new items (no training ratings) from their content; which rows a
+list may hold is :func:`melu.objectives.candidates`' to say, not the scorer's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from melu import closed_form
 from melu.learners import Learner
 from melu.maml import Adaptation, MetaLearner
+from melu.objectives import candidates
 from melu.taste_learner import CatalogueSide, TasteLearner, TasteState
 
 # Floats of [B, chunk, H1] activations per chunk: small enough to stay in cache.
@@ -114,9 +117,41 @@ class CatalogueScorer:
         self.side: CatalogueSide | None = None
         self.features: torch.Tensor | None = None
         self.cached: CachedItemSide | None = None
+        # The last adapted batch and its recommendable rows' logits and ratings, which the
+        # loss after the steps needed (adapt) and the list needs (scores): computed once.
+        self._last: tuple[TasteState, torch.Tensor, torch.Tensor] | None = None
         with torch.no_grad():
             if isinstance(learner, TasteLearner):
-                self.side = learner.catalogue_side(table, self.recommendable)
+                # Every row's item side, not only the recommendable rows': a new item (no
+                # training ratings, item id "unknown") is never in the default list nor the
+                # local update's softmax (``recommendable`` still says so), but it is scored
+                # from its content where it is named: the service's explicit candidates and
+                # /score ids, the new-releases shelf.
+                every = torch.ones_like(self.recommendable)
+                side = learner.catalogue_side(table, every)
+                self.side = CatalogueSide(side.items, self.recommendable)
+                # The local update's softmax runs over the recommendable rows alone, so it is
+                # handed those only (row 0 kept as padding; the others are masked out of the
+                # softmax anyway): 2,648 of MeLU's 3,881 items, 4,007 of ml-latest-small's
+                # 9,742, the same loss for a third to a half less work per request.
+                # ``_compact_row`` maps a catalogue row to its row there (0: none). The
+                # catalogue passes read every item's side from memory (a 62k-item catalogue's
+                # is 70 MB), so fewer rows is less time, not only fewer operations.
+                kept = torch.nonzero(self.recommendable).squeeze(1)
+                kept = torch.cat([kept.new_zeros(1), kept[kept > 0]])
+                mask = torch.ones_like(kept, dtype=torch.bool)
+                mask[0] = False
+                self._kept = kept
+                self._compact = CatalogueSide(side.items.take(kept), mask)
+                self._compact_row = torch.zeros_like(self.recommendable, dtype=torch.long)
+                self._compact_row[kept[1:]] = torch.arange(1, len(kept), device=kept.device)
+                # The other rows (new items): scored only where asked (``every_row``).
+                others = torch.ones_like(self.recommendable)
+                others[kept] = False
+                self._others = torch.nonzero(others).squeeze(1)
+                self._other_side = CatalogueSide(
+                    side.items.take(self._others), torch.zeros_like(self._others, dtype=torch.bool)
+                )
             elif learner.head_only:
                 # Items embed the same way for every user when only the head adapts.
                 self.features = learner.item_features(table)
@@ -140,16 +175,64 @@ class CatalogueScorer:
         ratings and mask ``[B, S]`` (padding: row 0, masked)."""
         x_spt = self.table[rows]
         if isinstance(self.learner, TasteLearner):
-            assert self.side is not None
-            return self.learner.adapt(users, rows, x_spt, ratings, mask, self.side, steps)
+            # The support's rows only take it out of the softmax's candidates: in the compact
+            # catalogue they are its rows (a support item that is not recommendable is not
+            # there, and maps to the padding row). Its item side comes from x_spt.
+            return self._adapt_taste(self.learner, users, rows, x_spt, ratings, mask, steps)
         return self.learner.adapt(users, x_spt, ratings, mask, steps=steps)
 
-    def scores(self, state: State, users: torch.Tensor) -> Scores:
-        """:class:`Scores` of every catalogue row for the adapted users."""
+    def _adapt_taste(
+        self,
+        learner: TasteLearner,
+        users: torch.Tensor,
+        rows: torch.Tensor,
+        x_spt: torch.Tensor,
+        ratings: torch.Tensor,
+        mask: torch.Tensor,
+        steps: int | None,
+    ) -> TasteState:
+        """The taste model's local update, with its support loss after the steps computed
+        from the logits the list is ranked by (kept for :meth:`scores`) instead of from a
+        pass over the catalogue of its own (on a 62k-item catalogue, 3.7 of 12.8 ms CPU)."""
+        compact = self._compact_row[rows]
+        state = learner.adapt(
+            users, compact, x_spt, ratings, mask, self._compact, steps, report=False
+        )
+        logits, predicted = learner.scores(state, self._compact)
+        allowed = candidates(self._compact.recommendable, state.support.rows, state.support.mask)
+        after = learner.net.support_loss(
+            state.fast, state.support, self._compact.items, allowed, logits=logits
+        ).detach()
+        n_steps = learner.cfg.local_steps if steps is None else steps
+        # No steps: the loss before them is the loss after (steps() computed neither).
+        before = state.loss_before if n_steps > 0 else after
+        state = state._replace(loss_before=before, loss_after=after)
+        self._last = (state, logits, predicted)
+        return state
+
+    def scores(self, state: State, users: torch.Tensor, every_row: bool = True) -> Scores:
+        """:class:`Scores` of every catalogue row for the adapted users.
+
+        ``every_row=False`` (the taste model): the recommendable rows only, what a list drawn
+        from them needs; the other rows get rank ``-inf`` and rating NaN (and are not above
+        the floor). The recommendable rows' scores are the same either way.
+        """
         learner = self.learner
         if isinstance(learner, TasteLearner):
-            assert isinstance(state, TasteState) and self.side is not None
-            logits, ratings = learner.scores(state, self.side)
+            assert isinstance(state, TasteState)
+            batch, rows = state.fast.user.shape[0], self.table.shape[0]
+            dtype, device = state.fast.user.dtype, state.fast.user.device
+            logits = torch.full((batch, rows), -math.inf, dtype=dtype, device=device)
+            ratings = torch.full((batch, rows), math.nan, dtype=dtype, device=device)
+            parts = [(self._kept, self._compact)]
+            if every_row and self._others.numel():
+                parts.append((self._others, self._other_side))
+            for index, side in parts:
+                last = self._last
+                if side is self._compact and last is not None and last[0] is state:
+                    logits[:, index], ratings[:, index] = last[1], last[2]
+                else:
+                    logits[:, index], ratings[:, index] = learner.scores(state, side)
             weight = learner.net.cfg.rank_rating_weight
             rank = logits + weight * ratings if weight else logits
             above = None

@@ -289,7 +289,12 @@ class TasteNet(nn.Module):
     # --- the local update ----------------------------------------------------------------------
 
     def support_loss(
-        self, fast: FastWeights, support: Support, catalogue: ItemSide, allowed: torch.Tensor
+        self,
+        fast: FastWeights,
+        support: Support,
+        catalogue: ItemSide,
+        allowed: torch.Tensor,
+        logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[B]``: the support's leave-one-out negative log-likelihood plus
         ``inner_rating_weight`` times its ratings' mean squared error.
@@ -304,7 +309,11 @@ class TasteNet(nn.Module):
         """
         assert support.parts is not None, "pool the support first"
         z = self.cooccurrence(fast, support)
-        logits = self.logits(fast, z, catalogue).masked_fill(~allowed, MASKED)
+        # ``logits``: the catalogue's logits under ``fast``, when the caller has them already
+        # (melu.scoring reports the loss after the steps from the list's own logits).
+        if logits is None:
+            logits = self.logits(fast, z, catalogue)
+        logits = logits.masked_fill(~allowed, MASKED)
         normaliser = torch.logsumexp(logits, -1, keepdim=True)
         held_out = torch.tanh(fast.user.unsqueeze(1) - support.parts)  # [B, S, D]
         side = support.side

@@ -41,7 +41,7 @@ from service.middleware import BodyGuard, ResponseGuard
 from service.protocol import guarded_protocol
 from service.recommender import Job, Outcome, Recommender
 from service.routes import ClientGoneError, router
-from service.schemas import EXAMPLE_REQUEST
+from service.schemas import EXAMPLE_REQUEST, example_request, model_schema
 from service.settings import Settings, from_environment, get_settings
 from service.worker import ModelWorker, build
 
@@ -51,24 +51,32 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 GIL_SWITCH_S = 5e-5
 DESCRIPTION = """Cold-start recommendations: give a few ratings, get movies.
 
-Each request adapts the meta-learned model to its ratings (a few gradient steps on the
-decision layers, MeLU-style) and scores the catalogue with the adapted weights. Errors share one
-shape, `{"detail": [{"loc", "field", "msg", "type"}]}`; see `service/README.md`.
+Each request adapts the meta-learned model to its ratings (its local update: a few gradient
+steps of the user's fast weights, MAML-style) and scores the catalogue with the adapted
+weights, exactly as `melu evaluate` scores it.
+
+- Ratings are on the model's scale (`GET /model`: `rating_scale`; 0.5..5.0 in half stars for
+  ml-latest-small, 1..5 for MeLU's data); an off-scale rating is refused with 422 naming
+  `ratings[i].rating` and the scale.
+- User fields: only those the model reads (`GET /model`: `user_fields`, none for the CSV
+  releases). Others are ignored, and named in `adaptation.ignored_user_fields` with why.
+- `/recommend` lists the recommendable items (those with training ratings) minus the rated
+  ones; a request's `candidates` may name any catalogue item, new items included: that is how
+  new releases reach a user.
+
+Errors share one shape, `{"detail": [{"loc", "field", "msg", "type"}]}`; see
+`service/README.md`.
 """
+
+
+def _example(recommender: Recommender) -> dict[str, Any]:
+    """The example request for this model: its catalogue, the user fields it reads."""
+    return example_request(recommender.item_ids[1:], recommender.user_fields, recommender.rows)
 
 
 def example_curl(base_url: str, recommender: Recommender | None = None) -> str:
     """The one example request (the READMEs, the startup log and the OpenAPI example)."""
-    body = EXAMPLE_REQUEST
-    if recommender is not None and not all(
-        r["item_id"] in recommender.rows for r in body["ratings"]
-    ):
-        # A checkpoint of another catalogue: the same shape with three of its items.
-        ids = recommender.item_ids[1:4]
-        body = {
-            **body,
-            "ratings": [{"item_id": i, "rating": r} for i, r in zip(ids, (5, 3, 4), strict=False)],
-        }
+    body = EXAMPLE_REQUEST if recommender is None else _example(recommender)
     return (
         f"curl -s {base_url}/recommend -H 'Content-Type: application/json' "
         f"-d {shlex.quote(json.dumps(body))}"
@@ -164,6 +172,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings = settings
+    _model_openapi(app)
     errors.install(app)
     app.add_exception_handler(ClientGoneError, _client_gone)
     app.add_middleware(
@@ -180,6 +189,26 @@ def create_app(
     _mount_docs(app)
     _mount_static(app)
     return app
+
+
+def _model_openapi(app: FastAPI) -> None:
+    """/openapi.json with the loaded model's rating scale, user fields and example (the
+    document is built on its first request, after the lifespan loaded the model)."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        recommender: Recommender | None = getattr(app.state, "recommender", None)
+        schema = plain()
+        if recommender is not None:
+            schema = model_schema(
+                schema, recommender.scale, recommender.user_fields, _example(recommender)
+            )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _overloaded(scope: Scope) -> bool:
@@ -268,14 +297,18 @@ def serve(
     port: int = 8000,
     device: str = "cpu",
     workers: int = 1,
+    threads: int | None = None,
 ) -> None:
     """Run the service with uvicorn until interrupted; other settings come from ``MELU_*``.
 
     Everything that can fail on the user's input (settings, the port, the checkpoint) fails
     here, as a ``MeluError`` the command line prints in one line, before the server listens.
     With ``workers`` > 1, that many processes (each with its own model) share the port.
+    ``threads`` (``melu --threads``): torch threads of the model, wherever it computes (the
+    worker process is spawned, so the command line's own setting does not reach it).
     """
-    settings = from_environment(checkpoint=Path(checkpoint), device=device)
+    overrides: dict[str, Any] = {"torch_threads": threads} if threads else {}
+    settings = from_environment(checkpoint=Path(checkpoint), device=device, **overrides)
     sock = listen(host, port)
     try:
         resolve_device(settings.device)  # a device this machine lacks fails here, in one line
@@ -296,6 +329,8 @@ def serve(
     del recommender
     os.environ["MELU_CHECKPOINT"] = str(settings.checkpoint)
     os.environ["MELU_DEVICE"] = settings.device
+    if settings.torch_threads is not None:
+        os.environ["MELU_TORCH_THREADS"] = str(settings.torch_threads)
     config = uvicorn_config(
         "service.main:create_app", settings, factory=True, workers=workers, log_level="info"
     )

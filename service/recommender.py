@@ -1,9 +1,18 @@
 """The model side of the service: check and encode requests, adapt, score, rank.
 
 A request becomes a :class:`Job` (support rows, ratings, user ids, and what to return) on the
-event loop; :meth:`Recommender.run` then adapts a whole batch of jobs in one call to melu's
-``MetaLearner.adapt`` (the same function training and evaluation use) and scores the catalogue
-for each. Fast weights exist only inside ``run``; the meta-parameters are only read.
+event loop; :meth:`Recommender.run` then adapts a whole batch of jobs in one call and scores
+the catalogue for each through :class:`melu.scoring.CatalogueScorer`, the one scoring path
+evaluation measures: ``adapt`` (the learner's local update), ``scores``, then
+:func:`melu.ranking.top_k_row` over the pool (by default :func:`melu.objectives.candidates`:
+the recommendable items minus the rated ones) and ``explain`` for "because you loved". Fast
+weights exist only inside ``run``; the meta-parameters are only read.
+
+What the model accepts is the checkpoint's to say: ratings on its scale
+(``DataConfig.scale``; :func:`service.schemas.off_scale`), the user fields it reads (none for
+the CSV releases). A user field it does not read is ignored and named in the answer, not
+refused: a client that always sends its user's profile (the page, an app) keeps working
+against any checkpoint, and a field the model cannot read changes nothing in the answer.
 
 Padding makes batching invisible: a job padded to a longer support with masked entries adapts
 to the same fast weights as alone, so the answer does not depend on its neighbours.
@@ -25,23 +34,28 @@ from melu.checkpoint import Checkpoint
 from melu.config import to_dict
 from melu.errors import CheckpointError
 from melu.features import USER_FIELDS
+from melu.maml import Adaptation, MetaLearner
 from melu.movielens import ML1M_AGE_CODES, describe_age_codes, split_title_year
-from melu.ranking import batch_invariant, because, catalogue_scores_and_ratings, top_k_row
-from service.catalogue import CachedItemSide, ClusterRetrieval
+from melu.objectives import candidates
+from melu.ranking import BECAUSE_MIN_RATING, batch_invariant, top_k_row
+from melu.scoring import CatalogueScorer
+from melu.taste_learner import TasteLearner
+from service.catalogue import ClusterRetrieval
 from service.errors import FieldError, InputError
 from service.schemas import (
-    RATING_MAX,
-    RATING_MIN,
     AdaptationInfo,
     CatalogueItem,
+    IgnoredField,
     Limits,
     ModelDetails,
     ModelInfo,
     Rating,
     RecommendRequest,
+    ScaleInfo,
     ScoredItem,
     ScoreRequest,
     UserFeatures,
+    off_scale,
 )
 from service.settings import Settings
 
@@ -80,12 +94,13 @@ def _named_rows(job: Job) -> torch.Tensor | None:
 
 
 class TopK(NamedTuple):
-    """The ``k`` best items of ``pool`` (rows in item-id order; ``None``: the whole catalogue)
-    minus the ``exclude`` rows."""
+    """The ``k`` best items of ``pool`` (ascending rows, the rated ones already left out where
+    asked). ``None``: the recommendable items, minus the rated ones if ``exclude_rated``
+    (:func:`melu.objectives.candidates`)."""
 
     k: int
     pool: tuple[int, ...] | None
-    exclude: tuple[int, ...]
+    exclude_rated: bool = True
 
 
 class Pick(NamedTuple):
@@ -103,16 +118,24 @@ class Job:
     ratings: tuple[float, ...]
     select: TopK | Pick
     unknown_user_fields: tuple[str, ...] = ()
+    # (field, why) of each given user field the model does not read.
+    ignored_user_fields: tuple[tuple[str, str], ...] = ()
+    # Whether it names a row outside the recommendable set (a new item): only then are those
+    # rows scored (CatalogueScorer.scores' every_row).
+    names_new_items: bool = False
 
 
 class Scored(NamedTuple):
-    """One item of an answer: its row, ranking score, predicted rating (1..5) and the row of
-    the loved item it follows (:func:`melu.ranking.because`; None where there is none)."""
+    """One item of an answer: its row, ranking score, predicted rating (on the model's scale)
+    and the row of the loved item it follows (:meth:`CatalogueScorer.explain`; None where
+    there is none)."""
 
     row: int
     score: float
     rating: float
     because: int | None
+    # Whether the row clears the user's own mean (None: the model keeps no floor).
+    above_floor: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -184,44 +207,55 @@ class Recommender:
         self.steps = checkpoint.meta.local_steps if local_steps is None else local_steps
         self.dtype = next(self.learner.parameters()).dtype
         self.table = self.catalogue.table.to(device)
-        self.features: torch.Tensor | None = None
-        self.item_side: CachedItemSide | None = None
+        self.scale = checkpoint.data.scale
+        learner = self.learner
+        self.taste = isinstance(learner, TasteLearner)
+        self.head_only = isinstance(learner, MetaLearner) and learner.head_only
+        self.floor = isinstance(learner, TasteLearner) and learner.net.cfg.rank_floor
+        # The fields of the training data (the encoder's) that the model reads (its config's):
+        # the default preset reads no zip code, the CSV releases have no user fields at all.
+        self.user_fields = tuple(
+            f for f in self.encoder.user_fields if f in checkpoint.model.user_fields
+        )
+        # [R] bool, and its rows: the one recommendable set (items with training ratings).
+        self.recommendable = self.catalogue.recommendable.to(device)
+        self._recommendable_rows = torch.nonzero(self.catalogue.recommendable).squeeze(1)
+        self._is_recommendable: list[bool] = self.catalogue.recommendable.tolist()
+        self.scorer: CatalogueScorer | None = None
         self.retrieval: ClusterRetrieval | None = None
-        if compute and self.learner.head_only:
-            # Items embed the same way for every user when only the head adapts: embed the
-            # catalogue once here and let each request run the head only.
-            with torch.no_grad():
-                self.features = self.learner.item_features(self.table)
-            # The cached first layer computes the predicted ratings (the rating encoder's part
-            # of the item features); a watch model adds its logits to them.
-            rating_part = self.features[:, : self.learner.net.encoder.item_dim]
-            self.item_side = CachedItemSide(self.learner, rating_part)
-            if self.learner.watch is None and retrieval_fraction > 0:
-                self.retrieval = ClusterRetrieval(self.item_side, retrieval_fraction)
+        if compute:
+            # The per-catalogue work (the taste model's item side, MeLU's embedded items and
+            # cached first layer) is done once, here.
+            self.scorer = CatalogueScorer(learner, self.table, self.recommendable)
+            cached = self.scorer.cached
+            if retrieval_fraction > 0 and cached is not None:
+                self.retrieval = ClusterRetrieval(cached, retrieval_fraction)
             elif retrieval_fraction > 0:
-                log.warning("MELU_RETRIEVAL_FRACTION applies to rating-only models; ignored")
-        elif compute:
-            log.warning("the encoder adapts per user: every request embeds the whole catalogue")
+                log.warning(
+                    "MELU_RETRIEVAL_FRACTION applies to MeLU's rating network with the "
+                    "closed-form local update; this model scores every item (ignored)"
+                )
+            if isinstance(learner, MetaLearner) and not learner.head_only:
+                log.warning("the encoder adapts per user: every request embeds the whole catalogue")
 
         self.item_ids: list[int] = [int(i) for i in self.catalogue.item_ids.tolist()]
         self.titles: list[str] = list(self.catalogue.titles)
         self.rows: dict[int, int] = self.catalogue.rows
-        # Ties are broken by item id: the stable sort in _top keeps this order among equals.
+        # Rows are in item-id order (Catalogue.build), so melu.ranking's ties by row are ties
+        # by item id; listing the catalogue in id order needs no sort.
         by_id = sorted(range(1, len(self.item_ids)), key=lambda r: self.item_ids[r])
-        self._by_id = torch.tensor(by_id, dtype=torch.long)
         self._rows_by_id = by_id
         self._lower_titles = [t.lower() for t in self.titles]
         self._years = [self.catalogue.year(r) for r in range(len(self.item_ids))]
         self._searches: dict[tuple[str, int], tuple[list[CatalogueItem], int]] = {}
 
+        closed = [f for f in CLOSED_USER_FIELDS if f in self.user_fields]
         self.user_values: dict[str, list[str]] = {
-            f: sorted(self.encoder.user_vocab[f].tokens, key=_code_order)
-            for f in CLOSED_USER_FIELDS
+            f: sorted(self.encoder.user_vocab[f].tokens, key=_code_order) for f in closed
         }
         # Codes match case- and space-insensitively ("f" is "F"), then use the vocabulary token.
         self._canonical = {
-            f: {t.strip().lower(): t for t in self.encoder.user_vocab[f].tokens}
-            for f in CLOSED_USER_FIELDS
+            f: {t.strip().lower(): t for t in self.encoder.user_vocab[f].tokens} for f in closed
         }
         self.sha256 = parameters_sha256(self.learner)
         metrics = checkpoint.metrics
@@ -295,41 +329,68 @@ class Recommender:
         for i, rating in enumerate(ratings):
             loc = ("body", "ratings", i, "item_id")
             row = self.rows.get(rating.item_id)
+            problems = []
             if row is None:
-                problem = FieldError(loc, f"unknown item id {rating.item_id}", "unknown_item")
-            elif rating.item_id in first:
-                problem = FieldError(
-                    loc,
-                    f"duplicate item id {rating.item_id} (also ratings[{first[rating.item_id]}])",
-                    "duplicate_item",
+                problems.append(
+                    FieldError(loc, f"unknown item id {rating.item_id}", "unknown_item")
                 )
-            else:
+            elif rating.item_id in first:
+                problems.append(
+                    FieldError(
+                        loc,
+                        f"duplicate item id {rating.item_id} "
+                        f"(also ratings[{first[rating.item_id]}])",
+                        "duplicate_item",
+                    )
+                )
+            why = off_scale(rating.rating, self.scale)
+            if why is not None:
+                problems.append(FieldError(("body", "ratings", i, "rating"), why, "off_scale"))
+            if not problems:
                 first[rating.item_id] = i
+                assert row is not None
                 rows.append(row)
                 values.append(rating.rating)
                 continue
             reported += 1
             if reported <= MAX_ERRORS_PER_LIST:
-                errors.append(problem)
+                errors.extend(problems)
         if reported > MAX_ERRORS_PER_LIST:
             errors.append(FieldError(("body", "ratings"), f"{reported} bad ratings in all"))
         return tuple(rows), tuple(values)
 
+    def _ignored(self, field: str) -> str:
+        """Why a given user field is ignored (the model does not read it)."""
+        if not self.user_fields:
+            return (
+                "this model reads no user fields (its training data has none): ignored, the "
+                "answer is the same without it"
+            )
+        if self.encoder.ignored_user_values({field: "given"}):
+            return f"this model's training data has no {field}: ignored"
+        return f"this model was trained without {field}: ignored"
+
     def _user(
         self, user: UserFeatures | None, errors: list[FieldError]
-    ) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    ) -> tuple[tuple[int, ...], tuple[str, ...], tuple[tuple[str, str], ...]]:
+        """The user's field ids, the fields whose value training never saw, and the given
+        fields the model does not read (with why)."""
         values: dict[str, str | None] = {}
+        ignored: list[tuple[str, str]] = []
         given = user.model_dump() if user is not None else {}
         for field in USER_FIELDS:
             raw = given.get(field)
             value = raw.strip() if isinstance(raw, str) else None
             if not value:
                 continue
+            if field not in self.user_fields:
+                ignored.append((field, self._ignored(field)))
+                continue
             if field in self._canonical:
                 token = self._canonical[field].get(value.lower())
                 if token is None:
                     allowed = ", ".join(self.user_values[field])
-                    if field == "age" and set(self.user_values["age"]) <= set(AGE_TOKENS):
+                    if field == "age" and set(self.user_values[field]) <= set(AGE_TOKENS):
                         # The codes alone do not say that 30 is "25" (25-34).
                         allowed = f"MovieLens age codes {describe_age_codes()}"
                     errors.append(
@@ -343,12 +404,12 @@ class Recommender:
                 value = token
             values[field] = value
         unknown = tuple(self.encoder.unknown_user_values(values))
-        return tuple(self.encoder.encode_user(values)), unknown
+        return tuple(self.encoder.encode_user(values)), unknown, tuple(ignored)
 
     def recommend_job(self, request: RecommendRequest, settings: Settings) -> Job:
         errors: list[FieldError] = []
         rows, ratings = self._support(request.ratings, settings, errors)
-        user, unknown = self._user(request.user, errors)
+        user, unknown, ignored = self._user(request.user, errors)
         if request.k < 1:
             errors.append(
                 FieldError(
@@ -366,125 +427,128 @@ class Recommender:
                 )
             )
         pool: tuple[int, ...] | None = None
-        candidates = request.candidates
-        if candidates is not None and self._within(
-            candidates, "candidates", "candidates", settings, errors
-        ):
-            found = self._item_rows(candidates, ("body", "candidates"), errors)
+        named = request.candidates
+        if named is not None and self._within(named, "candidates", "candidates", settings, errors):
+            # Any catalogue item may be named, new items too: a new release reaches a user
+            # this way (the default pool holds the recommendable items only).
+            found = self._item_rows(named, ("body", "candidates"), errors)
             rated = set(rows) if request.exclude_rated else set()
-            # Duplicates are harmless here: rank each candidate once.
-            unique = {r for r in found if r not in rated}
-            pool = tuple(sorted(unique, key=lambda r: self.item_ids[r]))
+            # Duplicates are harmless here: rank each candidate once. Ascending rows, as
+            # melu.ranking.top_k_row takes them (ties go to the smaller row, the smaller id).
+            pool = tuple(sorted({r for r in found if r not in rated}))
         if errors:
             raise InputError(errors)
-        exclude = rows if request.exclude_rated and pool is None else ()
-        return Job(user, rows, ratings, TopK(request.k, pool, exclude), unknown)
+        select = TopK(request.k, pool, request.exclude_rated)
+        return Job(user, rows, ratings, select, unknown, ignored, self._names_new(pool or ()))
 
     def score_job(self, request: ScoreRequest, settings: Settings) -> Job:
         errors: list[FieldError] = []
         rows, ratings = self._support(request.ratings, settings, errors)
-        user, unknown = self._user(request.user, errors)
+        user, unknown, ignored = self._user(request.user, errors)
         picked: list[int] = []
         if self._within(request.item_ids, "item_ids", "item ids", settings, errors):
             picked = self._item_rows(request.item_ids, ("body", "item_ids"), errors)
         if errors:
             raise InputError(errors)
-        return Job(user, rows, ratings, Pick(tuple(picked)), unknown)
+        named_new = self._names_new(picked)
+        return Job(user, rows, ratings, Pick(tuple(picked)), unknown, ignored, named_new)
+
+    def _names_new(self, rows: Sequence[int]) -> bool:
+        return not all(self._is_recommendable[r] for r in rows)
 
     # --- jobs -> outcomes (the worker thread; all the torch work) ----------------------------
 
     def run(self, jobs: Sequence[Job]) -> list[Outcome]:
-        """Adapt every job in one ``adapt`` call and score the catalogue for each."""
-        if not self.computes:
+        """Adapt every job in one ``adapt`` call and answer each from the catalogue's scores:
+        :class:`melu.scoring.CatalogueScorer`, as evaluation scores."""
+        scorer = self.scorer
+        if scorer is None:
             raise RuntimeError("this copy of the model only encodes requests (compute=False)")
         width = max(len(job.rows) for job in jobs)
         rows = [list(j.rows) + [0] * (width - len(j.rows)) for j in jobs]
         ratings = [list(j.ratings) + [0.0] * (width - len(j.ratings)) for j in jobs]
         mask = [[True] * len(j.rows) + [False] * (width - len(j.rows)) for j in jobs]
-        # no_grad, not inference_mode: the vmap path's torch.func.grad takes the inner
-        # gradients either way, and no_grad is what melu's own evaluation runs under.
+        # no_grad, not inference_mode: the local steps take their gradients under
+        # enable_grad either way, and no_grad is what melu's own evaluation runs under.
         with torch.no_grad():
             users = torch.tensor([j.user for j in jobs], dtype=torch.long, device=self.device)
-            x_spt = self.table[torch.tensor(rows, dtype=torch.long, device=self.device)]
+            users = users.reshape(len(jobs), len(self.encoder.user_fields))
+            rows_spt = torch.tensor(rows, dtype=torch.long, device=self.device)
             y_spt = torch.tensor(ratings, dtype=self.dtype, device=self.device)
             mask_spt = torch.tensor(mask, dtype=torch.bool, device=self.device)
-            adaptation = self.learner.adapt(users, x_spt, y_spt, mask_spt, steps=self.steps)
+            state = scorer.adapt(users, rows_spt, y_spt, mask_spt, steps=self.steps)
             retrieved = False
-            if self.item_side is not None and self.item_side.applies(adaptation):
-                if self.retrieval is not None:
-                    # Only the best clusters' items are scored (-inf elsewhere); the rows a
-                    # request names (candidates, /score ids) always are.
-                    scores = self.retrieval.scores(adaptation, [_named_rows(j) for j in jobs])
-                    retrieved = True
-                else:
-                    # The same ratings as melu.ranking's, with the per-model part computed once.
-                    scores = self.item_side.scores(adaptation)
+            above: torch.Tensor | None = None
+            scored: torch.Tensor | slice = slice(1, None)  # row 0 is padding
+            if (
+                self.retrieval is not None
+                and isinstance(state, Adaptation)
+                and self.retrieval.side.applies(state)
+            ):
+                # Only the best clusters' items are scored (-inf elsewhere); the rows a request
+                # names (candidates, /score ids) always are. MeLU ranks by the rating.
+                scores = self.retrieval.scores(state, [_named_rows(j) for j in jobs])
                 ratings_all = scores
-                if self.learner.watch is not None and self.features is not None:
-                    scores = self.learner.rank_scores(
-                        adaptation, users, self.features, ratings=ratings_all
-                    )
+                retrieved = True
             else:
-                scores, ratings_all = catalogue_scores_and_ratings(
-                    self.learner, adaptation, users, self.table, self.features
-                )
+                # Rows outside the recommendable set are scored only when a job names one.
+                every_row = any(j.names_new_items for j in jobs)
+                scores, ratings_all, above = scorer.scores(state, users, every_row)
+                if not every_row and self.taste:
+                    scored = self._recommendable_rows
             pred = batch_invariant(scores.cpu())  # [B, n_items + 1]
-            rated = batch_invariant(ratings_all.cpu())
-            before = adaptation.loss_before.tolist()
-            after = adaptation.loss_after.tolist()
-            # Row 0 is padding. Checked weights on finite inputs stay finite; should they not,
-            # the request fails (a JSON 500) rather than answer null or unranked scores.
-            body = pred[:, 1:]
+            rated = batch_invariant(ratings_all.cpu()).clamp(self.scale.low, self.scale.high)
+            floor = above.cpu() if above is not None else None
+            before, after = scorer.support_losses(state)
+            # Checked weights on finite inputs stay finite; should they not, the request fails
+            # (a JSON 500) rather than answer null or unranked scores.
+            body = pred[:, scored]
             bad = torch.isnan(body) | (body == math.inf)
             if not retrieved:
                 bad |= body == -math.inf  # with retrieval, -inf marks the rows not retrieved
             if bool(bad.any()) or not all(math.isfinite(v) for v in before + after):
                 raise NonFiniteError("the model produced a non-finite prediction")
+            # The default pool: the one "candidates minus support" (evaluation's too).
+            allowed = candidates(self.recommendable, rows_spt, mask_spt).cpu()
             outcomes = []
             for i, job in enumerate(jobs):
-                chosen = self._select(pred[i], job.select)
-                follows = self._because(adaptation, users, i, job, chosen)
+                above_i = floor[i] if floor is not None else None
+                chosen = self._select(pred[i], job.select, allowed[i], above_i)
+                follows = scorer.explain(
+                    state, i, chosen, job.rows, job.ratings, BECAUSE_MIN_RATING
+                )
                 items = [
                     Scored(
                         row,
                         float(pred[i, row]),
-                        float(rated[i, row].clamp(RATING_MIN, RATING_MAX)),
+                        float(rated[i, row]),
                         follows[k],
+                        None if above_i is None else bool(above_i[row]),
                     )
                     for k, row in enumerate(chosen)
                 ]
                 outcomes.append(Outcome(items, before[i], after[i]))
             return outcomes
 
-    def _because(
-        self, adaptation: Any, users: torch.Tensor, i: int, job: Job, rows: list[int]
-    ) -> list[int | None]:
-        """For each listed row, the loved rated row it follows, or None (melu's rule)."""
-        if self.learner.watch is None or self.features is None or not rows or not job.rows:
-            return [None] * len(rows)
-        one = adaptation._replace(
-            user=adaptation.user[i : i + 1], evidence=adaptation.evidence[i : i + 1]
-        )
-        return because(
-            self.learner, one, users[i : i + 1], self.features, rows, job.rows, job.ratings
-        )
-
-    def _select(self, pred: torch.Tensor, select: TopK | Pick) -> list[int]:
-        """The rows a job answers with: its /score ids in their order, or its top k."""
+    def _select(
+        self,
+        pred: torch.Tensor,
+        select: TopK | Pick,
+        allowed: torch.Tensor,
+        above_floor: torch.Tensor | None = None,
+    ) -> list[int]:
+        """The rows a job answers with: its /score ids in their order, or its top k of its
+        pool (``allowed [R]``: the recommendable rows minus the rated ones) in
+        :func:`melu.ranking.rank`'s order: above the floor first, by score, ties by row."""
         if isinstance(select, Pick):
             return list(select.rows)
         if select.pool is not None:
             pool = torch.tensor(select.pool, dtype=torch.long)
-        elif select.exclude:
-            keep = torch.ones(pred.shape[0], dtype=torch.bool)
-            keep[list(select.exclude)] = False
-            pool = self._by_id[keep[self._by_id]]
+        elif select.exclude_rated:
+            pool = torch.nonzero(allowed).squeeze(1)
         else:
-            pool = self._by_id
-        if pool.numel() == 0:
-            return []
-        # The order is melu.ranking's, as in evaluation: descending score, ties by item id.
-        return [int(r) for r in top_k_row(pred, pool, select.k).tolist()]
+            pool = self._recommendable_rows
+        return [int(r) for r in top_k_row(pred, pool, select.k, above_floor).tolist()]
 
     # --- outcomes -> responses ---------------------------------------------------------------
 
@@ -494,6 +558,7 @@ class Recommender:
                 **self.item(it.row).model_dump(),
                 score=it.score,
                 predicted_rating=it.rating,
+                above_floor=it.above_floor,
                 because=None if it.because is None else self.item(it.because),
             )
             for it in outcome.items
@@ -505,6 +570,9 @@ class Recommender:
             support_loss_before=outcome.loss_before,
             support_loss_after=outcome.loss_after,
             unknown_user_fields=list(job.unknown_user_fields),
+            ignored_user_fields=[
+                IgnoredField(field=field, reason=why) for field, why in job.ignored_user_fields
+            ],
         )
 
     # --- catalogue and metadata --------------------------------------------------------------
@@ -575,11 +643,25 @@ class Recommender:
         return ModelDetails(
             info=self.info,
             parameters_sha256_now=sha256_now,
+            objective=ck.model.objective,
             items=len(self),
+            recommendable_items=int(self._recommendable_rows.numel()),
             local_steps=self.steps,
-            head_only=self.learner.head_only,
-            precomputed_item_features=self.learner.head_only,
+            head_only=self.head_only,
+            # The taste model's item side and MeLU's head-only item features are computed
+            # once per catalogue (melu.scoring.CatalogueScorer).
+            precomputed_item_features=self.taste or self.head_only,
+            rank_floor=self.floor,
+            rating_scale=ScaleInfo(
+                low=self.scale.low,
+                high=self.scale.high,
+                step=self.scale.step,
+                values=list(self.scale.values()),
+                text=self.scale.describe(),
+            ),
+            user_fields=list(self.user_fields),
             user_values=self.user_values,
+            onboarding=sorted(ck.onboarding.get("lists", {})),
             configs={
                 "data": to_dict(ck.data),
                 "model": to_dict(ck.model),

@@ -1,8 +1,10 @@
 """The HTTP service, through a real uvicorn server on a loopback port.
 
-One small checkpoint is meta-trained for the module (a subset of the training tasks keeps it to
-seconds), then served twice: with micro-batching (the default) and without, so that batched
-answers can be compared with answers computed alone.
+The small default-preset checkpoint (the taste model, conftest's ``small_checkpoint``) is
+served twice: with micro-batching (the default) and without, so that batched answers can be
+compared with answers computed alone. MeLU's rating network (``small_rating_checkpoint``)
+covers the cached first layer and retrieval; ml-latest-small (``latest_small_checkpoint``)
+half stars and a model without user fields.
 """
 
 from __future__ import annotations
@@ -22,18 +24,27 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import _small_run
 from servers import Threaded, start_server, stop_server
 
 from melu.checkpoint import Checkpoint, load, save
+from melu.config import PRESETS
+from melu.data import ColdStartData
 from melu.errors import CheckpointError
-from melu.ranking import RANK_GRID
+from melu.objectives import candidates
+from melu.ranking import RANK_GRID, batch_invariant, rank
+from melu.scoring import CatalogueScorer
 from service.batcher import MicroBatcher, QueueFullError
 from service.main import STATIC_DIR, create_app, example_curl
 from service.recommender import Job, Pick, Recommender, TopK
+from service.schemas import RecommendRequest
 from service.settings import Settings
 from service.worker import build
 
 MAX_RATINGS = 100
+# A support item's predicted ratings, clipped and rounded to the ranking grid, are within this
+# of the model's own; the floor is compared well outside it.
+FLOOR_SLACK = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +60,7 @@ def ckpt(checkpoint_path: Path) -> Checkpoint:
 @pytest.fixture(scope="module")
 def server(checkpoint_path: Path) -> Iterator[Threaded]:
     running = start_server(
-        create_app(Settings(checkpoint=checkpoint_path, max_ratings=MAX_RATINGS))
+        create_app(Settings(checkpoint=checkpoint_path, max_ratings=MAX_RATINGS, torch_threads=1))
     )
     yield running
     stop_server(running)
@@ -66,7 +77,9 @@ def model(server: Threaded) -> Recommender:
 def unbatched(checkpoint_path: Path) -> Iterator[Threaded]:
     # Also the other place the model can compute: a thread of the server. The answers must
     # equal the worker process's (test_concurrent_equals_sequential).
-    settings = Settings(checkpoint=checkpoint_path, micro_batching=False, model_process=False)
+    settings = Settings(
+        checkpoint=checkpoint_path, micro_batching=False, model_process=False, torch_threads=1
+    )
     running = start_server(create_app(settings))
     yield running
     stop_server(running)
@@ -81,6 +94,27 @@ def client(server: Threaded) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def item_ids(ckpt: Checkpoint) -> list[int]:
     return [int(i) for i in ckpt.catalogue.item_ids[1:]]
+
+
+@pytest.fixture(scope="module")
+def recommendable_ids(ckpt: Checkpoint) -> list[int]:
+    """The items a list holds by default: those with training ratings."""
+    rows = torch.nonzero(ckpt.catalogue.recommendable).squeeze(1).tolist()
+    return [int(ckpt.catalogue.item_ids[r]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def new_ids(ckpt: Checkpoint) -> list[int]:
+    """Catalogue items without training ratings (new items): never in a default list."""
+    mask = ~ckpt.catalogue.recommendable
+    mask[0] = False
+    return [int(ckpt.catalogue.item_ids[r]) for r in torch.nonzero(mask).squeeze(1).tolist()]
+
+
+def _served_order(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``items`` in melu.ranking's order: above the floor first, by score, ties by item id
+    (rows are in item-id order)."""
+    return sorted(items, key=lambda it: (it["above_floor"] is False, -it["score"], it["item_id"]))
 
 
 def _request(item_ids: list[int], seed: int, n: int = 5, **extra: Any) -> dict[str, Any]:
@@ -122,9 +156,11 @@ def test_recommend_top_k(client: httpx.Client, item_ids: list[int], ckpt: Checkp
     assert len(items) == 10
     rated = {r["item_id"] for r in payload["ratings"]}
     assert not rated & {it["item_id"] for it in items}
-    scores = [it["score"] for it in items]
-    assert scores == sorted(scores, reverse=True)
+    # The floor: items predicted at or above the user's own mean first, each group by score.
+    assert all(isinstance(it["above_floor"], bool) for it in items)
+    assert items == _served_order(items)
     assert all(1.0 <= it["predicted_rating"] <= 5.0 for it in items)
+    assert all(ckpt.catalogue.recommendable[ckpt.catalogue.rows[it["item_id"]]] for it in items)
     assert all(it["title"] for it in items)
     rows = [ckpt.catalogue.rows[it["item_id"]] for it in items]
     assert [it["year"] for it in items] == [ckpt.catalogue.year(r) for r in rows]
@@ -142,6 +178,9 @@ def test_recommend_top_k(client: httpx.Client, item_ids: list[int], ckpt: Checkp
     assert math.isfinite(adaptation["support_loss_before"])
     assert math.isfinite(adaptation["support_loss_after"])
     assert adaptation["unknown_user_fields"] == []
+    # The default preset reads no zip code: the request's zip is ignored, and said so.
+    (ignored,) = adaptation["ignored_user_fields"]
+    assert ignored["field"] == "zip" and "without zip" in ignored["reason"], ignored
 
 
 def test_candidates_and_exclude_rated(client: httpx.Client, item_ids: list[int]) -> None:
@@ -161,20 +200,51 @@ def test_candidates_and_exclude_rated(client: httpx.Client, item_ids: list[int])
     # The ranking agrees with /score on the same items.
     top = client.post("/recommend", json={**payload, "candidates": others, "k": 5}).json()
     scored = client.post("/score", json={**payload, "item_ids": others}).json()["items"]
-    by_score = sorted(scored, key=lambda it: -it["score"])[:5]
-    assert [it["item_id"] for it in top["items"]] == [it["item_id"] for it in by_score]
+    assert top["items"] == _served_order(scored)[:5]
 
 
-def test_whole_catalogue_equals_all_candidates(client: httpx.Client, item_ids: list[int]) -> None:
-    payload = _request(item_ids, seed=3, k=100)
+def test_default_pool_is_the_recommendable_items(
+    client: httpx.Client, item_ids: list[int], recommendable_ids: list[int]
+) -> None:
+    """Without candidates a list is drawn from the recommendable items (minus the rated ones,
+    unless exclude_rated is false): the same as naming exactly those as candidates."""
+    rng = np.random.default_rng(3)
+    chosen = rng.choice(recommendable_ids, size=5, replace=False)
+    payload = {"ratings": [{"item_id": int(i), "rating": 4} for i in chosen], "k": 100}
     for exclude in (True, False):
         whole = client.post("/recommend", json={**payload, "exclude_rated": exclude})
         listed = client.post(
             "/recommend",
-            json={**payload, "candidates": item_ids[::-1], "exclude_rated": exclude},
+            json={**payload, "candidates": recommendable_ids[::-1], "exclude_rated": exclude},
         )
         assert whole.status_code == listed.status_code == 200
         assert whole.json()["items"] == listed.json()["items"]
+        assert set(recommendable_ids) >= {it["item_id"] for it in whole.json()["items"]}
+    assert len(recommendable_ids) < len(item_ids)
+
+
+def test_new_items_are_served_when_named(
+    client: httpx.Client, recommendable_ids: list[int], new_ids: list[int]
+) -> None:
+    """A new item (no training ratings) is never in a default list, but a request may name it
+    among its candidates: it is then scored from its content (its own score, not a shared
+    placeholder) and ranked with the others, as /score scores it."""
+    assert len(new_ids) > 100
+    payload = _request(recommendable_ids, seed=9, k=20)
+    default = client.post("/recommend", json={**payload, "k": 100}).json()["items"]
+    assert not {it["item_id"] for it in default} & set(new_ids)
+    named = new_ids[:40] + recommendable_ids[200:210]
+    response = client.post("/recommend", json={**payload, "candidates": named, "k": 50})
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert sorted(it["item_id"] for it in items) == sorted(named)
+    fresh = [it for it in items if it["item_id"] in set(new_ids)]
+    assert len({it["score"] for it in fresh}) > 10, fresh[:5]
+    assert len({it["predicted_rating"] for it in fresh}) > 10
+    assert all(math.isfinite(it["score"]) and 1.0 <= it["predicted_rating"] <= 5.0 for it in fresh)
+    support = {"ratings": payload["ratings"], "user": payload["user"]}
+    scored = client.post("/score", json={**support, "item_ids": named}).json()["items"]
+    assert items == _served_order(scored)
 
 
 def test_score(client: httpx.Client, item_ids: list[int]) -> None:
@@ -234,11 +304,31 @@ def test_user_values_and_unseen_zip(client: httpx.Client, item_ids: list[int]) -
     }
     assert client.post("/recommend", json=as_strings).json()["items"] == as_ints["items"]
 
+    # The default preset reads no zip: any zip is ignored, and the answer is the same.
     unseen = {**payload, "user": {**payload["user"], "zip": "00000-never"}}
     body = client.post("/recommend", json=unseen).json()
-    assert body["adaptation"]["unknown_user_fields"] == ["zip"]
+    assert body["adaptation"]["unknown_user_fields"] == []
+    assert [f["field"] for f in body["adaptation"]["ignored_user_fields"]] == ["zip"]
+    assert body["items"] == as_ints["items"]
     no_user = {"ratings": payload["ratings"]}
     assert client.post("/recommend", json=no_user).status_code == 200
+
+
+def test_unseen_zip_of_a_model_that_reads_it(
+    tmp_path_factory: pytest.TempPathFactory, melu_data: ColdStartData
+) -> None:
+    """The 'melu' preset reads the zip code: an unseen one is accepted and reported as
+    unknown (mapped to the unknown embedding), not ignored."""
+    preset = PRESETS["melu"]
+    path = _small_run(tmp_path_factory.mktemp("melu-preset"), melu_data, preset.model, preset.meta)
+    rec = Recommender(load(path), torch.device("cpu"), None, compute=False)
+    assert rec.user_fields == ("gender", "age", "occupation", "zip")
+    ids = [int(i) for i in rec.item_ids[1:3]]
+    request = RecommendRequest.model_validate(
+        {"ratings": [{"item_id": i, "rating": 4} for i in ids], "user": {"zip": "00000-never"}}
+    )
+    job = rec.recommend_job(request, Settings(checkpoint=path))
+    assert job.unknown_user_fields == ("zip",) and job.ignored_user_fields == ()
 
 
 def test_items_search(client: httpx.Client, ckpt: Checkpoint) -> None:
@@ -289,7 +379,17 @@ def test_health_model_docs(client: httpx.Client, ckpt: Checkpoint) -> None:
     assert model["parameters_sha256_now"] == model["info"]["parameters_sha256"]
     assert model["configs"]["meta"]["local_steps"] == ckpt.meta.local_steps
     assert model["user_values"]["gender"] == ["F", "M"]
+    assert model["user_fields"] == ["gender", "age", "occupation"]  # no zip: see the preset
     assert model["precomputed_item_features"] is True
+    assert model["objective"] == "taste" and model["rank_floor"] is True
+    assert model["recommendable_items"] == int(ckpt.catalogue.recommendable.sum())
+    assert model["rating_scale"] == {
+        "low": 1.0,
+        "high": 5.0,
+        "step": 1.0,
+        "values": [1.0, 2.0, 3.0, 4.0, 5.0],
+        "text": "1..5 in steps of 1",
+    }
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     paths = client.get("/openapi.json").json()["paths"]
@@ -333,7 +433,18 @@ def _bad_cases(ids: list[int]) -> list[tuple[str, Any, str, str]]:
             "99999999",
         ),
         ("rating high", {"ratings": [{"item_id": ids[0], "rating": 6}]}, "ratings[0].rating", "5"),
-        ("rating low", {"ratings": [{"item_id": ids[0], "rating": 0.5}]}, "ratings[0].rating", "1"),
+        (
+            "rating low",
+            {"ratings": [{"item_id": ids[0], "rating": 0.5}]},
+            "ratings[0].rating",
+            "0.5 is not on this model's scale 1..5 in steps of 1",
+        ),
+        (
+            "half star",
+            {"ratings": [*ok, {"item_id": ids[2], "rating": 4.5}]},
+            "ratings[2].rating",
+            "4.5 is not on this model's scale 1..5 in steps of 1",
+        ),
         (
             "rating string",
             {"ratings": [{"item_id": ids[0], "rating": "5"}]},
@@ -495,9 +606,12 @@ async def _concurrently(url: str, payloads: list[dict[str, Any]]) -> list[dict[s
 
 
 def _assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """The same list; scores equal but for a value within float noise (~1e-7) of a boundary
+    of the ranking grid, which moves by one step (see test_batching_never_changes_order: the
+    taste model's 320 scores here moved once in one run)."""
     assert [it["item_id"] for it in a["items"]] == [it["item_id"] for it in b["items"]]
     for x, y in zip(a["items"], b["items"], strict=True):
-        assert x["score"] == pytest.approx(y["score"], abs=1e-5)
+        assert x["score"] == pytest.approx(y["score"], abs=1.0 / RANK_GRID + 1e-9)
     for key in ("support_loss_before", "support_loss_after"):
         assert a["adaptation"][key] == pytest.approx(b["adaptation"][key], abs=1e-5)
 
@@ -534,7 +648,7 @@ def test_batched_run_equals_alone(model: Recommender, item_ids: list[int]) -> No
     for n in (1, 3, 17, 40):
         rows = tuple(int(r) for r in rng.choice(np.arange(1, len(rec) + 1), n, replace=False))
         ratings = tuple(float(r) for r in rng.integers(1, 6, n))
-        jobs.append(Job((1, 2, 3, 0), rows, ratings, TopK(25, None, rows)))
+        jobs.append(Job((1, 2, 3, 0), rows, ratings, TopK(25, None)))
     together = rec.run(jobs)
     for job, batched in zip(jobs, together, strict=True):
         (single,) = rec.run([job])
@@ -603,28 +717,37 @@ def test_ranking_ties_by_item_id(model: Recommender) -> None:
     # Few distinct values, so that many items tie, also across the k-th place.
     pred = torch.from_numpy(rng.integers(0, 4, n + 1).astype(np.float32))
     by_id = sorted(range(1, n + 1), key=lambda r: rec.item_ids[r])
+    assert by_id == list(range(1, n + 1))  # rows are in item-id order
     expected = sorted(by_id, key=lambda r: -float(pred[r]))  # stable: ties by item id
+    allowed = torch.ones(n + 1, dtype=torch.bool)
+    allowed[0] = False
     for k in (1, 10, 500, n, n + 5):
-        got = rec._select(pred, TopK(k, None, ()))
+        got = rec._select(pred, TopK(k, None), allowed)
         assert got == expected[:k]
-    excluded = tuple(expected[:3])
-    got = rec._select(pred, TopK(5, None, excluded))
-    assert got == expected[3:8]
-    pool = tuple(sorted(expected[100:140], key=lambda r: rec.item_ids[r]))
-    got = rec._select(pred, TopK(7, pool, ()))
+    without = allowed.clone()
+    without[list(expected[:3])] = False
+    assert rec._select(pred, TopK(5, None), without) == expected[3:8]
+    pool = tuple(sorted(expected[100:140]))
+    got = rec._select(pred, TopK(7, pool), allowed)
     assert got == [r for r in expected if r in set(pool)][:7]
+    # The floor: rows above it first, each tier by score, ties by item id.
+    above = torch.from_numpy(rng.random(n + 1) < 0.3)
+    tiered = sorted(expected, key=lambda r: not bool(above[r]))
+    for k in (1, 10, 500, n):
+        assert rec._select(pred, TopK(k, None), allowed, above) == tiered[:k]
 
 
-def test_encoder_adapting_checkpoint_falls_back(ckpt: Checkpoint) -> None:
-    """Without precomputed item features (the encoder adapts) the answers are the same when
-    nothing adapts (0 steps), and the path works with steps."""
+def test_encoder_adapting_checkpoint_falls_back(small_rating_checkpoint: Path) -> None:
+    """MeLU's network without precomputed item features (the encoder adapts): the answers
+    are the same when nothing adapts (0 steps), and the path works with steps."""
+    ckpt = load(small_rating_checkpoint)
     all_adapt = replace(ckpt, meta=replace(ckpt.meta, adapt="all"))
     cpu = torch.device("cpu")
     rows = (3, 30, 300)
-    job = Job((1, 1, 1, 0), rows, (5.0, 1.0, 4.0), TopK(20, None, rows))
+    job = Job((1, 1, 1, 0), rows, (5.0, 1.0, 4.0), TopK(20, None))
     head = Recommender(ckpt, cpu, local_steps=0).run([job])[0]
     fallback = Recommender(all_adapt, cpu, local_steps=0)
-    assert fallback.features is None
+    assert fallback.scorer is not None and fallback.scorer.features is None
     (full,) = fallback.run([job])
     assert [it.row for it in full.items] == [it.row for it in head.items]
     np.testing.assert_allclose(
@@ -733,7 +856,7 @@ def test_batching_never_changes_order(model: Recommender) -> None:
         m = int(rng.integers(1, 60))
         rows = tuple(int(r) for r in rng.choice(np.arange(1, n + 1), m, replace=False))
         ratings = tuple(float(r) for r in rng.integers(1, 6, m))
-        jobs.append(Job((1, 2, 3, 0), rows, ratings, TopK(500, None, rows)))
+        jobs.append(Job((1, 2, 3, 0), rows, ratings, TopK(500, None)))
     together = rec.run(jobs)
     halves = rec.run(jobs[:16]) + rec.run(jobs[16:])
     identical, moved, changed = 0, 0, 0
@@ -749,10 +872,12 @@ def test_batching_never_changes_order(model: Recommender) -> None:
 
 
 def test_cached_item_side_equals_the_model(small_rating_checkpoint: Path) -> None:
-    """service/catalogue.py reimplements the closed-form catalogue scoring with the item side
-    of the first layer cached: it must give melu's own scores."""
+    """melu.scoring.CachedItemSide reimplements the closed-form catalogue scoring with the
+    item side of the first layer cached: it must give melu's own scores."""
     rec = Recommender(load(small_rating_checkpoint), torch.device("cpu"), None)
-    assert rec.item_side is not None and rec.features is not None
+    assert rec.scorer is not None
+    cached, features = rec.scorer.cached, rec.scorer.features
+    assert cached is not None and features is not None
     rng = np.random.default_rng(3)
     users = torch.tensor([[1, 2, 3, 0], [2, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.long)
     rows = torch.from_numpy(rng.choice(np.arange(1, len(rec) + 1), (3, 7), replace=False))
@@ -761,9 +886,9 @@ def test_cached_item_side_equals_the_model(small_rating_checkpoint: Path) -> Non
     mask[2, 4:] = False
     with torch.no_grad():
         adaptation = rec.learner.adapt(users, rec.table[rows], ratings, mask, steps=rec.steps)
-        assert rec.item_side.applies(adaptation)
-        expected = rec.learner.predict_from_features(adaptation, users, rec.features)
-        got = rec.item_side.scores(adaptation)
+        assert cached.applies(adaptation)
+        expected = rec.learner.predict_from_features(adaptation, users, features)
+        got = cached.scores(adaptation)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -782,7 +907,7 @@ def test_cluster_retrieval(small_rating_checkpoint: Path) -> None:
     for _ in range(12):
         rows = tuple(int(r) for r in rng.choice(np.arange(1, n + 1), 5, replace=False))
         ratings = tuple(float(r) for r in rng.integers(1, 6, 5))
-        jobs.append(Job((1, 2, 3, 0), rows, ratings, TopK(10, None, rows)))
+        jobs.append(Job((1, 2, 3, 0), rows, ratings, TopK(10, None)))
     picked = Pick(tuple(int(r) for r in rng.choice(np.arange(1, n + 1), 50, replace=False)))
     jobs.append(Job((2, 1, 0, 0), (3, 30, 300), (5.0, 1.0, 4.0), picked))
     together = approx.run(jobs)
@@ -803,6 +928,7 @@ def test_onboarding_endpoint(client: httpx.Client, ckpt: Checkpoint, tmp_path: P
     missing = client.get("/onboarding")
     assert missing.status_code == 404
     assert "melu onboarding" in missing.json()["detail"][0]["msg"]
+    assert client.get("/model").json()["onboarding"] == []  # the page asks for none
     bad = client.get("/onboarding", params={"strategy": "hype", "n": 0})
     assert bad.status_code == 422
     assert {e["field"] for e in _errors(bad)} == {"strategy", "n"}
@@ -816,6 +942,8 @@ def test_onboarding_endpoint(client: httpx.Client, ckpt: Checkpoint, tmp_path: P
     running = start_server(create_app(Settings(checkpoint=path)))
     try:
         with httpx.Client(base_url=running.url, timeout=30) as c:
+            strategies = ["diverse", "entropy", "evidence", "popularity"]
+            assert c.get("/model").json()["onboarding"] == strategies
             body = c.get("/onboarding", params={"n": 5}).json()
             assert body["strategy"] == "diverse" and body["total"] == len(ids)
             assert [it["item_id"] for it in body["items"]] == ids[::-1][:5]
@@ -858,3 +986,191 @@ def test_batcher_counts_every_refusal() -> None:
     early, refused, total, after = asyncio.run(scenario())
     assert early and not after
     assert refused == 2 and total == 1
+
+
+# --- one scoring path; the floor; the checkpoint's scale and user fields ----------------------
+
+
+def test_service_lists_are_the_scorers_ranking(model: Recommender, ckpt: Checkpoint) -> None:
+    """What evaluation ranks, melu.ranking.rank of the CatalogueScorer's scores over
+    objectives.candidates (the recommendable rows minus the support) with the floor, is what
+    the service lists, for a padded batch of users without user fields."""
+    rng = np.random.default_rng(17)
+    recommendable = ckpt.catalogue.recommendable
+    pool = torch.nonzero(recommendable).squeeze(1).numpy()
+    sizes = (1, 3, 5, 12, 20)
+    jobs, unknown = [], tuple(ckpt.encoder.encode_user({}))
+    for n in sizes:
+        rows = tuple(int(r) for r in rng.choice(pool, n, replace=False))
+        ratings = tuple(float(r) for r in rng.integers(1, 6, n))
+        jobs.append(Job(unknown, rows, ratings, TopK(20, None)))
+    served = [[it.row for it in outcome.items] for outcome in model.run(jobs)]
+
+    width = max(sizes)
+    rows_spt = torch.tensor([list(j.rows) + [0] * (width - len(j.rows)) for j in jobs])
+    y_spt = torch.tensor([list(j.ratings) + [0.0] * (width - len(j.ratings)) for j in jobs])
+    mask = rows_spt > 0
+    users = torch.tensor([list(unknown)] * len(jobs), dtype=torch.long)
+    scorer = CatalogueScorer(ckpt.learner("cpu"), ckpt.catalogue.table, recommendable)
+    with torch.no_grad():
+        state = scorer.adapt(users, rows_spt, y_spt, mask)
+        out = scorer.scores(state, users)
+    assert out.above_floor is not None
+    allowed = candidates(recommendable, rows_spt, mask)
+    order, _ = rank(batch_invariant(out.rank), allowed, out.above_floor)
+    for i, listed in enumerate(served):
+        assert listed == order[i, :20].tolist(), i
+        assert not set(listed) & set(jobs[i].rows)
+
+
+def test_floor_keeps_lists_above_the_users_mean(
+    client: httpx.Client, recommendable_ids: list[int]
+) -> None:
+    """No listed item is predicted below the user's own mean while enough items clear it. The
+    mean is the model's (its predictions of the rated items, what /score answers for them);
+    /score of every candidate shows that enough clear it, and that ranking by score alone
+    would have listed items below it for some of these users."""
+    rng = np.random.default_rng(21)
+    mattered = 0
+    for _ in range(6):
+        chosen = [int(i) for i in rng.choice(recommendable_ids, size=6, replace=False)]
+        ratings = [
+            {"item_id": i, "rating": int(r)}
+            for i, r in zip(chosen, rng.integers(1, 6, size=6), strict=True)
+        ]
+        support = client.post("/score", json={"ratings": ratings, "item_ids": chosen}).json()
+        mean = float(np.mean([it["predicted_rating"] for it in support["items"]]))
+        listed = client.post("/recommend", json={"ratings": ratings, "k": 10}).json()["items"]
+        pool = [i for i in recommendable_ids if i not in set(chosen)]
+        every = client.post("/score", json={"ratings": ratings, "item_ids": pool}).json()["items"]
+        assert sum(it["predicted_rating"] >= mean + FLOOR_SLACK for it in every) >= 10
+        assert len(listed) == 10
+        assert all(it["above_floor"] for it in listed)
+        assert all(it["predicted_rating"] >= mean - FLOOR_SLACK for it in listed), (mean, listed)
+        by_score = sorted(every, key=lambda it: (-it["score"], it["item_id"]))[:10]
+        mattered += any(it["predicted_rating"] < mean - FLOOR_SLACK for it in by_score)
+    assert mattered >= 1
+
+
+@pytest.fixture(scope="module")
+def latest(latest_small_checkpoint: Path) -> Iterator[httpx.Client]:
+    """The taste model on ml-latest-small (half stars, no user fields), served."""
+    running = start_server(
+        create_app(Settings(checkpoint=latest_small_checkpoint, torch_threads=1))
+    )
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as c:
+            yield c
+    finally:
+        stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def latest_ids(latest_small_checkpoint: Path) -> list[int]:
+    ck = load(latest_small_checkpoint)
+    rows = torch.nonzero(ck.catalogue.recommendable).squeeze(1).tolist()
+    return [int(ck.catalogue.item_ids[r]) for r in rows]
+
+
+def test_half_stars_on_ml_latest_small(latest: httpx.Client, latest_ids: list[int]) -> None:
+    model = latest.get("/model").json()
+    assert model["rating_scale"]["values"] == [0.5 * i for i in range(1, 11)]
+    assert model["rating_scale"]["text"] == "0.5..5.0 in steps of 0.5"
+    rating = latest.get("/openapi.json").json()["components"]["schemas"]["Rating"]
+    assert rating["properties"]["rating"]["minimum"] == 0.5
+    assert rating["properties"]["rating"]["multipleOf"] == 0.5
+
+    ratings = [
+        {"item_id": latest_ids[0], "rating": 4.5},
+        {"item_id": latest_ids[1], "rating": 0.5},
+        {"item_id": latest_ids[2], "rating": 3.5},
+        {"item_id": latest_ids[3], "rating": 5},
+    ]
+    response = latest.post("/recommend", json={"ratings": ratings, "k": 10})
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert len(items) == 10 and items == _served_order(items)
+    assert all(0.5 <= it["predicted_rating"] <= 5.0 for it in items)
+    # A 4.5 is a rating of its own, not a 4 or a 5.
+    as_four = [{**r, "rating": 4} if r["rating"] == 4.5 else r for r in ratings]
+    other = latest.post("/recommend", json={"ratings": as_four, "k": 10}).json()["items"]
+    assert [it["score"] for it in other] != [it["score"] for it in items]
+
+    off = [
+        {"item_id": latest_ids[0], "rating": 4.3},
+        {"item_id": latest_ids[1], "rating": 0},
+        {"item_id": latest_ids[2], "rating": 5.5},
+    ]
+    for path, extra in (("/recommend", {}), ("/score", {"item_ids": latest_ids[5:8]})):
+        refused = latest.post(path, json={"ratings": off, **extra})
+        assert refused.status_code == 422, refused.text
+        errors = {e["field"]: e["msg"] for e in _errors(refused)}
+        assert errors == {
+            "ratings[0].rating": "ratings[0].rating: 4.3 is not on this model's scale "
+            "0.5..5.0 in steps of 0.5",
+            "ratings[1].rating": "ratings[1].rating: 0 is not on this model's scale "
+            "0.5..5.0 in steps of 0.5",
+            "ratings[2].rating": "ratings[2].rating: 5.5 is not on this model's scale "
+            "0.5..5.0 in steps of 0.5",
+        }
+
+
+def test_user_fields_are_ignored_by_a_model_without_them(
+    latest: httpx.Client, latest_ids: list[int]
+) -> None:
+    """ml-latest-small has no user fields: /model says so, and a request that sends some is
+    answered as without them, each named in adaptation.ignored_user_fields with the reason.
+    Ignored rather than refused: a client that always sends its user's profile keeps working
+    with any checkpoint, and nothing the model could read is lost. A misspelt field is still
+    refused."""
+    model = latest.get("/model").json()
+    assert model["user_fields"] == [] and model["user_values"] == {}
+    ratings = [{"item_id": i, "rating": 4} for i in latest_ids[10:14]]
+    plain = latest.post("/recommend", json={"ratings": ratings}).json()
+    assert plain["adaptation"]["ignored_user_fields"] == []
+    user = {"gender": "X", "age": 30, "occupation": 4, "zip": "00000"}
+    for path, extra in (("/recommend", {}), ("/score", {"item_ids": latest_ids[:5]})):
+        answer = latest.post(path, json={"ratings": ratings, "user": user, **extra})
+        assert answer.status_code == 200, answer.text
+        ignored = answer.json()["adaptation"]["ignored_user_fields"]
+        assert [f["field"] for f in ignored] == ["gender", "age", "occupation", "zip"]
+        assert all("reads no user fields" in f["reason"] for f in ignored), ignored
+    again = latest.post("/recommend", json={"ratings": ratings, "user": user}).json()
+    assert again["items"] == plain["items"]
+    typo = latest.post("/recommend", json={"ratings": ratings, "user": {"sex": "F"}})
+    assert typo.status_code == 422 and _errors(typo)[0]["field"] == "user.sex"
+    # The example request the server prints and publishes sends no user.
+    example = latest.get("/openapi.json").json()["components"]["schemas"]["RecommendRequest"]
+    assert "user" not in example["examples"][0]
+
+
+def test_scorer_shortcuts_change_nothing(ckpt: Checkpoint) -> None:
+    """What melu.scoring does to save work per request gives the learner's own numbers: the
+    local update over the recommendable rows alone, the loss after the steps from the list's
+    logits (the learner's report pass computes it over the catalogue), and lists from the
+    recommendable rows alone (every_row=False) score those rows exactly as every_row=True."""
+    learner = ckpt.learner("cpu")
+    table, recommendable = ckpt.catalogue.table, ckpt.catalogue.recommendable
+    scorer = CatalogueScorer(learner, table, recommendable)
+    rng = np.random.default_rng(4)
+    rows = torch.from_numpy(rng.choice(np.arange(1, len(ckpt.catalogue) + 1), (3, 6), False))
+    ratings = torch.from_numpy(rng.integers(1, 6, (3, 6)).astype(np.float32))
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[2, 2:] = False
+    users = torch.tensor([[1, 2, 3, 0], [0, 0, 0, 0], [2, 1, 4, 0]])
+    side = learner.catalogue_side(table, recommendable)  # the learner's own catalogue
+    for steps in (0, 1, 2):
+        with torch.no_grad():
+            state = scorer.adapt(users, rows, ratings, mask, steps)
+            own = learner.adapt(users, rows, table[rows], ratings, mask, side, steps)
+            every, listed = scorer.scores(state, users), scorer.scores(state, users, False)
+        torch.testing.assert_close(state.loss_before, own.loss_before, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(state.loss_after, own.loss_after, atol=1e-5, rtol=1e-5)
+        logits, _ = learner.scores(own, side)
+        keep, new = recommendable, ~recommendable
+        new[0] = False  # padding
+        torch.testing.assert_close(every.rank[:, keep], logits[:, keep], atol=1e-5, rtol=1e-5)
+        assert torch.equal(every.rank[:, keep], listed.rank[:, keep])
+        assert listed.above_floor is not None
+        assert torch.isinf(listed.rank[:, new]).all() and not listed.above_floor[:, new].any()
+        assert torch.isfinite(every.rank).all()

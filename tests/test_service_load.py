@@ -337,7 +337,9 @@ def _wait_until_up(process: subprocess.Popen[str], port: int) -> None:
         time.sleep(0.1)
 
 
-def _melu(*args: str, log: Path | None = None) -> subprocess.Popen[str]:
+def _melu(
+    *args: str, log: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """``melu --threads 1 ARGS``. A server's output goes to ``log``: a pipe nobody reads
     fills up with access-log lines and then blocks the server."""
     out = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115
@@ -345,7 +347,7 @@ def _melu(*args: str, log: Path | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "melu", "--threads", "1", *args],
             cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT if log is not None else subprocess.PIPE,
             text=True,
@@ -356,10 +358,12 @@ def _melu(*args: str, log: Path | None = None) -> subprocess.Popen[str]:
 
 
 @contextlib.contextmanager
-def _melu_serve(checkpoint: Path, log: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def _melu_serve(
+    checkpoint: Path, log: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """``melu serve`` on a free port, up; stopped (killed if need be) on the way out."""
     port = _free_port()
-    process = _melu("serve", "--checkpoint", str(checkpoint), "--port", str(port), log=log)
+    process = _melu("serve", "--checkpoint", str(checkpoint), "--port", str(port), log=log, env=env)
     try:
         _wait_until_up(process, port)
         yield process, port
@@ -440,7 +444,9 @@ def _kill_model_worker(server: int) -> None:
 
 def test_a_killed_model_worker_is_replaced(checkpoint: Path, tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
-    with _melu_serve(checkpoint, log) as (process, port):
+    # A new worker starts a torch runtime and loads the model: seconds, more than the default
+    # 10 s deadline when the whole suite shares two cores (a request then got 503 timeout).
+    with _melu_serve(checkpoint, log, env={"MELU_REQUEST_TIMEOUT": "60"}) as (process, port):
         url = f"http://127.0.0.1:{port}"
         body = json.loads(_bodies(checkpoint, 1)[0])
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -490,13 +496,18 @@ def test_nan_checkpoint_is_refused(checkpoint: Path, tmp_path: Path) -> None:
 # expects 422 beside 2xx for schema-valid requests (ids outside the catalogue match the schema).
 
 
-def test_schemathesis_all_checks(small_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("trained", ["small_checkpoint", "latest_small_checkpoint"])
+def test_schemathesis_all_checks(
+    trained: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The default model on MeLU's data (whole stars, demographics) and on ml-latest-small
+    (half stars, no user fields): /openapi.json carries each one's scale."""
     command = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     if command is None:
         pytest.fail("schemathesis is not installed: pip install -e '.[dev]'", pytrace=False)
     # As `melu train` leaves a checkpoint: with onboarding lists (their content is tested in
     # test_onboarding; here only that /onboarding answers as its schema says).
-    ckpt = load(small_checkpoint)
+    ckpt = load(request.getfixturevalue(trained))
     ids = [int(i) for i in ckpt.catalogue.item_ids[1:201]]
     strategies = ("diverse", "evidence", "popularity", "entropy")
     ckpt.onboarding = {"lists": {s: ids for s in strategies}, "info": {}}

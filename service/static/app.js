@@ -1,13 +1,18 @@
 // MeLU demo page: search the catalogue, rate movies, see the adapted model's recommendations.
-// Plain browser JavaScript, no build step and no external resources.
+// Plain browser JavaScript, no build step and no external resources. What the page asks for
+// is the model's to say (GET /model): the rating scale (half stars for ml-latest-small) and
+// the user fields it reads (none for the CSV releases).
 "use strict";
 
 (() => {
   const SEARCH_LIMIT = 20;
   const SEARCH_DELAY_MS = 250;
   const RECOMMEND_DELAY_MS = 150;
-  const STORAGE_KEY = "melu.ratings.v1";
+  // Ratings are kept per dataset: a half star saved for ml-latest-small is not a rating of a
+  // model of whole stars.
+  const STORAGE_PREFIX = "melu.ratings.v2.";
   const SKIPPED_KEY = "melu.skipped.v1";
+  const PROFILE_FIELDS = ["gender", "age", "occupation", "zip"];
   // Onboarding: shown a page at a time from the list the server stores.
   const ONBOARDING_PAGE = 10;
   const ONBOARDING_FETCH = 100;
@@ -23,6 +28,7 @@
     ratedCount: $("rated-count"),
     ratingsEmpty: $("ratings-empty"),
     clearRatings: $("clear-ratings"),
+    profile: $("profile"),
     profileForm: $("profile-form"),
     kSelect: $("k-select"),
     recPanel: $("recommendations-panel"),
@@ -50,6 +56,10 @@
   let recommendTimer = 0;
   let recommendController = null;
   let recommendSeq = 0;
+  // The model's rating scale and user fields; until /model answers, MeLU's (1..5, all).
+  let scale = { low: 1, high: 5, step: 1, values: [1, 2, 3, 4, 5] };
+  let userFields = PROFILE_FIELDS;
+  let storageKey = `${STORAGE_PREFIX}melu`;
 
   // ---------- helpers ----------
 
@@ -105,6 +115,22 @@
     return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "–";
   }
 
+  // A rating as written on the page and in test ids: 4.5, 5 (not 5.0).
+  function formatRating(value) {
+    return String(Math.round(value * 1000) / 1000);
+  }
+
+  function onScale(value) {
+    return typeof value === "number" && scale.values.some((v) => Math.abs(v - value) < 1e-6);
+  }
+
+  // How the stars are drawn: one star per whole-star value, or two half stars per star.
+  function starMode() {
+    if (scale.step === 1 && Number.isInteger(scale.low) && scale.low >= 1) return "whole";
+    if (scale.step === 0.5 && scale.low === 0.5) return "half";
+    return "plain";
+  }
+
   // The /items answer: a bare list, or an object holding the list under "items".
   function itemsOf(body) {
     if (Array.isArray(body)) return body;
@@ -142,7 +168,7 @@
 
   function saveRatings() {
     try {
-      localStorage.setItem(STORAGE_KEY, JSON.stringify([...ratings.values()]));
+      localStorage.setItem(storageKey, JSON.stringify([...ratings.values()]));
     } catch (_) {
       // storage may be disabled: ratings then last for this page only
     }
@@ -150,9 +176,9 @@
 
   function loadRatings() {
     try {
-      const saved = JSON.parse(localStorage.getItem(STORAGE_KEY) || "[]");
+      const saved = JSON.parse(localStorage.getItem(storageKey) || "[]");
       for (const r of saved) {
-        if (Number.isInteger(r.item_id) && r.rating >= 1 && r.rating <= 5) {
+        if (Number.isInteger(r.item_id) && onScale(r.rating)) {
           ratings.set(r.item_id, rated(r, r.rating));
         }
       }
@@ -165,36 +191,48 @@
 
   let widgetCount = 0;
 
-  // A radio group styled as five stars; keyboard: Tab to it, arrows to change.
+  // What a star label shows: a star, the left or right half of one, or the number itself.
+  function starFace(value, mode) {
+    const text = mode === "plain" ? formatRating(value) : "★";
+    return el("span", { className: "glyph", "aria-hidden": "true", text });
+  }
+
+  // A radio group styled as stars, one radio per rating of the model's scale (two per star
+  // with half stars); keyboard: Tab to it, arrows to change.
   function starRating(item, current, context) {
     widgetCount += 1;
+    const mode = starMode();
     const name = `stars-${context}-${item.item_id}-${widgetCount}`;
     const group = el("fieldset", {
-      className: "stars",
-      dataset: { testid: "stars", value: String(current || 0) },
+      className: `stars stars-${mode}`,
+      dataset: { testid: "stars", value: formatRating(current || 0) },
     });
     group.append(el("legend", { className: "visually-hidden", text: `Rate ${item.title}` }));
-    for (let n = 1; n <= 5; n += 1) {
-      const id = `${name}-${n}`;
+    for (const value of scale.values) {
+      const shown = formatRating(value);
+      const words = `${shown} star${value === 1 ? "" : "s"}`;
+      const id = `${name}-${shown}`;
       const input = el("input", {
         type: "radio",
         name,
         id,
-        value: String(n),
+        value: shown,
         className: "visually-hidden",
-        checked: current === n,
+        checked: current === value,
         dataset: { context, itemId: String(item.item_id) },
       });
-      input.addEventListener("change", () => setRating(item, n));
+      input.addEventListener("change", () => setRating(item, value));
+      const half = mode === "half" ? (Number.isInteger(value) ? " right" : " left") : "";
       const label = el(
         "label",
         {
           for: id,
-          title: `${n} star${n > 1 ? "s" : ""}`,
-          dataset: { testid: `star-${n}` },
+          title: words,
+          className: `${current >= value ? "is-on" : ""}${half}`.trim() || undefined,
+          dataset: { testid: `star-${shown}` },
         },
-        el("span", { "aria-hidden": "true", text: "★" }),
-        el("span", { className: "visually-hidden", text: `${n} star${n > 1 ? "s" : ""}` }),
+        starFace(value, mode),
+        el("span", { className: "visually-hidden", text: words }),
       );
       group.append(input, label);
     }
@@ -376,7 +414,12 @@
     els.onboardingMore.hidden = page.length === 0;
   }
 
-  async function loadOnboarding() {
+  async function loadOnboarding(model) {
+    if (model && Array.isArray(model.onboarding) && !model.onboarding.includes("diverse")) {
+      // The checkpoint stores no lists (GET /onboarding would answer 404): search only.
+      els.onboardingPanel.hidden = true;
+      return;
+    }
     try {
       const params = new URLSearchParams({ n: String(ONBOARDING_FETCH) });
       const body = await getJSON(`/onboarding?${params}`);
@@ -390,11 +433,12 @@
 
   // ---------- profile ----------
 
-  // The optional user features: the fields filled in (a missing one is "unknown" to the model).
+  // The optional user features: the fields filled in (a missing one is "unknown" to the model),
+  // of those the model reads.
   function profile() {
     const data = new FormData(els.profileForm);
     const user = {};
-    for (const key of ["gender", "age", "occupation", "zip"]) {
+    for (const key of userFields) {
       const value = String(data.get(key) || "").trim();
       if (value) user[key] = value;
     }
@@ -459,9 +503,10 @@
 
   function renderRecommendations(body, ratedCount) {
     const items = Array.isArray(body.items) ? body.items : [];
+    const top = formatRating(scale.high);
     const rows = items.map((item, index) => {
       const rating = Number(item.predicted_rating ?? item.score);
-      const share = Math.max(0, Math.min(1, (rating - 1) / 4));
+      const share = Math.max(0, Math.min(1, (rating - scale.low) / (scale.high - scale.low)));
       const title = String(item.title ?? item.item_id);
       const year = Number.isInteger(item.year) ? item.year : null;
       const because =
@@ -496,10 +541,10 @@
           {
             className: "score",
             dataset: { testid: "score", rankScore: formatNumber(Number(item.score), 4) },
-            title: "the rating the model predicts you would give (1–5); the list is ordered by how likely you are to watch and like it",
+            title: `the rating the model predicts you would give (${formatRating(scale.low)}–${top}); the list is ordered by how likely you are to watch and like it`,
           },
           // Words, not a star glyph: "3.8★" beside the five rating stars read as a rating.
-          `predicted ${formatNumber(rating, 1)} / 5`,
+          `predicted ${formatNumber(rating, 1)} / ${top}`,
         ),
         starRating({ item_id: item.item_id, title, year }, 0, "rec"),
       );
@@ -518,10 +563,12 @@
     els.lossBefore.textContent = formatNumber(a.support_loss_before);
     els.lossAfter.textContent = formatNumber(a.support_loss_after);
     const unknown = Array.isArray(a.unknown_user_fields) ? a.unknown_user_fields : [];
-    els.unknownFields.textContent = unknown.length
-      ? `Not seen in training, so treated as unknown: ${unknown.join(", ")}.`
-      : "";
-    els.unknownFields.hidden = unknown.length === 0;
+    const ignored = Array.isArray(a.ignored_user_fields) ? a.ignored_user_fields : [];
+    const notes = [];
+    if (unknown.length) notes.push(`Not seen in training, so treated as unknown: ${unknown.join(", ")}.`);
+    for (const f of ignored) notes.push(`${f.field}: ${f.reason}.`);
+    els.unknownFields.textContent = notes.join(" ");
+    els.unknownFields.hidden = notes.length === 0;
     els.adaptation.hidden = false;
   }
 
@@ -544,18 +591,48 @@
     const steps = pick(["local_steps", "configs.meta.local_steps"]);
     const mae = pick(["info.best_val_mae", "metrics.best_val_mae", "best_val_mae"]);
     const version = pick(["info.version", "version"]);
+    const stars = pick(["rating_scale.text"]);
     if (dataset !== undefined) parts.push(`dataset ${dataset}`);
     if (items !== undefined) parts.push(`${items} movies`);
+    if (stars !== undefined) parts.push(`ratings ${stars}`);
     if (steps !== undefined) parts.push(`${steps} local steps`);
     if (typeof mae === "number") parts.push(`validation MAE ${mae.toFixed(3)}`);
     if (version !== undefined) parts.push(`melu ${version}`);
     return parts.length ? `Model: ${parts.join(" · ")}` : "Model ready.";
   }
 
+  // The scale and the user fields of the model: the stars, the profile, the stored ratings.
+  function adoptModel(model) {
+    const given = model && model.rating_scale;
+    if (given && Array.isArray(given.values) && given.values.length) {
+      scale = {
+        low: Number(given.low),
+        high: Number(given.high),
+        step: Number(given.step),
+        values: given.values.map(Number),
+      };
+    }
+    if (model && Array.isArray(model.user_fields)) {
+      userFields = PROFILE_FIELDS.filter((f) => model.user_fields.includes(f));
+    }
+    const dataset = model && model.configs && model.configs.data && model.configs.data.dataset;
+    if (typeof dataset === "string") storageKey = `${STORAGE_PREFIX}${dataset}`;
+    // No user fields (the CSV releases): the page does not ask for any.
+    els.profile.hidden = userFields.length === 0;
+    for (const node of els.profileForm.querySelectorAll("[data-field]")) {
+      node.hidden = !userFields.includes(node.dataset.field);
+    }
+    const half = starMode() === "half" ? ", half stars too" : "";
+    els.ratingsEmpty.textContent = `No ratings yet: rate movies from the search results (${formatRating(scale.low)}–${formatRating(scale.high)} stars${half}).`;
+  }
+
   async function loadModel() {
     try {
-      els.modelInfo.textContent = describeModel(await getJSON("/model"));
+      const model = await getJSON("/model");
+      adoptModel(model);
+      els.modelInfo.textContent = describeModel(model);
       els.modelInfo.dataset.state = "ready";
+      return model;
     } catch (err) {
       els.modelInfo.textContent = "The model service is not reachable.";
       els.modelInfo.dataset.state = "error";
@@ -588,10 +665,16 @@
     renderOnboarding();
   });
 
-  loadRatings();
-  loadSkipped();
-  renderRatings();
-  loadModel();
-  loadOnboarding();
-  scheduleRecommend();
+  async function start() {
+    // The model first: its scale says which stored ratings and which stars the page shows.
+    const model = await loadModel();
+    loadRatings();
+    loadSkipped();
+    renderRatings();
+    renderSearchResults(); // a search answered before the model was drawn with its stars
+    loadOnboarding(model);
+    scheduleRecommend();
+  }
+
+  start();
 })();
