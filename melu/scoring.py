@@ -29,6 +29,7 @@ from melu import closed_form
 from melu.learners import Learner
 from melu.maml import Adaptation, MetaLearner
 from melu.objectives import candidates
+from melu.ranking import batch_invariant
 from melu.taste_learner import CatalogueSide, TasteLearner, TasteState
 
 # Floats of [B, chunk, H1] activations per chunk: small enough to stay in cache.
@@ -237,7 +238,10 @@ class CatalogueScorer:
             rank = logits + weight * ratings if weight else logits
             above = None
             if learner.net.cfg.rank_floor:
-                above = ratings >= learner.user_mean(state).unsqueeze(-1)
+                # On the ranking grid, as the scores: a film within float noise of the user's
+                # mean must not clear the floor in one batch and miss it in another.
+                mean = batch_invariant(learner.user_mean(state)).unsqueeze(-1)
+                above = batch_invariant(ratings) >= mean
             return Scores(rank, ratings, above)
         assert isinstance(state, Adaptation)
         if self.cached is not None and self.cached.applies(state):
@@ -260,6 +264,14 @@ class CatalogueScorer:
             for start in range(0, self.table.shape[0], step)
         ]
         return torch.cat(parts, dim=1)
+
+    def floors(self, state: State) -> list[float] | None:
+        """Each user's floor (their own mean rating, shrunk; :meth:`TasteLearner.user_mean`)
+        on the ranking grid, as :meth:`scores` compares it; None where the model keeps none."""
+        if not self.floor:
+            return None
+        assert isinstance(state, TasteState) and isinstance(self.learner, TasteLearner)
+        return [float(v) for v in batch_invariant(self.learner.user_mean(state)).tolist()]
 
     def support_losses(self, state: State) -> tuple[list[float], list[float]]:
         """Each user's support loss before and after the local steps."""

@@ -143,6 +143,8 @@ class Outcome:
     items: list[Scored]
     loss_before: float
     loss_after: float
+    # The user's own mean rating as the model holds lists above it (None: no floor).
+    floor: float | None = None
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -500,6 +502,7 @@ class Recommender:
             rated = batch_invariant(ratings_all.cpu()).clamp(self.scale.low, self.scale.high)
             floor = above.cpu() if above is not None else None
             before, after = scorer.support_losses(state)
+            floors = scorer.floors(state)
             # Checked weights on finite inputs stay finite; should they not, the request fails
             # (a JSON 500) rather than answer null or unranked scores.
             body = pred[:, scored]
@@ -527,7 +530,9 @@ class Recommender:
                     )
                     for k, row in enumerate(chosen)
                 ]
-                outcomes.append(Outcome(items, before[i], after[i]))
+                outcomes.append(
+                    Outcome(items, before[i], after[i], None if floors is None else floors[i])
+                )
             return outcomes
 
     def _select(
@@ -569,6 +574,7 @@ class Recommender:
             steps=self.steps,
             support_loss_before=outcome.loss_before,
             support_loss_after=outcome.loss_after,
+            user_mean=outcome.floor,
             unknown_user_fields=list(job.unknown_user_fields),
             ignored_user_fields=[
                 IgnoredField(field=field, reason=why) for field, why in job.ignored_user_fields

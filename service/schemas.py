@@ -264,6 +264,12 @@ class AdaptationInfo(BaseModel):
         "MeLU: the ratings' squared error)"
     )
     support_loss_after: float = Field(description="the same loss after the local steps")
+    user_mean: float | None = Field(
+        default=None,
+        description="the user's own mean rating as the model sees it (the ratings given, shrunk "
+        "towards the population's mean when they are few): no listed item is predicted below "
+        "it while another clears it (items' above_floor); null for models without that floor",
+    )
     unknown_user_fields: list[str] = Field(
         default_factory=list,
         description="user fields given but unseen in training (mapped to the unknown embedding)",

@@ -1027,9 +1027,10 @@ def test_floor_keeps_lists_above_the_users_mean(
     client: httpx.Client, recommendable_ids: list[int]
 ) -> None:
     """No listed item is predicted below the user's own mean while enough items clear it. The
-    mean is the model's (its predictions of the rated items, what /score answers for them);
-    /score of every candidate shows that enough clear it, and that ranking by score alone
-    would have listed items below it for some of these users."""
+    mean is the model's (the ratings given, shrunk towards the population's: the answer's
+    adaptation.user_mean, checked here against the ratings); /score of every candidate shows
+    that enough clear it, and that ranking by score alone would have listed items below it
+    for some of these users."""
     rng = np.random.default_rng(21)
     mattered = 0
     for _ in range(6):
@@ -1038,9 +1039,11 @@ def test_floor_keeps_lists_above_the_users_mean(
             {"item_id": i, "rating": int(r)}
             for i, r in zip(chosen, rng.integers(1, 6, size=6), strict=True)
         ]
-        support = client.post("/score", json={"ratings": ratings, "item_ids": chosen}).json()
-        mean = float(np.mean([it["predicted_rating"] for it in support["items"]]))
-        listed = client.post("/recommend", json={"ratings": ratings, "k": 10}).json()["items"]
+        answer = client.post("/recommend", json={"ratings": ratings, "k": 10}).json()
+        mean, listed = answer["adaptation"]["user_mean"], answer["items"]
+        given = float(np.mean([r["rating"] for r in ratings]))
+        # Between the population's mean and the user's own, nearer the user's.
+        assert min(given, 3.0) - 1e-3 <= mean <= max(given, 4.2) + 1e-3
         pool = [i for i in recommendable_ids if i not in set(chosen)]
         every = client.post("/score", json={"ratings": ratings, "item_ids": pool}).json()["items"]
         assert sum(it["predicted_rating"] >= mean + FLOOR_SLACK for it in every) >= 10
