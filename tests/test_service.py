@@ -1169,10 +1169,11 @@ def test_scorer_shortcuts_change_nothing(ckpt: Checkpoint) -> None:
             every, listed = scorer.scores(state, users), scorer.scores(state, users, False)
         torch.testing.assert_close(state.loss_before, own.loss_before, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(state.loss_after, own.loss_after, atol=1e-5, rtol=1e-5)
-        logits, _ = learner.scores(own, side)
+        logits, predicted = learner.scores(own, side)
+        expected = logits + learner.net.cfg.rank_rating_weight * predicted
         keep, new = recommendable, ~recommendable
         new[0] = False  # padding
-        torch.testing.assert_close(every.rank[:, keep], logits[:, keep], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(every.rank[:, keep], expected[:, keep], atol=1e-5, rtol=1e-5)
         assert torch.equal(every.rank[:, keep], listed.rank[:, keep])
         assert listed.above_floor is not None
         assert torch.isinf(listed.rank[:, new]).all() and not listed.above_floor[:, new].any()
