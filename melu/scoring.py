@@ -236,6 +236,8 @@ class CatalogueScorer:
                     logits[:, index], ratings[:, index] = learner.scores(state, side)
             weight = learner.net.cfg.rank_rating_weight
             rank = logits + weight * ratings if weight else logits
+            # Rows not scored (every_row=False) rank -inf, not -inf + NaN.
+            rank = torch.where(torch.isnan(ratings), logits, rank)
             above = None
             if learner.net.cfg.rank_floor:
                 # On the ranking grid, as the scores: a film within float noise of the user's
