@@ -1,9 +1,10 @@
 """Meta-training on a small real subset, for ``test_distributed`` to run under torchrun.
 
 Usage: ``torchrun --nproc_per_node=N tests/ddp_worker.py OUT_DIR DATA_DIR MODEL`` (or plain
-``python`` for one process), MODEL ``rating`` (MeLU's network) or ``taste`` (the default
-preset's model). Every dropout is off, so that every process count computes the same function:
-ranks draw dropout masks from their own generators.
+``python`` for one process), MODEL ``rating`` (MeLU's network), ``taste`` (the default
+preset's model) or ``taste-latest-small`` (the taste model on ml-latest-small: half stars, no
+user fields, the time split). Every dropout is off, so that every process count computes the
+same function: ranks draw dropout masks from their own generators.
 """
 
 from __future__ import annotations
@@ -30,20 +31,23 @@ MODELS = {
         PRESETS["default"].meta,
     ),
 }
+MODELS["taste-latest-small"] = MODELS["taste"]
 TRAIN = TrainConfig(epochs=2, batch_size=32, device="cpu", seed=5, dtype="float64", patience=10)
 
 
-def small_data(shared: Path) -> ColdStartData:
-    data = prepare(shared, DataConfig(dataset="melu"))
+def small_data(shared: Path, dataset: str = "melu") -> ColdStartData:
+    data = prepare(shared, DataConfig.for_dataset(dataset))  # type: ignore[arg-type]
     rng = np.random.default_rng(0)
     # 200 tasks: the last batch of each epoch (8 tasks) does not split evenly over 3 ranks.
-    data = data.restrict("warm", rng.choice(len(data.tasks["warm"]), 200, replace=False))
-    return data.restrict("validation", np.arange(64))
+    warm = len(data.tasks["warm"])
+    data = data.restrict("warm", rng.choice(warm, min(200, warm), replace=False))
+    return data.restrict("validation", np.arange(min(64, len(data.tasks["validation"]))))
 
 
 def main(out: Path, shared: Path, model: str) -> None:
     model_cfg, meta_cfg = MODELS[model]
-    train(small_data(shared), out, model_cfg, meta_cfg, TRAIN, progress=False)
+    dataset = "ml-latest-small" if model.endswith("latest-small") else "melu"
+    train(small_data(shared, dataset), out, model_cfg, meta_cfg, TRAIN, progress=False)
 
 
 if __name__ == "__main__":
