@@ -10,6 +10,7 @@ Stages (one function each, registered in ``STAGES``):
   from the flat tasks: tasks/s, and the epoch time it projects to.
 * ``evaluate``: the catalogue protocol's model part (adapt, score every recommendable item,
   rank with the floor, judge) for up to 1,000 new users at each of S = 3, 5, 10, 20.
+* ``serve``: ``/recommend`` p50 and p99 at one client, through ``melu serve``.
 
 A stage is a function ``stage_<name>(release: Path) -> dict`` that may call :func:`prepared`
 for the data, and an entry in ``STAGES``; the table and the growth fit pick them up.
@@ -209,10 +210,70 @@ def stage_evaluate(release: Path) -> dict[str, Any]:
     }
 
 
+# Sequential /recommend requests timed per serving stage (after a warm-up of 5).
+SERVE_REQUESTS = 200
+
+
+def stage_serve(release: Path) -> dict[str, Any]:
+    """``/recommend`` at this catalogue's size: a checkpoint of the default preset (its
+    co-occurrence fitted, weights as initialised: the cost does not depend on them) served by
+    ``melu serve`` (one torch thread, the model in its worker process), one client sending
+    :data:`SERVE_REQUESTS` requests of 5 ratings one after the other (serve_latency's
+    client): p50 and p99, and the server's CPU time and memory."""
+    import asyncio
+    import importlib.util
+    import tempfile
+
+    from melu import checkpoint as ckpt
+    from melu.config import PRESETS, TrainConfig
+
+    spec = importlib.util.spec_from_file_location(
+        "serve_latency", REPO / "benchmarks" / "serve_latency.py"
+    )
+    assert spec is not None and spec.loader is not None
+    latency = importlib.util.module_from_spec(spec)
+    sys.modules["serve_latency"] = latency
+    spec.loader.exec_module(latency)
+    data, seconds = prepared(release)
+    learner, fit_s = _taste_learner(data)
+    preset = PRESETS["default"]
+    with tempfile.TemporaryDirectory(prefix="melu-scale-serve-") as tmp:
+        path = Path(tmp) / "checkpoint.pt"
+        state = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+        ckpt.save(
+            path,
+            ckpt.Checkpoint(
+                data=data.config, model=preset.model, meta=preset.meta, train=TrainConfig(),
+                encoder=data.encoder, catalogue=data.catalogue, state=state,
+            ),
+        )  # fmt: skip
+        del data, learner, state
+        requests = latency.build_requests(path, 64, 5, 10, seed=0)
+        args = argparse.Namespace(
+            batch_max_wait_ms=2.0, local_steps=None, torch_threads=1, retrieval_fraction=0.0,
+            start_timeout=600.0,
+        )  # fmt: skip
+        started = time.perf_counter()
+        server = latency.Server(path, True, args)
+        start_s = time.perf_counter() - started
+        try:
+            asyncio.run(latency.sequential(server.port, requests, 5, 60.0))  # warm-up
+            cpu = server.cpu_seconds()
+            level = asyncio.run(latency.sequential(server.port, requests, SERVE_REQUESTS, 600.0))
+            level["server_cpu_ms_per_request"] = (
+                (server.cpu_seconds() - cpu) * 1e3 / level["requests"]
+            )
+            level["server_rss_gb"] = server.rss_mb() / 1e3
+        finally:
+            server.stop()
+    return {**seconds, **level, "cooccurrence_fit_s": fit_s, "server_start_s": start_s}
+
+
 STAGES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "prepare": stage_prepare,
     "train": stage_train,
     "evaluate": stage_evaluate,
+    "serve": stage_serve,
 }
 
 
@@ -277,6 +338,8 @@ EXTRA: dict[str, list[tuple[str, str, str]]] = {
     "train": [("tasks_per_s", "tasks/s", ".0f"), ("epoch_s_projected", "epoch s", ".0f"),
               ("cooccurrence_fit_s", "co-oc s", ".1f")],
     "evaluate": [("users_per_s", "users/s", ".0f"), ("catalogue_items", "items", ",")],
+    "serve": [("p50_ms", "p50 ms", ".1f"), ("p99_ms", "p99 ms", ".1f"),
+              ("server_cpu_ms_per_request", "cpu ms", ".1f"), ("server_rss_gb", "srv GB", ".2f")],
 }  # fmt: skip
 
 
