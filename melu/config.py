@@ -173,6 +173,18 @@ class ModelConfig:
     rank_floor: bool = False
 
 
+# The taste model's fast weights (melu.taste.FastWeights), in the order the local update and
+# the checkpoint's step sizes list them.
+FAST_WEIGHTS: tuple[str, ...] = (
+    "user",
+    "popularity",
+    "cooccurrence",
+    "support_weights",
+    "rating_bias",
+    "rating_taste",
+)
+
+
 @dataclass(frozen=True)
 class MetaConfig:
     """The MAML meta-learner."""
@@ -191,15 +203,8 @@ class MetaConfig:
     # episode, a support of uniform size in this range drawn from all the user's ratings, every
     # other rating a target (denoising, as cold start looks).
     episode_support: tuple[int, int] = (3, 20)
-    # Which of the taste model's fast weights the local steps adapt (melu.taste.FAST_WEIGHTS).
-    fast_weights: tuple[str, ...] = (
-        "user",
-        "popularity",
-        "cooccurrence",
-        "support_weights",
-        "rating_bias",
-        "rating_taste",
-    )
+    # Which of the taste model's fast weights the local steps adapt (FAST_WEIGHTS).
+    fast_weights: tuple[str, ...] = FAST_WEIGHTS
     # Weight of the ratings' squared error beside the liked items' likelihood: in the support
     # loss of the local steps, and in the query loss of meta-training.
     inner_rating_weight: float = 0.5

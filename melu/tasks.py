@@ -279,6 +279,29 @@ class TaskBatch:
         return TaskBatch(**{f.name: grow(getattr(self, f.name)) for f in fields(self)})
 
 
+def batch_groups(
+    sizes: np.ndarray,
+    batch_size: int,
+    generator: np.random.Generator | None = None,
+    bucket: int = 1,
+) -> list[np.ndarray]:
+    """Task indices in batches: shuffled when a generator is given, else in order; with
+    ``bucket > 1`` sorted by support size (``sizes``) within pools of ``bucket`` batches and
+    the batches of a pool shuffled again (see :meth:`TaskSet.batches`)."""
+    order = generator.permutation(len(sizes)) if generator is not None else np.arange(len(sizes))
+    groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if bucket > 1:
+        pool = batch_size * bucket
+        groups = []
+        for i in range(0, len(order), pool):
+            chunk = order[i : i + pool]
+            chunk = chunk[np.argsort(sizes[chunk], kind="stable")]
+            groups.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
+        if generator is not None:
+            groups = [groups[k] for k in generator.permutation(len(groups))]
+    return groups
+
+
 @dataclass(frozen=True)
 class TaskSet:
     """Every task of one scenario as padded tensors, plus host-side support sizes."""
@@ -326,17 +349,7 @@ class TaskSet:
         little padding (support sizes range from 3 to 90), at the price of batches that mix
         sizes less.
         """
-        order = generator.permutation(len(self)) if generator is not None else np.arange(len(self))
-        groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        if bucket > 1:
-            pool = batch_size * bucket
-            groups = []
-            for i in range(0, len(order), pool):
-                chunk = order[i : i + pool]
-                chunk = chunk[np.argsort(self.support_sizes[chunk], kind="stable")]
-                groups.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
-            if generator is not None:
-                groups = [groups[k] for k in generator.permutation(len(groups))]
+        groups = batch_groups(self.support_sizes, batch_size, generator, bucket)
         return [self.batch(g, trim=trim) for g in groups]
 
     def resample_queries(self, generator: np.random.Generator) -> TaskSet:
@@ -485,18 +498,7 @@ class FlatTasks:
         """Every task once, shuffled, in batches built as they are needed (:meth:`batch`);
         with ``bucket > 1`` sorted by size within pools of ``bucket`` batches, as
         :meth:`TaskSet.batches` does."""
-        order = generator.permutation(len(self))
-        sizes = self.support_sizes
-        groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        if bucket > 1:
-            pool = batch_size * bucket
-            groups = []
-            for i in range(0, len(order), pool):
-                chunk = order[i : i + pool]
-                chunk = chunk[np.argsort(sizes[chunk], kind="stable")]
-                groups.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
-            groups = [groups[k] for k in generator.permutation(len(groups))]
-        for group in groups:
+        for group in batch_groups(self.support_sizes, batch_size, generator, bucket):
             yield self.batch(group)
 
     def to_taskset(self) -> TaskSet:

@@ -36,20 +36,11 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
-from melu.config import MetaConfig, ModelConfig, RatingScale
+from melu.config import FAST_WEIGHTS, MetaConfig, ModelConfig, RatingScale
 from melu.cooccurrence import Cooccurrence
 from melu.embeddings import FieldEmbedding
 from melu.features import FieldSpec
 
-# The fast weights, in the order the local update and the checkpoint's rates list them.
-FAST_WEIGHTS: tuple[str, ...] = (
-    "user",
-    "popularity",
-    "cooccurrence",
-    "support_weights",
-    "rating_bias",
-    "rating_taste",
-)
 # Fast weights whose step size is a vector (one per dimension); the others have one scalar.
 VECTOR_FAST_WEIGHTS: tuple[str, ...] = ("user", "rating_taste")
 # Masked logits: finite, so that second-order gradients of a softmax stay finite.
