@@ -843,8 +843,9 @@ def _catalogue_markdown(
         out += [
             "### Loved-genre test",
             "",
-            "Five most-rated movies of a genre rated 5, three of the least similar genre "
-            "rated 1 (no movie of both); share of the top 10 in the loved genre, mean over "
+            "Five most-rated movies of a genre rated the scale's top value, three of the least "
+            "similar genre its bottom value (no movie of both), no demographics; share of the "
+            "top 10 (the model's floor kept) in the loved genre, mean over "
             "the 10 genres and the seeds (baselines with their settings for S=10).",
             "",
         ]
@@ -1108,6 +1109,20 @@ def markdown(
     return "\n".join(out)
 
 
+# Each run's whole report stays beside its checkpoint (report.json in the run folder); the
+# JSON keeps what the tables above were built from, without the per-user and per-row detail
+# that made it 17 MB.
+_RUN_DETAIL = ("rows", "comparisons", "ranking", "ranking_comparisons")
+
+
+def _summary(run: dict[str, Any]) -> dict[str, Any]:
+    report = {k: v for k, v in run["report"].items() if k not in _RUN_DETAIL}
+    info = dict(report["info"])
+    info["catalogue"] = {k: v for k, v in info["catalogue"].items() if k != "per_user"}
+    report["info"] = info
+    return {**run, "report": report}
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -1163,7 +1178,7 @@ def main(argv: list[str] | None = None) -> int:
         "aggregate": agg[agg["support"] == ALL_SUPPORT]
         .replace({np.nan: None})
         .to_dict(orient="records"),
-        "runs": runs,
+        "runs": [_summary(run) for run in runs],
     }
     result["seconds"] = round(time.perf_counter() - started, 1)
     ckpt.atomic_write_text(args.json, json.dumps(result, indent=1, allow_nan=False) + "\n")
