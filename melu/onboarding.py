@@ -40,6 +40,7 @@ import torch
 from scipy import sparse
 from torch.func import functional_call, grad, vmap
 
+from melu.config import RatingScale
 from melu.data import ColdStartData
 from melu.learners import Learner
 from melu.maml import MetaLearner, masked_mse, support_stats
@@ -76,13 +77,20 @@ class ItemScores:
 
 
 def rating_stats(
-    ratings: pd.DataFrame, item_rows: dict[int, int], n_rows: int
+    ratings: pd.DataFrame,
+    item_rows: dict[int, int],
+    n_rows: int,
+    scale: RatingScale | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Training ratings per row and the entropy (nats) of each row's rating distribution."""
+    """Training ratings per row and the entropy (nats) of each row's rating distribution over
+    the values of ``scale`` (the data's; 1..5 in whole stars by default)."""
+    scale = scale or RatingScale()
     rows = ratings["item_id"].map(item_rows).to_numpy(dtype=np.int64)
-    values = np.clip(np.rint(ratings["rating"].to_numpy(dtype=np.float64)), 1, 5).astype(np.int64)
-    hist = np.zeros((n_rows, 5))
-    np.add.at(hist, (rows, values - 1), 1.0)
+    levels = len(scale.values())
+    given = ratings["rating"].to_numpy(dtype=np.float64)
+    values = np.clip(np.rint((given - scale.low) / scale.step), 0, levels - 1).astype(np.int64)
+    hist = np.zeros((n_rows, levels))
+    np.add.at(hist, (rows, values), 1.0)
     count = hist.sum(1)
     p = hist / np.maximum(count, 1.0)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -268,7 +276,7 @@ def item_scores(learner: Learner, data: ColdStartData) -> ItemScores:
     """Every strategy's per-item score; the gradients dominate the time."""
     started = time.perf_counter()
     n_rows = len(data.catalogue.item_ids)
-    popularity, entropy = rating_stats(data.train_ratings, data.catalogue.rows, n_rows)
+    popularity, entropy = rating_stats(data.train_ratings, data.catalogue.rows, n_rows, data.scale)
     discriminative = discriminative_values(learner, data)
     d_max, p_max = discriminative.max(), popularity.max()
     evidence = (discriminative / max(d_max, 1e-12)) * (popularity / max(p_max, 1e-12))

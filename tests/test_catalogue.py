@@ -1,5 +1,6 @@
-"""The catalogue protocol: ranking metrics by hand, the shared ranking order, support draws,
-the baselines against their definitions, and that rated items never reach a list."""
+"""The catalogue protocol: ranking metrics and the calibration error by hand, the shared ranking
+order and its floor, support draws, the baselines against their definitions, the predicted
+ratings' measures on hand-made cases, and that rated items never reach a list."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ import torch
 from scipy import sparse
 
 from melu import checkpoint as ckpt
+from melu.config import RatingScale
 from melu.data import ColdStartData
 from melu.evaluation import catalogue as C
-from melu.evaluation.metrics import coverage, popularity_percentile, ranking_metrics
+from melu.evaluation.metrics import (
+    calibration_error,
+    coverage,
+    popularity_percentile,
+    ranking_metrics,
+)
 from melu.evaluation.rankers import Ease, ItemKnn, Popularity, Supports, TrainingData
 from melu.ranking import rank, rank_top, top_k_row
+from melu.scoring import CatalogueScorer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,6 +50,21 @@ def test_ranking_metrics_by_hand() -> None:
     assert ranking_metrics(many, np.array([12]), np.array([1]))["recall@10"][0] == 0.5
     with pytest.raises(ValueError, match="relevant"):
         ranking_metrics(many, np.array([0]), np.array([1]))
+
+
+def test_calibration_error_by_hand() -> None:
+    # Half-star bins of the prediction: 1.1 and 1.2 fall in the 1.0 bin (mean 1.15 against
+    # ratings 1 and 2: 0.35 off), 3.0 and 3.1 in the 3.0 bin (3.05 against 3 and 5: 0.95 off);
+    # each bin holds half the ratings.
+    predicted = np.array([1.1, 1.2, 3.0, 3.1])
+    actual = np.array([1.0, 2.0, 3.0, 5.0])
+    assert calibration_error(predicted, actual) == pytest.approx(0.5 * 0.35 + 0.5 * 0.95)
+    # Errors inside a bin cancel (calibrated, however wrong each rating is); MAE would not.
+    assert calibration_error(np.array([3.0, 3.0]), np.array([1.0, 5.0])) == 0.0
+    # One bin per prediction: the mean absolute error.
+    assert calibration_error(np.array([1.0, 4.0]), np.array([2.0, 3.5])) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="no ratings"):
+        calibration_error(np.array([]), np.array([]))
 
 
 def test_coverage_and_popularity_percentile() -> None:
@@ -87,6 +110,93 @@ def test_rank_top_is_the_first_k_of_rank() -> None:
         assert rank_top(scores, allowed, k).tolist() == order[:, :k].tolist()
     with pytest.raises(ValueError, match="allowed"):
         rank_top(scores, allowed, 200)
+
+
+def test_judge_keeps_the_floor(melu_data: ColdStartData) -> None:
+    """A row below the user's own mean never enters the top 10 while 10 rows clear it, however
+    high its score; first-hit positions (MRR) count the rows above the floor first."""
+    counts = C.training_counts(melu_data)
+    cases = C.build_cases(melu_data, "new_user", 5, seed=0).subset(np.arange(30))
+    columns = np.flatnonzero(cases.candidates)
+    allowed = cases.allowed()
+    liked = cases.relevant("liked")
+    rng = np.random.default_rng(0)
+    scores = rng.random((len(cases), len(counts)))
+    above = np.zeros_like(scores, dtype=bool)
+    best_below = np.zeros(len(cases), dtype=np.int64)
+    for i in range(len(cases)):
+        free = columns[allowed[i, columns] & ~liked[i, columns]]
+        clear = rng.choice(free, size=10, replace=False)
+        above[i, clear] = True
+        # The best-scored allowed row is below the floor, and so is every liked row.
+        best_below[i] = next(r for r in free if r not in set(clear.tolist()))
+        scores[i, best_below[i]] = 10.0
+    result = C.judge(cases, scores, counts, above)
+    for i in range(len(cases)):
+        assert set(result.top[i].tolist()) == set(np.flatnonzero(above[i]).tolist())
+        assert best_below[i] not in result.top[i]
+    # Without the floor the best-scored row leads every list.
+    plain = C.judge(cases, scores, counts)
+    assert (plain.top[:, 0] == best_below).all()
+    # Liked rows all lie below the floor: the first hit comes after the 10 rows above it.
+    members = result.members["liked"]
+    assert (result.per_user["liked"]["mrr"] <= 1 / 11).all() and len(members) > 0
+    assert (result.per_user["liked"]["recall@10"] == 0).all()
+    # The measures are those of rank()'s order with the floor, sorting every candidate.
+    order, _ = rank(
+        torch.from_numpy(scores[:, columns]),
+        torch.from_numpy(allowed[:, columns]),
+        torch.from_numpy(above[:, columns]),
+    )
+    ranked = np.take_along_axis(liked[:, columns], order.numpy(), axis=1)[members]
+    np.testing.assert_array_equal(result.per_user["liked"]["mrr"], 1.0 / (ranked.argmax(1) + 1.0))
+
+
+def _tiny_cases(candidates: np.ndarray) -> C.Cases:
+    """Two users over rows 1..6: supports and held-out ratings chosen by hand."""
+    return C.Cases(
+        scenario="new_user",
+        protocol="catalogue",
+        size=4,
+        user_ids=np.array([7, 8]),
+        user_rows=np.array([1, 2]),
+        supports=Supports(
+            np.array([[1, 2, 3, 4], [1, 2, 0, 0]]),
+            np.array([[5.0, 5.0, 1.0, 3.0], [5.0, 4.0, 0, 0]]),
+        ),
+        heldout_rows=np.array([[5, 6], [3, 0]]),
+        heldout_ratings=np.array([[4.0, 2.0], [1.0, 0.0]]),
+        candidates=candidates,
+    )
+
+
+def test_predicted_ratings_measures_by_hand() -> None:
+    scale = RatingScale(1.0, 5.0, 1.0)
+    cases = _tiny_cases(np.array([False, True, True, True, True, True, False]))
+    #                      row: 0    1    2    3    4    5    6
+    ratings = np.array(
+        [
+            [0.0, 4.0, 3.0, 3.5, 2.0, 4.5, 9.0],  # user 7: 5-stars at 4.0 and 3.0, 1-star 3.5
+            [0.0, 4.0, 4.0, 0.2, 3.0, 3.0, 3.0],
+        ]
+    )
+    fit = C.rating_fit(cases, ratings, scale)
+    # User 7: row 6 is not a candidate (the model knows nothing of it); row 5: 4.5 vs 4.
+    # User 8: row 3 predicted 0.2, clipped to the scale's 1.0, rated 1.
+    np.testing.assert_allclose(fit.mae, [0.5, 0.0])
+    np.testing.assert_allclose(fit.predicted, [4.5, 1.0])
+    np.testing.assert_allclose(fit.actual, [4.0, 1.0])
+    assert fit.calibration_error() == pytest.approx(0.25)
+    # (5-star, 1-star) support pairs: user 7 has two, one ordered right (4.0 > 3.5); user 8
+    # rated nothing 1 star.
+    assert C.support_pairs(cases, ratings, scale) == (1, 2)
+    # On half stars, 1 star or less is the bottom: 0.5 and 1.0 both count.
+    half = RatingScale(0.5, 5.0, 0.5)
+    cases.supports.ratings[0, 3] = 0.5
+    assert C.support_pairs(cases, ratings, half) == (3, 4)
+    top = np.array([[5, 1], [4, 5]])
+    above = ratings >= 3.5
+    assert C.share_above(top, above) == pytest.approx(0.5)
 
 
 # --- support draws ------------------------------------------------------------------------------
@@ -162,10 +272,16 @@ def test_tune_picks_the_best_setting_on_validation(melu_data: ColdStartData) -> 
         melu_data.train_ratings, melu_data.catalogue.rows, len(counts), content
     )
     ease = Ease(data)
-    setting, tried = C.tune(ease, cases)
-    assert setting == max(tried, key=lambda t: t[1])[0]
-    assert len(tried) == len(ease.grid())
-    assert max(v for _, v in tried) > min(v for _, v in tried)
+    other = C.build_cases(melu_data, "validation", 10, seed=0).subset(np.arange(80))
+    chosen, tried = C.tune(ease, {5: cases, 10: other})
+    for size, by_size in ((5, cases), (10, other)):
+        assert chosen[size] == max(tried[size], key=lambda t: t[1])[0]
+        assert [s for s, _ in tried[size]] == ease.grid()
+        values = [v for _, v in tried[size]]
+        assert max(values) > min(values)
+        # Each value is the setting's Recall@10 scored on its own.
+        setting, value = tried[size][2]
+        assert value == C.liked_recall(by_size, Ease(data).score(by_size.supports, setting))
 
 
 def _full_sort_metrics(cases: C.Cases, scores: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
@@ -216,18 +332,24 @@ def test_model_lists_never_hold_a_rated_item(
     small_checkpoint: Path, melu_data: ColdStartData
 ) -> None:
     ck = ckpt.load(small_checkpoint)
-    learner = ck.learner("cpu")
+    scorer = _scorer(ck, melu_data)
     cases = C.build_cases(melu_data, "new_user", 5, seed=0).subset(np.arange(40))
     counts = C.training_counts(melu_data)
-    scores = C.model_scores(
-        learner, melu_data.user_table, melu_data.catalogue.table, cases.user_rows, cases.supports
-    )
-    # Give every rated item the best score: the ranking must still leave it out.
+    lists = C.model_scores(scorer, melu_data.user_table, cases.user_rows, cases.supports)
+    assert lists.above_floor is not None  # the default model keeps the floor
+    # Give every rated item the best score, above the floor: the ranking must still leave it
+    # out.
+    scores, above = lists.scores.copy(), lists.above_floor.copy()
     np.put_along_axis(scores, cases.supports.rows, 1e9, axis=1)
-    result = C.judge(cases, scores, counts)
+    np.put_along_axis(above, cases.supports.rows, True, axis=1)
+    result = C.judge(cases, scores, counts, above)
     for i in range(len(cases)):
         assert not set(result.top[i].tolist()) & set(cases.supports.rows[i].tolist())
         assert cases.candidates[result.top[i]].all()
+
+
+def _scorer(ck: ckpt.Checkpoint, data: ColdStartData) -> CatalogueScorer:
+    return CatalogueScorer(ck.learner("cpu"), data.catalogue.table, data.catalogue.recommendable)
 
 
 def test_genre_cases_follow_their_definition(melu_data: ColdStartData) -> None:
@@ -240,6 +362,19 @@ def test_genre_cases_follow_their_definition(melu_data: ColdStartData) -> None:
         assert ratings.tolist() == [5.0] * 5 + [1.0] * 3
         assert all(case.loved in genres[r] and case.far not in genres[r] for r in rows[:5])
         assert all(case.far in genres[r] and case.loved not in genres[r] for r in rows[5:])
+
+
+def test_genre_cases_use_the_datas_scale(latest_small_data: ColdStartData) -> None:
+    """Half stars: the synthetic user loves at the scale's top (5.0) and hates at its bottom
+    (0.5), and every rating is one the model was trained on."""
+    scale = latest_small_data.scale
+    assert scale == RatingScale(0.5, 5.0, 0.5)
+    cases = C.genre_cases(latest_small_data, C.training_counts(latest_small_data))
+    assert len(cases) == 10
+    for case in cases:
+        ratings = case.supports.ratings[0].tolist()
+        assert ratings == [5.0] * (len(ratings) - 3) + [0.5] * 3
+        assert all(scale.contains(r) for r in ratings)
 
 
 def test_evaluation_ranks_exactly_as_the_service_serves(
@@ -264,14 +399,12 @@ def test_evaluation_ranks_exactly_as_the_service_serves(
         request = RecommendRequest.model_validate({"ratings": ratings, "k": 10})
         jobs.append(recommender.recommend_job(request, settings))
     served = [[it.row for it in outcome.items] for outcome in recommender.run(jobs)]
-    # Evaluated: the same supports and (unknown) users through the catalogue protocol.
+    # Evaluated: the same supports and (unknown) users through the catalogue protocol, with
+    # the model's floor.
     unknown = np.zeros(len(cases), dtype=np.int64)
-    scores = C.model_scores(
-        ck.learner("cpu"), melu_data.user_table, melu_data.catalogue.table, unknown,
-        cases.supports,
-    )  # fmt: skip
+    lists = C.model_scores(_scorer(ck, melu_data), melu_data.user_table, unknown, cases.supports)
     counts = C.training_counts(melu_data)
-    result = C.judge(cases, scores, counts)
+    result = C.judge(cases, lists.scores, counts, lists.above_floor)
     for i in range(len(cases)):
         # The service may also list items without training ratings; compare on candidates.
         listed = [r for r in served[i] if cases.candidates[r]]

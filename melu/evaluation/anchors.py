@@ -175,8 +175,7 @@ class Edlae(Ease):
     ``Lambda = p / (1 - p) diag(X^T X) + lambda I``.
 
     Dropout ``p`` regularises each item by its popularity; ``p = 0`` is EASE (its own row,
-    :class:`~melu.evaluation.rankers.Ease`). One eigendecomposition per ``p`` serves every
-    ``lambda``.
+    :class:`~melu.evaluation.rankers.Ease`, whose factorisation it shares).
     """
 
     name = "edlae"

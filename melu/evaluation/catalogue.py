@@ -11,33 +11,44 @@ held-out ratings:
   items; candidates are the new items (those of the new-item scenarios, none with training
   ratings); relevant: the other new items they rated >= 4 (or any).
 
-The model adapts on the support with :meth:`MetaLearner.adapt` and scores with
-:mod:`melu.ranking`, exactly as the service does; every method's list, the model's and the
-baselines' (:mod:`melu.evaluation.rankers`, :mod:`melu.evaluation.anchors`), is in
-:func:`melu.ranking.rank`'s order (rated items excluded, ties by item id), of which
-:func:`melu.ranking.rank_top` finds the first rows.
-Their settings are chosen per ``S`` on validation users (:func:`tune`).
+The model adapts on the support and scores the catalogue through
+:class:`melu.scoring.CatalogueScorer`, exactly as the service does (:func:`model_scores`);
+every method's list, the model's and the baselines' (:mod:`melu.evaluation.rankers`,
+:mod:`melu.evaluation.anchors`), is in :func:`melu.ranking.rank`'s order (rated items excluded,
+ties by item id; for a model that keeps the ranking floor, rows predicted below the user's own
+mean after the others), of which :func:`melu.ranking.rank_top` finds the first rows. The
+baselines' settings are chosen per ``S`` on validation users (:func:`tune`).
+
+The model's predicted ratings are judged on the same held-out items (:func:`rating_fit`:
+error and calibration), on the support itself (:func:`support_pairs`: are top-rated support
+items predicted above bottom-rated ones?) and on the list (:func:`share_above`: how much of the
+top 10 is predicted at or above the user's own mean).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import NamedTuple, TypeAlias
 
 import numpy as np
 import torch
 
+from melu.config import RatingScale
 from melu.data import ColdStartData
 from melu.evaluation import metrics as M
 from melu.evaluation.rankers import Ranker, Setting, Supports
-from melu.ranking import batch_invariant, rank, rank_top
+from melu.ranking import batch_invariant, rank_top
 from melu.scoring import CatalogueScorer
 
 log = logging.getLogger(__name__)
 
 SUPPORT_SIZES: tuple[int, ...] = (3, 5, 10, 20)
+# The predicted ratings are also judged from a single rating and from fifty (issue 17: "ratings
+# that make sense for 1..50 ratings"), where the scenario's users have that many.
+RATING_SIZES: tuple[int, ...] = (1, 3, 5, 10, 20, 50)
+# The liked threshold on either scale (whole stars 1..5 or half stars 0.5..5.0).
 LIKED = 4.0
 RELEVANCE: tuple[str, ...] = ("liked", "watched")
 # Which users each protocol evaluates, by scenario.
@@ -64,19 +75,30 @@ class Cases:
     heldout_rows: np.ndarray  # [n, H] catalogue rows, 0 = padding
     heldout_ratings: np.ndarray  # [n, H]
     candidates: np.ndarray  # [R] bool: rows that may be recommended (before the support)
+    # allowed() and relevant(), computed once: every method's lists are judged on them.
+    _masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.user_ids)
 
     def allowed(self) -> np.ndarray:
-        """``[n, R]``: candidates minus each user's support (what the service excludes)."""
-        out = np.broadcast_to(self.candidates, (len(self), len(self.candidates))).copy()
-        np.put_along_axis(out, self.supports.rows, False, axis=1)
-        out[:, 0] = False
-        return out
+        """``[n, R]``: candidates minus each user's support (what the service excludes).
+        Shared by every caller: not to be modified."""
+        if "allowed" not in self._masks:
+            out = np.broadcast_to(self.candidates, (len(self), len(self.candidates))).copy()
+            np.put_along_axis(out, self.supports.rows, False, axis=1)
+            out[:, 0] = False
+            self._masks["allowed"] = out
+        return self._masks["allowed"]
 
     def relevant(self, relevance: str) -> np.ndarray:
-        """``[n, R]`` bool: held-out candidates that count as hits."""
+        """``[n, R]`` bool: held-out candidates that count as hits. Shared by every caller:
+        not to be modified."""
+        if relevance not in self._masks:
+            self._masks[relevance] = self._relevant(relevance)
+        return self._masks[relevance]
+
+    def _relevant(self, relevance: str) -> np.ndarray:
         keep = self.heldout_rows > 0
         if relevance == "liked":
             keep &= self.heldout_ratings >= LIKED
@@ -262,11 +284,17 @@ def judge(
         None if floor is None else torch.from_numpy(floor),
     )
     order_np = order.numpy()
-    keyed = np.where(np.isnan(candidate_scores) | ~allowed, -np.inf, candidate_scores)
-    if floor is not None:
-        # rank()'s tiers as one key: scores are on the 1/4096 grid and far below FLOOR_TIER,
-        # so the shift keeps every tie and order within a tier (exact in float64).
-        keyed = np.where(floor, keyed + FLOOR_TIER, keyed)
+
+    def keyed(users: np.ndarray) -> np.ndarray:
+        """rank()'s order of ``users``' rows as one key (NaN and disallowed rows at -inf)."""
+        values, ok = candidate_scores[users], allowed[users]
+        out = np.where(np.isnan(values) | ~ok, -np.inf, values)
+        if floor is not None:
+            # rank()'s tiers: scores are on the 1/4096 grid and far below FLOOR_TIER, so the
+            # shift keeps every tie and order within a tier (exact in float64).
+            out = np.where(floor[users], out + FLOOR_TIER, out)
+        return out
+
     per_user: dict[str, dict[str, np.ndarray]] = {}
     members: dict[str, np.ndarray] = {}
     for relevance in RELEVANCE:
@@ -274,7 +302,13 @@ def judge(
         n_rel = rel.sum(1)
         keep = np.flatnonzero(n_rel > 0)
         ranked = np.take_along_axis(rel[keep], order_np[keep], axis=1)
-        first = first_relevant(keyed[keep], allowed[keep], rel[keep])
+        # The first hit's position is read off the ordered rows where they hold one; only the
+        # users whose first 20 rows miss are counted over every candidate.
+        first = ranked.argmax(1) + 1.0
+        miss = ~ranked.any(1)
+        if miss.any():
+            users = keep[miss]
+            first[miss] = first_relevant(keyed(users), allowed[users], rel[users])
         per_user[relevance] = M.ranking_metrics(ranked, n_rel[keep], first)
         members[relevance] = keep
     top = columns[order_np[:, :TOP]]
@@ -314,16 +348,23 @@ def liked_recall(cases: Cases, scores: np.ndarray) -> float:
     return float(np.mean(hits / np.minimum(TOP, n_relevant[keep])))
 
 
-def tune(ranker: Ranker, validation: Cases) -> tuple[Setting, list[tuple[Setting, float]]]:
-    """The setting of ``ranker`` with the best liked Recall@10 on ``validation`` cases, and
-    every candidate's value (ties go to the earlier setting of the grid)."""
-    tried: list[tuple[Setting, float]] = []
+def tune(
+    ranker: Ranker, validation: dict[int, Cases]
+) -> tuple[dict[int, Setting], dict[int, list[tuple[Setting, float]]]]:
+    """Per S (``validation``: S -> cases), the setting of ``ranker`` with the best liked
+    Recall@10 on those validation cases, and every candidate's value (ties go to the earlier
+    setting of the grid). Each setting is scored at every S before the next, so that a ranker
+    that prepares something per setting (EASE's inverse) prepares it once."""
+    tried: dict[int, list[tuple[Setting, float]]] = {size: [] for size in validation}
     for setting in ranker.grid():
-        tried.append(
-            (setting, liked_recall(validation, ranker.score(validation.supports, setting)))
-        )
-    best = max(range(len(tried)), key=lambda i: (tried[i][1], -i))
-    return tried[best][0], tried
+        for size, cases in validation.items():
+            recall = liked_recall(cases, ranker.score(cases.supports, setting))
+            tried[size].append((setting, recall))
+    chosen = {}
+    for size, values in tried.items():
+        best = max(range(len(values)), key=lambda i: (values[i][1], -i))
+        chosen[size] = values[best][0]
+    return chosen, tried
 
 
 # --- the loved-genre test ----------------------------------------------------------------------
@@ -331,7 +372,8 @@ def tune(ranker: Ranker, validation: Cases) -> tuple[Setting, list[tuple[Setting
 
 @dataclass(frozen=True)
 class GenreCase:
-    """A synthetic user: the most-rated movies of ``loved`` rated 5, of ``far`` rated 1."""
+    """A synthetic user: the most-rated movies of ``loved`` rated the scale's top value (5),
+    those of ``far`` its bottom value (1 on whole stars, 0.5 on half stars)."""
 
     loved: str
     far: str
@@ -348,9 +390,10 @@ def item_genres(data: ColdStartData) -> list[frozenset[str]]:
 
 def genre_cases(data: ColdStartData, counts: np.ndarray) -> list[GenreCase]:
     """For each of the 10 genres with the most catalogue items: its 5 most-rated movies rated
-    5, and the 3 most-rated movies of the "far" genre, rated 1 (neither set holds a movie of
-    both genres). The far genre is the frequent genre whose item set overlaps least (Jaccard)
-    with the loved one."""
+    the data's top rating, and the 3 most-rated movies of the "far" genre rated its bottom one
+    (neither set holds a movie of both genres). The far genre is the frequent genre whose item
+    set overlaps least (Jaccard) with the loved one."""
+    scale = data.scale
     genres = item_genres(data)
     frequency: dict[str, int] = {}
     for gs in genres:
@@ -372,27 +415,92 @@ def genre_cases(data: ColdStartData, counts: np.ndarray) -> list[GenreCase]:
         top_loved = top_loved[:GENRE_TEST_LOVED]
         top_far = [r for r in by_count if far in genres[r] and loved not in genres[r]]
         rows = np.array([*top_loved, *top_far[:GENRE_TEST_HATED]], dtype=np.int64)
-        ratings = np.array([5.0] * len(top_loved) + [1.0] * GENRE_TEST_HATED)
+        ratings = np.array([scale.high] * len(top_loved) + [scale.low] * GENRE_TEST_HATED)
         cases.append(GenreCase(loved, far, Supports(rows[None, :], ratings[None, :])))
     return cases
 
 
+Lists: TypeAlias = tuple[np.ndarray, np.ndarray | None]
+"""A method's lists for a batch of supports: scores ``[n, R]`` and, for a model that keeps the
+ranking floor, which rows clear it (else None)."""
+
+
 def genre_shares(
     cases: Sequence[GenreCase],
-    scorer: Callable[[Supports], np.ndarray],
+    scorer: Callable[[Supports], Lists],
     candidates: np.ndarray,
     genres: Sequence[frozenset[str]],
 ) -> list[float]:
-    """For each case, the share of the top 10 (support excluded) that has the loved genre."""
+    """For each case, the share of the top 10 (support excluded; the model's floor kept) that
+    has the loved genre."""
     supports = Supports(
         np.concatenate([c.supports.rows for c in cases]),
         np.concatenate([c.supports.ratings for c in cases]),
     )
-    scores = scorer(supports)
+    scores, above_floor = scorer(supports)
     allowed = np.broadcast_to(candidates, scores.shape).copy()
     np.put_along_axis(allowed, supports.rows, False, axis=1)
-    order, _ = rank(torch.from_numpy(scores), torch.from_numpy(allowed))
-    top = order[:, :TOP].numpy()
+    top = rank_top(
+        torch.from_numpy(scores),
+        torch.from_numpy(allowed),
+        TOP,
+        None if above_floor is None else torch.from_numpy(above_floor),
+    ).numpy()
     return [
         float(np.mean([case.loved in genres[r] for r in top[i]])) for i, case in enumerate(cases)
     ]
+
+
+# --- the predicted ratings ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RatingFit:
+    """The predicted ratings of one :class:`Cases`' held-out rated items (candidates only: the
+    model knows nothing of other rows), clipped to the data's scale."""
+
+    mae: np.ndarray  # [n] each user's mean absolute error over their held-out items
+    predicted: np.ndarray  # [N] every held-out rating's prediction, users concatenated
+    actual: np.ndarray  # [N]
+
+    def calibration_error(self) -> float:
+        return M.calibration_error(self.predicted, self.actual)
+
+
+def rating_fit(cases: Cases, ratings: np.ndarray, scale: RatingScale) -> RatingFit:
+    """Predicted ``ratings [n, R]`` against every held-out rating of each user."""
+    rows = cases.heldout_rows
+    keep = (rows > 0) & cases.candidates[rows]
+    predicted = np.clip(np.take_along_axis(ratings, rows, axis=1), scale.low, scale.high)
+    error = np.abs(predicted - cases.heldout_ratings) * keep
+    counts = keep.sum(1)
+    users = counts > 0
+    return RatingFit(
+        mae=error[users].sum(1) / counts[users],
+        predicted=predicted[keep],
+        actual=cases.heldout_ratings[keep],
+    )
+
+
+def share_above(top: np.ndarray, above: np.ndarray) -> float:
+    """Share of the listed rows ``top [n, k]`` that are ``above [n, R]`` (predicted at or above
+    the user's own mean)."""
+    return float(np.take_along_axis(above, top, axis=1).mean())
+
+
+def support_pairs(cases: Cases, ratings: np.ndarray, scale: RatingScale) -> tuple[int, int]:
+    """(pairs ordered right, pairs) over every user's (top-rated, bottom-rated) support items:
+    rated the scale's top value (5 stars) against rated one star or less, the pair ordered
+    right when the model predicts the first strictly above the second after adapting on the
+    support."""
+    at_support = np.take_along_axis(ratings, cases.supports.rows, axis=1)
+    given = cases.supports.ratings
+    real = cases.supports.rows > 0
+    top = real & (given >= scale.high - 1e-6)
+    bottom = real & (given <= max(scale.low, 1.0) + 1e-6)
+    good = pairs = 0
+    for i in np.flatnonzero(top.any(1) & bottom.any(1)):
+        diff = at_support[i][top[i]][:, None] - at_support[i][bottom[i]][None, :]
+        good += int((diff > 0).sum())
+        pairs += diff.size
+    return good, pairs

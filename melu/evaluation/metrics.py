@@ -6,7 +6,8 @@ the reported number, and the bootstrap resamples users. Two families:
 - MeLU's protocol ranks each user's ``Q = 10`` already-rated query items: MAE, RMSE and nDCG
   with graded gain ``2^r - 1`` (:func:`per_user_metrics`);
 - the catalogue protocol ranks every candidate item: Recall, NDCG (binary relevance),
-  HitRate and MRR from the relevance of the ranked list (:func:`ranking_metrics`).
+  HitRate and MRR from the relevance of the ranked list (:func:`ranking_metrics`), and judges
+  the predicted ratings of the held-out items (:func:`calibration_error`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ LOWER_IS_BETTER = frozenset(RATING_METRICS)
 RANKING_METRICS: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "hitrate@10", "mrr")
 # The longest list any ranking metric looks at (MRR looks at the first hit, wherever it is).
 RANKING_DEPTH = 20
+# Width of the bins of predicted ratings over which calibration is measured: half a star.
+CALIBRATION_BIN = 0.5
 CI_LEVEL = 0.95
 ALL_SUPPORT = "all"
 # (label, smallest, largest support size); None = no upper bound.
@@ -107,6 +110,14 @@ def summarise(metric: str, per_user: np.ndarray) -> np.ndarray:
 def bootstrap_indices(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
     """``[resamples, n]`` user indices drawn with replacement."""
     return rng.integers(0, n, size=(resamples, n))
+
+
+def bootstrap_counts(indices: np.ndarray, n: int) -> np.ndarray:
+    """``[resamples, n]``: how often each user was drawn in each resample of ``indices``, so
+    that ``counts @ values / n`` is every resample's mean of ``values [n, ...]`` at once."""
+    resamples = indices.shape[0]
+    flat = (np.arange(resamples)[:, None] * n + indices).ravel()
+    return np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(np.float64)
 
 
 def interval(draws: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
@@ -196,3 +207,23 @@ def popularity_percentile(counts: np.ndarray, candidates: np.ndarray) -> np.ndar
     equal = np.searchsorted(np.sort(values), values, side="right") - below
     out[candidates] = 100.0 * (below + 0.5 * equal) / len(values)
     return out
+
+
+def calibration_error(
+    predicted: np.ndarray, actual: np.ndarray, width: float = CALIBRATION_BIN
+) -> float:
+    """Expected calibration error of predicted ratings: predictions are binned to the nearest
+    multiple of ``width`` (half stars), and each bin's ``|mean predicted - mean actual|`` is
+    weighted by its share of the ratings. 0 when, wherever the model predicts about r stars,
+    the ratings average r; a model that predicts every user's mean for everything scores the
+    spread of the users' means around their ratings, not 0."""
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(-1)
+    actual = np.asarray(actual, dtype=np.float64).reshape(-1)
+    if predicted.shape != actual.shape:
+        raise ValueError(f"predicted {predicted.shape} and actual {actual.shape} differ")
+    if len(predicted) == 0:
+        raise ValueError("no ratings")
+    bins = np.round(predicted / width).astype(np.int64)
+    index = np.unique(bins, return_inverse=True)[1]
+    gap = np.bincount(index, weights=predicted - actual)  # per bin: n (mean pred - mean actual)
+    return float(np.abs(gap).sum() / len(predicted))

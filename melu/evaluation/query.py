@@ -44,7 +44,7 @@ from melu.evaluation.metrics import (
     summarise,
     support_bucket,
 )
-from melu.evaluation.report import Comparison, MetricRow
+from melu.evaluation.report import MELU, ZERO_STEPS, Comparison, MetricRow
 from melu.learners import Learner, build_learner
 from melu.maml import MetaLearner, support_stats
 from melu.predict import predict_queries
@@ -53,11 +53,11 @@ from melu.tasks import SCENARIOS, TaskSet
 
 log = logging.getLogger(__name__)
 
-MELU = "melu"
 METHODS: dict[str, str] = {
     MELU: "meta-trained model, adapted on the support set (the checkpoint's local steps)",
-    "melu_no_adapt": "meta-trained model without local steps (a residual model still adds "
-    "the support mean)",
+    ZERO_STEPS: "melu, zero local steps: the meta-learned start (the same checkpoint; a "
+    "residual MeLU network still adds the support mean, the taste model starts from the "
+    "support's shrunk rating residuals)",
     "regression_finetuned": "same network trained by plain regression on the training "
     "ratings with meta-training's budget, then adapted on the support set with the same "
     "adapt() and local steps at a rate chosen on validation users",

@@ -1,9 +1,10 @@
 """The evaluation report: tidy rows of every measurement, JSON, a log table and Markdown.
 
 :class:`Report` holds both protocols: MeLU's (rows and comparisons over each user's 10 query
-items) and the catalogue protocol (ranking rows, list statistics, the loved-genre test).
-:meth:`Report.to_markdown` opens with a verdict computed from the paired comparisons, never
-written by hand.
+items) and the catalogue protocol (ranking rows, list statistics, the predicted ratings of the
+held-out items, the loved-genre test, onboarding). :meth:`Report.to_markdown` opens with a
+verdict computed from the paired comparisons, never written by hand, then says what the terms
+mean and what the fine-tuning changes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ import pandas as pd
 from melu.evaluation.metrics import ALL_SUPPORT, METRICS, RANKING_METRICS, SUPPORT_BUCKETS
 
 MELU = "melu"
+# The model's other rows: the same checkpoint with zero local steps (its fast weights at the
+# meta-learned start), and adapted on the same ratings with no demographics given.
+ZERO_STEPS = "melu (zero local steps)"
+NO_DEMOGRAPHICS = "melu (no demographics)"
+MODEL_VARIANTS: tuple[str, ...] = (ZERO_STEPS, NO_DEMOGRAPHICS)
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,27 @@ class OnboardingRow:
 
 
 @dataclass(frozen=True)
+class PredictionRow:
+    """The predicted ratings of one model row for users given ``support_size`` ratings:
+    against their held-out ratings (MAE, calibration error over half-star bins of the
+    prediction, mean predicted and actual), the share of their top 10 predicted at or above
+    their own mean, and their support's (top-rated, bottom-rated) pairs ordered right."""
+
+    scenario: str
+    support_size: int
+    method: str
+    mae: float
+    calibration_error: float
+    mean_predicted: float
+    mean_actual: float
+    top_above_mean: float
+    pairs: int  # (5-star, 1-star) pairs of support items
+    pairs_ordered: float | None  # share predicted in the right order; None without pairs
+    n_users: int
+    n_ratings: int
+
+
+@dataclass(frozen=True)
 class GenreRow:
     """The loved-genre test: share of the top 10 in the genre rated 5 (a far one rated 1)."""
 
@@ -135,6 +162,7 @@ class Report:
     lists: tuple[ListRow, ...] = ()
     genre: tuple[GenreRow, ...] = ()
     onboarding: tuple[OnboardingRow, ...] = ()
+    predictions: tuple[PredictionRow, ...] = ()
 
     def to_frame(self) -> pd.DataFrame:
         """Columns: scenario, method, support, metric, value, ci_low, ci_high, n_tasks."""
@@ -177,6 +205,7 @@ class Report:
             "lists": [dataclasses.asdict(r) for r in self.lists],
             "genre": [dataclasses.asdict(r) for r in self.genre],
             "onboarding": [dataclasses.asdict(r) for r in self.onboarding],
+            "predictions": [dataclasses.asdict(r) for r in self.predictions],
         }
 
     def to_json(self) -> str:
@@ -195,6 +224,7 @@ class Report:
             lists=tuple(ListRow(**r) for r in raw.get("lists", [])),
             genre=tuple(GenreRow(**r) for r in raw.get("genre", [])),
             onboarding=tuple(OnboardingRow(**r) for r in raw.get("onboarding", [])),
+            predictions=tuple(PredictionRow(**r) for r in raw.get("predictions", [])),
         )
 
     def ranking_frame(self) -> pd.DataFrame:
@@ -211,6 +241,11 @@ class Report:
         """Onboarding simulation: scenario, strategy, metric, value, ci_low, ci_high, n_users."""
         columns = [f.name for f in dataclasses.fields(OnboardingRow)]
         return pd.DataFrame([dataclasses.asdict(r) for r in self.onboarding], columns=columns)
+
+    def predictions_frame(self) -> pd.DataFrame:
+        """The model's predicted ratings by number of ratings (:class:`PredictionRow`)."""
+        columns = [f.name for f in dataclasses.fields(PredictionRow)]
+        return pd.DataFrame([dataclasses.asdict(r) for r in self.predictions], columns=columns)
 
     def genre_frame(self) -> pd.DataFrame:
         columns = [f.name for f in dataclasses.fields(GenreRow)]
@@ -232,34 +267,31 @@ class Report:
         for scenario, protocol in self._ranking_scenarios():
             sizes = self._sizes(scenario)
             lines.append(f"{scenario} ({protocol}): liked Recall@10 by ratings given")
-            lines.append(f"  {'method':<21}" + "".join(f"{'S=' + str(s):>9}" for s in sizes))
+            lines.append(f"  {'method':<25}" + "".join(f"{'S=' + str(s):>9}" for s in sizes))
             for method in self._ranking_methods(scenario):
                 cells = [self._ranking_get(scenario, method, s, "recall@10") for s in sizes]
                 text = "".join(f"{'-':>9}" if v is None else f"{v:>9.4f}" for v in cells)
-                lines.append(f"  {method:<21}{text}")
+                lines.append(f"  {method:<25}{text}")
         for scenario in self.scenarios:
             n = self.info["scenarios"][scenario]["tasks"]
             lines.append(f"{scenario} ({n} tasks): MeLU's protocol")
-            lines.append(f"  {'method':<21}" + "".join(f"{m:>9}" for m in METRICS))
+            lines.append(f"  {'method':<25}" + "".join(f"{m:>9}" for m in METRICS))
             for method in self._methods(scenario):
                 cells = [self.value(scenario, method, m) for m in METRICS]
                 text = "".join(f"{'-':>9}" if v is None else f"{v:>9.4f}" for v in cells)
-                lines.append(f"  {method:<21}{text}")
+                lines.append(f"  {method:<25}{text}")
         return "\n".join(lines)
 
     def verdict(self) -> list[str]:
-        """Bullets saying what beats what, from the paired comparisons alone."""
+        """Bullets saying what beats what, from the paired comparisons alone: per scenario and
+        S, melu against the baselines; what the local steps and the demographics add; the
+        predicted ratings; MeLU's protocol; the loved-genre test."""
         out = []
         for scenario, protocol in self._ranking_scenarios():
             for size in self._sizes(scenario):
                 groups: dict[str, list[str]] = {"better": [], "worse": [], "tied": []}
-                for c in self.ranking_comparisons:
-                    if (c.scenario, c.support_size, c.relevance, c.metric) == (
-                        scenario,
-                        size,
-                        "liked",
-                        "recall@10",
-                    ) and c.verdict in groups:
+                for c in self._liked_recall_comparisons(scenario, size):
+                    if c.verdict in groups and c.baseline not in MODEL_VARIANTS:
                         groups[c.verdict].append(c.baseline)
                 if not any(groups.values()):
                     continue
@@ -272,6 +304,20 @@ class Report:
                 out.append(
                     f"- {text}; melu is " + "; ".join(parts).replace("tied than", "tied with")
                 )
+            for variant, what in (
+                (ZERO_STEPS, "the local steps add (melu minus the same checkpoint with zero "
+                 "local steps)"),
+                (NO_DEMOGRAPHICS, "demographics add (melu minus the same ratings without them)"),
+            ):  # fmt: skip
+                parts = [
+                    f"S={size} {c.diff:+.4f} ({c.verdict})"
+                    for size in self._sizes(scenario)
+                    for c in self._liked_recall_comparisons(scenario, size)
+                    if c.baseline == variant
+                ]
+                if parts:
+                    out.append(f"- {scenario} ({protocol}): what {what}: " + ", ".join(parts))
+        out += self._prediction_verdict()
         for scenario in self.scenarios:
             groups = {"better": [], "worse": [], "tied": []}
             for q in self.comparisons:
@@ -293,6 +339,40 @@ class Report:
                 "- loved-genre share of the top 10: "
                 + ", ".join(f"{m} {v:.2f}" for m, v in means.items())
             )
+        return out
+
+    def _liked_recall_comparisons(self, scenario: str, size: int) -> list[RankingComparison]:
+        return [
+            c
+            for c in self.ranking_comparisons
+            if (c.scenario, c.support_size, c.relevance, c.metric)
+            == (scenario, size, "liked", "recall@10")
+        ]
+
+    def _prediction_verdict(self) -> list[str]:
+        """One bullet per scenario on melu's predicted ratings by number of ratings."""
+        out = []
+        frame = self.predictions_frame()
+        for scenario in dict.fromkeys(frame["scenario"]):
+            rows = frame[(frame["scenario"] == scenario) & (frame["method"] == MELU)]
+            if rows.empty:
+                continue
+            sizes = "/".join(str(s) for s in rows["support_size"])
+            mae = "/".join(f"{v:.3f}" for v in rows["mae"])
+            ece = "/".join(f"{v:.3f}" for v in rows["calibration_error"])
+            pairs = int(rows["pairs"].sum())
+            ordered = (rows["pairs_ordered"].fillna(0) * rows["pairs"]).sum()
+            text = (
+                f"- {scenario}, melu's predicted ratings of held-out items from {sizes} "
+                f"ratings: MAE {mae}, calibration error {ece}; top 10 at or above the user's "
+                f"own mean: {rows['top_above_mean'].min():.1%} at the least"
+            )
+            if pairs:
+                text += (
+                    f"; 5-star support items predicted above 1-star ones in "
+                    f"{ordered / pairs:.1%} of {pairs} pairs"
+                )
+            out.append(text)
         return out
 
     def to_markdown(self) -> str:
@@ -329,7 +409,17 @@ class Report:
             "- *catalogue protocol* (what `/recommend` serves): S support ratings drawn per "
             "user; every candidate item not in the support is ranked; *liked* = held-out "
             "items rated >= 4 count as hits, *watched* = any held-out item. Candidates: items "
-            "with training ratings; on the *shelf* (new releases), new items only.",
+            "with training ratings; on the *shelf* (new releases), new items only. A model "
+            "that keeps the ranking floor lists the items it predicts at or above the user's "
+            "own (shrunk) mean rating before the others, as `/recommend` does.",
+            f"- `{MELU}`: the checkpoint adapted on the S ratings (its local steps); "
+            f"`{ZERO_STEPS}`: the same checkpoint with zero local steps, the meta-learned "
+            f"start (not a model trained without steps); `{NO_DEMOGRAPHICS}`: adapted on the "
+            "same ratings with no demographics given (user-table row 0).",
+            "- *predicted ratings* (catalogue protocol): the model's rating of each held-out "
+            "item, clipped to the data's scale: MAE per user, and the calibration error (the "
+            "predictions binned to half stars, each bin's |mean predicted - mean actual| "
+            "weighted by its share of the ratings).",
             "- *MeLU's protocol*: all but 10 ratings as support; MAE/RMSE of the 10 query "
             "ratings and nDCG (gain 2^r - 1) of ranking those 10 already-rated items. It "
             "cannot see the catalogue ranking: random order already scores nDCG@3 ~0.6.",
@@ -343,7 +433,12 @@ class Report:
             "predicted as if it were new).",
             "",
         ]
+        fine_tuning = info.get("fine_tuning", [])
+        if fine_tuning:
+            out += ["## What the fine-tuning changes", "", *(f"- {line}" for line in fine_tuning)]
+            out.append("")
         out += self._ranking_markdown()
+        out += self._predictions_markdown()
         out += ["## MeLU's protocol: metrics per scenario", ""]
         for scenario in self.scenarios:
             out += [f"### {scenario} ({info['scenarios'][scenario]['tasks']} tasks)", ""]
@@ -399,6 +494,55 @@ class Report:
         out += [f"- `{name}`: {text}" for name, text in info.get("methods", {}).items()]
         return "\n".join(out) + "\n"
 
+    def _predictions_markdown(self) -> list[str]:
+        if not self.predictions:
+            return []
+        out = [
+            "## Predicted ratings by number of ratings given",
+            "",
+            "Held-out items of the catalogue protocol's users (candidates only). *calibration "
+            "error*: predictions binned to half stars, |mean predicted - mean actual| per bin "
+            "weighted by its share; *top 10 >= own mean*: share of the listed items predicted "
+            "at or above the user's own mean (for the taste model, its shrunk mean; for MeLU's "
+            "network, the support's mean); *5 over 1*: the support's 5-star items predicted "
+            "above its 1-star ones after adapting on them (pairs in brackets).",
+            "",
+        ]
+        body = []
+        for r in self.predictions:
+            order = "-" if r.pairs_ordered is None else f"{r.pairs_ordered:.3f} ({r.pairs})"
+            body.append(
+                [
+                    str(r.scenario),
+                    str(r.support_size),
+                    str(r.method),
+                    str(r.n_users),
+                    str(r.n_ratings),
+                    f"{r.mae:.4f}",
+                    f"{r.calibration_error:.4f}",
+                    f"{r.mean_predicted:.3f} / {r.mean_actual:.3f}",
+                    f"{r.top_above_mean:.3f}",
+                    order,
+                ]
+            )
+        out += _md_table(
+            [
+                "scenario",
+                "S",
+                "method",
+                "users",
+                "ratings",
+                "MAE",
+                "calibration error",
+                "mean predicted / actual",
+                "top 10 >= own mean",
+                "5 over 1",
+            ],
+            body,
+        )
+        out.append("")
+        return out
+
     def _ranking_markdown(self) -> list[str]:
         out: list[str] = []
         for scenario, protocol in self._ranking_scenarios():
@@ -447,9 +591,10 @@ class Report:
             out += [
                 "## Loved-genre test",
                 "",
-                "A user rates the 5 most-rated movies of a genre 5 and 3 of the genre least "
-                "like it 1; the share of their top 10 in the loved genre (baselines with the "
-                "setting chosen for S=10).",
+                "A user with no demographics rates the 5 most-rated movies of a genre the "
+                "scale's top rating and 3 of the genre least like it its bottom rating; the "
+                "share of their top 10 in the loved genre (the model's floor kept; baselines "
+                "with the setting chosen for S=10).",
                 "",
             ]
             pivot = genre.pivot_table(index="loved", columns="method", values="share")

@@ -3,28 +3,39 @@
 :func:`evaluate_checkpoint` is what ``melu evaluate``, ``benchmarks/quality.py`` and the
 notebook call. It runs
 
-1. the catalogue protocol (:mod:`melu.evaluation.catalogue`): validation and new users given
-   S = 3, 5, 10, 20 ratings, the new-releases shelf, the loved-genre test; baselines tuned per
-   S on validation users;
-2. MeLU's protocol (:mod:`melu.evaluation.query`): MAE, RMSE, nDCG of 10 query items per user
-   in the four scenarios, with the rating baselines.
+1. the catalogue protocol (:func:`evaluate_catalogue`, :mod:`melu.evaluation.catalogue`):
+   validation and new users given S = 3, 5, 10, 20 ratings, the new-releases shelf, the
+   predicted ratings by number of ratings (1 to 50), the loved-genre test; baselines tuned per
+   S on validation users. In steps: :func:`fit_baselines`, :func:`tune_rankers`,
+   :func:`model_lists` and :func:`score_cases` per scenario and S, :func:`ranking_rows`,
+   :func:`prediction_rows`, :func:`loved_genre_test`;
+2. onboarding, simulated (:mod:`melu.evaluation.onboarding`);
+3. MeLU's protocol (:func:`evaluate_queries`, :mod:`melu.evaluation.query`): MAE, RMSE, nDCG
+   of 10 query items per user in the four scenarios, with the rating baselines.
+
+The model is scored through :class:`melu.scoring.CatalogueScorer` as the service scores it,
+in three rows: adapted (``melu``), the same checkpoint with zero local steps (``melu (zero
+local steps)``, the meta-learned start) and adapted without demographics (``melu (no
+demographics)``, user-table row 0).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from melu import checkpoint as ckpt
-from melu.config import to_dict
+from melu.config import RatingScale, to_dict
 from melu.data import ColdStartData, prepare
 from melu.errors import MeluError
 from melu.evaluation import catalogue as C
@@ -35,28 +46,37 @@ from melu.evaluation.onboarding import choose_lists, model_scorer, simulate
 from melu.evaluation.rankers import Ranker, Setting, Supports, TrainingData, describe
 from melu.evaluation.report import (
     MELU,
+    NO_DEMOGRAPHICS,
+    ZERO_STEPS,
     Comparison,
     GenreRow,
     ListRow,
     MetricRow,
     OnboardingRow,
+    PredictionRow,
     RankingComparison,
     RankingRow,
     Report,
 )
 from melu.features import content_matrix
-from melu.maml import MetaLearner
+from melu.learners import Learner
+from melu.scoring import CatalogueScorer
 from melu.tasks import SCENARIOS
 
 log = logging.getLogger(__name__)
 
 # Scenarios of MeLU's protocol reported by default; "warm" (the meta-training users) on demand.
 EVAL_SCENARIOS: tuple[str, ...] = ("validation", "new_user", "new_item", "new_user_new_item")
-# The model's two rows in the catalogue protocol: adapted, and the meta-model as is.
-MODEL_METHODS: dict[str, int | None] = {MELU: None, "melu_no_adapt": 0}
 # Baselines of the loved-genre test use the settings chosen for this number of ratings (the
 # test gives 8).
 GENRE_TEST_SIZE = 10
+MODEL_METHODS: dict[str, str] = {
+    MELU: "the checkpoint adapted on the S ratings (its local steps), ranked as /recommend ranks",
+    ZERO_STEPS: "melu, zero local steps: the meta-learned start (the same checkpoint, its fast "
+    "weights where the local steps would start; not a model trained without steps)",
+    NO_DEMOGRAPHICS: "melu adapted on the same S ratings with no demographics given "
+    "(user-table row 0), as a request without them is served",
+}
 
 
 def _bootstrap_rows(
@@ -76,81 +96,281 @@ def _bootstrap_rows(
     rng = np.random.default_rng(
         [seed, SCENARIOS.index(scenario), size, C.RELEVANCE.index(relevance)]
     )
-    idx = M.bootstrap_indices(n, bootstrap, rng) if bootstrap > 0 else None
-    for method, result in results.items():
-        for metric, values in result.per_user[relevance].items():
-            low = high = None
-            if idx is not None:
-                low, high = M.interval(values[idx].mean(-1))
-            rows.append(
-                RankingRow(
-                    scenario,
-                    protocol,
-                    size,
-                    relevance,
-                    method,
-                    metric,
-                    float(values.mean()),
-                    low,
-                    high,
-                    n,
-                )
+    # Every (method, metric) column's mean over each resample of users at once: the
+    # resamples' counts of each user times the per-user values.
+    columns = [(m, metric) for m, r in results.items() for metric in r.per_user[relevance]]
+    values = np.stack([results[m].per_user[relevance][metric] for m, metric in columns], 1)
+    draws: dict[tuple[str, str], np.ndarray] = {}
+    if bootstrap > 0:
+        counts = M.bootstrap_counts(M.bootstrap_indices(n, bootstrap, rng), n)
+        means = counts @ values / n  # [resamples, columns]
+        draws = {column: means[:, j] for j, column in enumerate(columns)}
+    point = dict(zip(columns, values.mean(0), strict=True))
+    for method, metric in columns:
+        low = high = None
+        if draws:
+            low, high = M.interval(draws[(method, metric)])
+        rows.append(
+            RankingRow(
+                scenario,
+                protocol,
+                size,
+                relevance,
+                method,
+                metric,
+                float(point[(method, metric)]),
+                low,
+                high,
+                n,
             )
+        )
     if MELU not in results:
         return rows, comparisons
-    ours = results[MELU].per_user[relevance]
-    for method, result in results.items():
+    for method, metric in columns:
         if method == MELU:
             continue
-        for metric, values in result.per_user[relevance].items():
-            diff = float(ours[metric].mean() - values.mean())
-            low = high = None
-            verdict = "-"
-            if idx is not None:
-                low, high = M.interval(ours[metric][idx].mean(-1) - values[idx].mean(-1))
-                verdict = "better" if low > 0 else "worse" if high < 0 else "tied"
-            comparisons.append(
-                RankingComparison(
-                    scenario,
-                    size,
-                    relevance,
-                    method,
-                    metric,
-                    float(ours[metric].mean()),
-                    float(values.mean()),
-                    diff,
-                    low,
-                    high,
-                    verdict,
-                )
+        ours = float(point[(MELU, metric)])
+        other = float(point[(method, metric)])
+        low = high = None
+        verdict = "-"
+        if draws:
+            low, high = M.interval(draws[(MELU, metric)] - draws[(method, metric)])
+            verdict = "better" if low > 0 else "worse" if high < 0 else "tied"
+        comparisons.append(
+            RankingComparison(
+                scenario,
+                size,
+                relevance,
+                method,
+                metric,
+                ours,
+                other,
+                ours - other,
+                low,
+                high,
+                verdict,
             )
+        )
     return rows, comparisons
+
+
+# --- the catalogue protocol, in steps ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """The catalogue protocol's baselines, fitted on the training ratings."""
+
+    catalogue: list[Ranker]
+    shelf: list[Ranker]
+    counts: np.ndarray  # [R] training ratings per catalogue row
+
+
+class CatalogueEvaluation(NamedTuple):
+    """What :func:`evaluate_catalogue` measured."""
+
+    ranking: list[RankingRow]
+    comparisons: list[RankingComparison]
+    lists: list[ListRow]
+    genre: list[GenreRow]
+    predictions: list[PredictionRow]
+    info: dict[str, Any]
+
+
+ModelScorer = Callable[[np.ndarray, Supports, int | None], C.ModelLists]
+
+
+class Stopwatch:
+    """Wall seconds per named step, summed over every time the step runs."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - started
+
+
+def model_scorer_for(scorer: CatalogueScorer, user_table: torch.Tensor) -> ModelScorer:
+    """The model's lists for (user-table rows, supports, local steps or None: the model's)."""
+
+    def scores(users: np.ndarray, supports: Supports, steps: int | None) -> C.ModelLists:
+        return C.model_scores(scorer, user_table, users, supports, steps)
+
+    return scores
+
+
+def fit_baselines(data: ColdStartData, seed: int) -> Baselines:
+    """Every catalogue and shelf baseline, fitted once on the training ratings."""
+    training = training_data(data)
+    log.info("fitting the catalogue baselines")
+    return Baselines(
+        catalogue_baselines(training, seed), shelf_baselines(training, seed), training.counts
+    )
+
+
+def model_lists(
+    scores: ModelScorer, cases: C.Cases, demographics: bool = True
+) -> dict[str, C.ModelLists]:
+    """The model's rows for ``cases``: adapted, with zero local steps and, when the data has
+    demographics (``demographics``), adapted without them."""
+    out = {
+        MELU: scores(cases.user_rows, cases.supports, None),
+        ZERO_STEPS: scores(cases.user_rows, cases.supports, 0),
+    }
+    if demographics:
+        none = np.zeros_like(cases.user_rows)
+        out[NO_DEMOGRAPHICS] = scores(none, cases.supports, None)
+    return out
+
+
+def score_cases(
+    cases: C.Cases,
+    models: dict[str, C.ModelLists],
+    rankers: Sequence[Ranker],
+    chosen: dict[str, dict[int, Setting]],
+    counts: np.ndarray,
+) -> tuple[dict[str, C.ListResult], dict[str, str]]:
+    """Every method's lists for ``cases``, judged (the model's with its floor), and each
+    baseline's setting (chosen on validation users for this S)."""
+    results = {
+        name: C.judge(cases, lists.scores, counts, lists.above_floor)
+        for name, lists in models.items()
+    }
+    settings: dict[str, str] = {}
+    for ranker in rankers:
+        setting = chosen.get(ranker.name, {}).get(cases.size, ranker.grid()[0])
+        results[ranker.name] = C.judge(cases, ranker.score(cases.supports, setting), counts)
+        settings[ranker.name] = json.dumps(setting) if setting else ""
+    return results, settings
+
+
+def ranking_rows(
+    cases: C.Cases, results: dict[str, C.ListResult], bootstrap: int, seed: int
+) -> tuple[list[RankingRow], list[RankingComparison]]:
+    """Every method's metrics with bootstrap intervals, and melu's paired comparisons."""
+    rows: list[RankingRow] = []
+    comparisons: list[RankingComparison] = []
+    for relevance in C.RELEVANCE:
+        key = (cases.scenario, cases.protocol, cases.size, relevance)
+        new_rows, new_comparisons = _bootstrap_rows(key, results, relevance, bootstrap, seed)
+        rows += new_rows
+        comparisons += new_comparisons
+    return rows, comparisons
+
+
+def list_rows(
+    cases: C.Cases, results: dict[str, C.ListResult], settings: dict[str, str]
+) -> list[ListRow]:
+    """Coverage and popularity of every method's top-10 lists."""
+    return [
+        ListRow(
+            cases.scenario,
+            cases.protocol,
+            cases.size,
+            name,
+            result.coverage,
+            result.popularity_percentile,
+            len(cases),
+            settings.get(name, ""),
+        )
+        for name, result in results.items()
+    ]
+
+
+def prediction_rows(
+    cases: C.Cases,
+    models: dict[str, C.ModelLists],
+    counts: np.ndarray,
+    scale: RatingScale,
+    results: dict[str, C.ListResult] | None = None,
+) -> list[PredictionRow]:
+    """The predicted ratings of the model's adapted and zero-step rows on ``cases``: held-out
+    error and calibration, the top 10's share at or above the user's own mean, the support's
+    (5-star, 1-star) pairs. ``results``: the rows' judged lists, if judged already."""
+    out = []
+    real = cases.supports.rows > 0
+    support_mean = (cases.supports.ratings * real).sum(1) / np.maximum(real.sum(1), 1)
+    for name in (MELU, ZERO_STEPS):
+        lists = models[name]
+        fit = C.rating_fit(cases, lists.ratings, scale)
+        if len(fit.actual) == 0:
+            continue
+        top = (
+            results[name].top
+            if results is not None and name in results
+            else C.judge(cases, lists.scores, counts, lists.above_floor).top
+        )
+        # MeLU's network keeps no floor: its "own mean" is the support's plain mean.
+        above = (
+            lists.above_floor
+            if lists.above_floor is not None
+            else lists.ratings >= support_mean[:, None]
+        )
+        good, pairs = C.support_pairs(cases, lists.ratings, scale)
+        out.append(
+            PredictionRow(
+                scenario=cases.scenario,
+                support_size=cases.size,
+                method=name,
+                mae=float(fit.mae.mean()),
+                calibration_error=fit.calibration_error(),
+                mean_predicted=float(fit.predicted.mean()),
+                mean_actual=float(fit.actual.mean()),
+                top_above_mean=C.share_above(top, above),
+                pairs=pairs,
+                pairs_ordered=good / pairs if pairs else None,
+                n_users=len(fit.mae),
+                n_ratings=len(fit.actual),
+            )
+        )
+    return out
+
+
+def per_user_recall(cases: C.Cases, results: dict[str, C.ListResult]) -> dict[str, Any]:
+    """The model rows' liked Recall@10 per user (users with a liked held-out item), so that
+    runs of two checkpoints on the same users can be compared pairwise
+    (``benchmarks/quality.py``)."""
+    members = results[MELU].members["liked"]
+    out: dict[str, Any] = {"users": cases.user_ids[members].tolist()}
+    for name in (MELU, ZERO_STEPS):
+        values = results[name].per_user["liked"]["recall@10"]
+        out[name] = [round(float(v), 6) for v in values]
+    return out
 
 
 def evaluate_catalogue(
     data: ColdStartData,
-    learner: MetaLearner,
+    learner: Learner,
     *,
     sizes: Sequence[int] = C.SUPPORT_SIZES,
+    rating_sizes: Sequence[int] = C.RATING_SIZES,
     bootstrap: int = 1000,
     seed: int = 0,
     device: torch.device | str = "cpu",
     max_users: int | None = None,
-) -> tuple[
-    list[RankingRow], list[RankingComparison], list[ListRow], list[GenreRow], dict[str, Any]
-]:
-    """The catalogue protocol for the model and every baseline (see the module docstring)."""
+) -> CatalogueEvaluation:
+    """The catalogue protocol for the model and every baseline (see the module docstring);
+    the predicted ratings are also judged at ``rating_sizes`` outside ``sizes``."""
     started = time.perf_counter()
+    clock = Stopwatch()
     device = torch.device(device)
-    counts = C.training_counts(data)
-    training = training_data(data)
-    log.info("fitting the catalogue baselines")
-    rankers = catalogue_baselines(training, seed)
-    shelf = shelf_baselines(training, seed)
-    user_table, item_table = data.user_table.to(device), data.catalogue.table.to(device)
-
-    def melu_scores(users: np.ndarray, supports: Any, steps: int | None) -> np.ndarray:
-        return C.model_scores(learner, user_table, item_table, users, supports, steps)
+    with clock("fit the baselines"):
+        baselines = fit_baselines(data, seed)
+    counts = baselines.counts
+    user_table, table = data.user_table.to(device), data.catalogue.table.to(device)
+    recommendable = data.catalogue.recommendable
+    scores = model_scorer_for(CatalogueScorer(learner.eval(), table, recommendable), user_table)
+    # New releases are not in the recommendable set (no training ratings), so the model never
+    # scores them for the main list; the shelf offers them as a request's explicit candidates:
+    # the recommendable items plus the new ones.
+    shelf_rows = recommendable | torch.from_numpy(C.new_items(data))
+    shelf_scores = model_scorer_for(CatalogueScorer(learner, table, shelf_rows), user_table)
+    demographics = data.user_table.shape[1] > 0
 
     def cases_for(scenario: str, size: int, protocol: str) -> C.Cases:
         return scenario_cases(data, scenario, size, seed, protocol, max_users)
@@ -159,65 +379,66 @@ def evaluate_catalogue(
     # The shelf has no validation users of its own: its content-only rankers are tuned on the
     # validation users' catalogue lists.
     validation = {size: cases_for("validation", size, "catalogue") for size in sizes}
-    chosen, tuning = tune_rankers([*rankers, *shelf], validation)
+    with clock("tune the baselines on validation users"):
+        chosen, tuning = tune_rankers([*baselines.catalogue, *baselines.shelf], validation)
 
     ranking: list[RankingRow] = []
     comparisons: list[RankingComparison] = []
     lists: list[ListRow] = []
+    predictions: list[PredictionRow] = []
     users_info: dict[str, dict[str, int]] = {}
+    per_user: dict[str, dict[str, Any]] = {}
     plan: list[tuple[str, str, list[Ranker]]] = [
-        *((s, "catalogue", rankers) for s in C.CATALOGUE_SCENARIOS),
-        *((s, "shelf", shelf) for s in C.SHELF_SCENARIOS),
+        *((s, "catalogue", baselines.catalogue) for s in C.CATALOGUE_SCENARIOS),
+        *((s, "shelf", baselines.shelf) for s in C.SHELF_SCENARIOS),
     ]
-    for scenario, protocol, baselines in plan:
-        for size in sizes:
+    for scenario, protocol, rankers in plan:
+        catalogue = protocol == "catalogue"
+        for size in sorted({*sizes, *(rating_sizes if catalogue else ())}):
             cases = cases_for(scenario, size, protocol)
-            users_info.setdefault(scenario, {})[str(size)] = len(cases)
             if len(cases) == 0:
                 continue
+            if size not in sizes:  # the predicted ratings only
+                with clock("adapt and score the model"):
+                    models = model_lists(scores, cases, demographics=False)
+                with clock("rank and judge every list"):
+                    predictions += prediction_rows(cases, models, counts, data.scale)
+                continue
+            users_info.setdefault(scenario, {})[str(size)] = len(cases)
             log.info("catalogue: %s (%s), S=%d, %d users", scenario, protocol, size, len(cases))
-            results: dict[str, C.ListResult] = {}
-            settings: dict[str, str] = {}
-            for name, steps in MODEL_METHODS.items():
-                scores = melu_scores(cases.user_rows, cases.supports, steps)
-                results[name] = C.judge(cases, scores, counts)
-            for ranker in baselines:
-                setting = chosen.get(ranker.name, {}).get(size, ranker.grid()[0])
-                results[ranker.name] = C.judge(cases, ranker.score(cases.supports, setting), counts)
-                settings[ranker.name] = json.dumps(setting) if setting else ""
-            for relevance in C.RELEVANCE:
-                new_rows, new_comparisons = _bootstrap_rows(
-                    (scenario, protocol, size, relevance), results, relevance, bootstrap, seed
+            with clock("adapt and score the model"):
+                models = model_lists(
+                    scores if catalogue else shelf_scores, cases, demographics and catalogue
                 )
+            with clock("rank and judge every list"):
+                results, settings = score_cases(cases, models, rankers, chosen, counts)
+                new_rows, new_comparisons = ranking_rows(cases, results, bootstrap, seed)
                 ranking += new_rows
                 comparisons += new_comparisons
-            for name, result in results.items():
-                lists.append(
-                    ListRow(
-                        scenario,
-                        protocol,
-                        size,
-                        name,
-                        result.coverage,
-                        result.popularity_percentile,
-                        len(cases),
-                        settings.get(name, ""),
-                    )
-                )
+                lists += list_rows(cases, results, settings)
+                if catalogue:
+                    predictions += prediction_rows(cases, models, counts, data.scale, results)
+                    per_user.setdefault(scenario, {})[str(size)] = per_user_recall(cases, results)
+    predictions.sort(key=lambda r: (C.CATALOGUE_SCENARIOS.index(r.scenario), r.support_size))
 
-    genre_rows = loved_genre_test(data, melu_scores, rankers, chosen, counts, sizes)
+    with clock("loved-genre test"):
+        genre_rows = loved_genre_test(data, scores, baselines.catalogue, chosen, counts, sizes)
+    methods = {
+        name: text
+        for name, text in MODEL_METHODS.items()
+        if demographics or name != NO_DEMOGRAPHICS
+    }
     info = {
         "sizes": list(sizes),
+        "rating_sizes": list(rating_sizes),
         "users": users_info,
         "tuning": tuning,
-        "methods": {
-            MELU: "the checkpoint adapted on the S ratings, ranked as /recommend ranks",
-            "melu_no_adapt": "the meta-trained model without local steps",
-            **describe([*rankers, *shelf]),
-        },
+        "methods": {**methods, **describe([*baselines.catalogue, *baselines.shelf])},
+        "per_user": per_user,
+        "seconds_by_step": {step: round(v, 2) for step, v in clock.seconds.items()},
         "seconds": round(time.perf_counter() - started, 2),
     }
-    return ranking, comparisons, lists, genre_rows, info
+    return CatalogueEvaluation(ranking, comparisons, lists, genre_rows, predictions, info)
 
 
 def training_data(data: ColdStartData) -> TrainingData:
@@ -249,42 +470,62 @@ def tune_rankers(
 ) -> tuple[dict[str, dict[int, Setting]], dict[str, Any]]:
     """Each ranker's setting per S (``validation``: S -> validation cases), chosen by
     :func:`~melu.evaluation.catalogue.tune`, and what every setting scored."""
-    chosen: dict[str, dict[int, Setting]] = {r.name: {} for r in rankers}
+    chosen: dict[str, dict[int, Setting]] = {}
     tuning: dict[str, Any] = {}
-    for size, cases in validation.items():
-        for ranker in rankers:
-            grid = ranker.grid()
-            if len(grid) == 1:
-                chosen[ranker.name][size] = grid[0]
-                continue
-            setting, tried = C.tune(ranker, cases)
-            chosen[ranker.name][size] = setting
-            tuning.setdefault(ranker.name, {})[str(size)] = {
-                "chosen": setting,
-                "recall@10": [[s, round(v, 5)] for s, v in tried],
+    for ranker in rankers:
+        grid = ranker.grid()
+        if len(grid) == 1:
+            chosen[ranker.name] = {size: grid[0] for size in validation}
+            continue
+        chosen[ranker.name], tried = C.tune(ranker, validation)
+        tuning[ranker.name] = {
+            str(size): {
+                "chosen": chosen[ranker.name][size],
+                "recall@10": [[s, round(v, 5)] for s, v in tried[size]],
             }
-            log.info("%s, S=%d: chose %s on validation users", ranker.name, size, setting)
+            for size in validation
+        }
+        log.info(
+            "%s: chose %s on validation users",
+            ranker.name,
+            "; ".join(f"S={size} {setting}" for size, setting in chosen[ranker.name].items()),
+        )
     return chosen, tuning
 
 
 def loved_genre_test(
     data: ColdStartData,
-    melu_scores: Any,
+    scores: ModelScorer,
     rankers: Sequence[Ranker],
     chosen: dict[str, dict[int, Setting]],
     counts: np.ndarray,
     sizes: Sequence[int],
 ) -> list[GenreRow]:
-    """Every method's loved-genre share (:func:`melu.evaluation.catalogue.genre_cases`)."""
+    """Every method's loved-genre share (:func:`melu.evaluation.catalogue.genre_cases`); the
+    synthetic users give no demographics, and the model's lists keep its floor."""
     size = min(sizes, key=lambda s: abs(s - GENRE_TEST_SIZE))
-    scorers: dict[str, Any] = {
-        MELU: lambda s: melu_scores(no_demographics(s), s, None),
-        "melu_no_adapt": lambda s: melu_scores(no_demographics(s), s, 0),
-    }
+
+    def model(steps: int | None) -> Callable[[Supports], C.Lists]:
+        def score(supports: Supports) -> C.Lists:
+            lists = scores(no_demographics(supports), supports, steps)
+            return lists.scores, lists.above_floor
+
+        return score
+
+    scorers: dict[str, Callable[[Supports], C.Lists]] = {MELU: model(None), ZERO_STEPS: model(0)}
     for ranker in rankers:
         setting = chosen.get(ranker.name, {}).get(size, ranker.grid()[0])
-        scorers[ranker.name] = lambda s, r=ranker, st=setting: r.score(s, st)
+        scorers[ranker.name] = baseline_lists(ranker, setting)
     return genre_test_rows(data, counts, scorers)
+
+
+def baseline_lists(ranker: Ranker, setting: Setting) -> Callable[[Supports], C.Lists]:
+    """A baseline as the loved-genre test calls it: its scores, no floor."""
+
+    def score(supports: Supports) -> C.Lists:
+        return ranker.score(supports, setting), None
+
+    return score
 
 
 def no_demographics(supports: Supports) -> np.ndarray:
@@ -293,10 +534,10 @@ def no_demographics(supports: Supports) -> np.ndarray:
 
 
 def genre_test_rows(
-    data: ColdStartData, counts: np.ndarray, scorers: dict[str, Any]
+    data: ColdStartData, counts: np.ndarray, scorers: dict[str, Callable[[Supports], C.Lists]]
 ) -> list[GenreRow]:
-    """The loved-genre test for each named scorer (supports -> scores over every row), its top
-    10 drawn from the items with training ratings."""
+    """The loved-genre test for each named scorer (supports -> scores over every row and the
+    rows above the floor), its top 10 drawn from the items with training ratings."""
     cases = C.genre_cases(data, counts)
     genres = C.item_genres(data)
     candidates = counts > 0
@@ -313,7 +554,7 @@ def genre_test_rows(
 def evaluate_queries(
     data: ColdStartData,
     ck: ckpt.Checkpoint,
-    learner: MetaLearner,
+    learner: Learner,
     names: Sequence[str],
     *,
     bootstrap: int,
@@ -334,9 +575,11 @@ def evaluate_queries(
     )
     regression_info["finetune_rate"] = finetuned.cfg.local_lr
     regression_info["finetune_val_mae"] = rate_maes
-    models: dict[str, tuple[MetaLearner, int | None]] = {
+    # The taste model adapts against the catalogue's recommendable rows, as it is served.
+    scorer = CatalogueScorer(learner.eval(), item_table, data.catalogue.recommendable)
+    models: dict[str, tuple[Learner, int | None]] = {
         MELU: (learner, None),
-        "melu_no_adapt": (learner, 0),
+        ZERO_STEPS: (learner, 0),
         "regression_finetuned": (finetuned, None),
         "regression": (regression, 0),
     }
@@ -403,6 +646,58 @@ def evaluate_queries(
     return rows, comparisons, info
 
 
+def fine_tuning(ck: ckpt.Checkpoint) -> list[str]:
+    """What the local steps change for this checkpoint, and what its zero-step row is: the
+    report says it in words."""
+    model, meta = ck.model, ck.meta
+    steps = meta.local_steps
+    if model.objective == "taste":
+        chosen = ck.metrics.get("step_schedule", {}).get("chosen")
+        buckets = ("1-3", "4-7", "8-15", "16-31", "32+")
+        schedule = (
+            ", ".join(f"{b}: x{m:g}" for b, m in zip(buckets, chosen, strict=False))
+            if chosen
+            else "none chosen (x1 at every size)"
+        )
+        lines = [
+            "The model is the taste model. A user's fast weights ("
+            + ", ".join(meta.fast_weights)
+            + ") start from a meta-learned initialisation computed in one pass from the "
+            "support (the rated items' embeddings pooled per rating value, the demographics, "
+            "the rating residuals shrunk towards the population) and take "
+            f"{steps} local gradient step{'s' if steps != 1 else ''} on the support-only loss "
+            "(leave-one-out likelihood of the liked support items, plus the support's rating "
+            "error), each fast weight with its own meta-learned step size. One function of "
+            "the fast weights gives both the ranking logit and the predicted rating.",
+            "How far the steps go depends on the number of ratings, chosen on validation users "
+            f"once training ended (multiples of the learned step, by support size): {schedule}. "
+            "Where the multiple is 0 the step is switched off, and `melu` and "
+            f"`{ZERO_STEPS}` give the same lists.",
+            "Everything else (item embeddings, item popularity and rating biases, the "
+            "co-occurrence table, the shrinkage) is shared by all users and never changes at "
+            "request time.",
+        ]
+    else:
+        lines = [
+            "The model is MeLU's rating network. A user's local update takes "
+            f"{steps} gradient step{'s' if steps != 1 else ''} at rate {meta.local_lr} on "
+            "the support's squared rating error, changing "
+            + ("the decision layers (the MLP head)" if meta.adapt == "head" else "every weight")
+            + "; the embeddings are shared by all users.",
+        ]
+    lines.append(
+        f"`{ZERO_STEPS}` is the same checkpoint with the steps removed: the fast weights where "
+        "the local steps would start. It is not a model trained without steps (whose start "
+        "would be learned to stand alone): `benchmarks/quality.py` trains that one separately "
+        "(`default-no-steps`)."
+    )
+    if steps == 0:
+        lines.append(
+            "This checkpoint takes no local steps, so its adapted and zero-step rows coincide."
+        )
+    return lines
+
+
 def evaluate_checkpoint(
     checkpoint: ckpt.Checkpoint | Path | str,
     data_dir: Path | str | None = None,
@@ -457,16 +752,13 @@ def evaluate_checkpoint(
     device = torch.device(device)
     learner = ck.learner(device)
 
-    ranking: list[RankingRow] = []
-    ranking_comparisons: list[RankingComparison] = []
-    lists: list[ListRow] = []
-    genre: list[GenreRow] = []
-    catalogue_info: dict[str, Any] = {}
+    result = CatalogueEvaluation([], [], [], [], [], {})
     if catalogue:
-        ranking, ranking_comparisons, lists, genre, catalogue_info = evaluate_catalogue(
+        result = evaluate_catalogue(
             data, learner, sizes=sizes, bootstrap=bootstrap, seed=seed, device=device,
             max_users=max_users,
         )  # fmt: skip
+    catalogue_info = result.info
     onboarding_rows: list[OnboardingRow] = []
     onboarding_info: dict[str, Any] = {}
     if onboarding:
@@ -496,6 +788,7 @@ def evaluate_checkpoint(
         "max_users": max_users,
         "query_size": ck.data.query_size,
         "local_steps": ck.meta.local_steps,
+        "fine_tuning": fine_tuning(ck),
         "best_epoch": metrics.get("best_epoch"),
         "best_val_mae": metrics.get("best_val_mae"),
         "epochs_run": len(metrics.get("history", [])),
@@ -516,11 +809,12 @@ def evaluate_checkpoint(
         tuple(rows),
         tuple(comparisons),
         info,
-        tuple(ranking),
-        tuple(ranking_comparisons),
-        tuple(lists),
-        tuple(genre),
+        tuple(result.ranking),
+        tuple(result.comparisons),
+        tuple(result.lists),
+        tuple(result.genre),
         tuple(onboarding_rows),
+        tuple(result.predictions),
     )
 
 
@@ -573,6 +867,7 @@ def evaluate_command(
 
 __all__ = [
     "EVAL_SCENARIOS",
+    "CatalogueEvaluation",
     "evaluate_catalogue",
     "evaluate_checkpoint",
     "evaluate_command",
