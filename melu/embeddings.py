@@ -34,6 +34,10 @@ class FieldEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids [..., width]`` -> ``[..., n_fields * dim]``."""
+        if not self.specs:
+            # A release without user fields (the CSV releases): no columns, and the head's
+            # first layer has no user part.
+            return torch.zeros((*ids.shape[:-1], 0), device=ids.device)
         parts = []
         for spec in self.specs:
             table = self._table(spec.name)

@@ -485,6 +485,31 @@ def test_predicted_ratings_on_half_stars(
     assert below < len(cases)
 
 
+def test_melu_protocol_without_user_fields(
+    latest_small_checkpoint: Path, latest_small_data: ColdStartData
+) -> None:
+    """MeLU's protocol on ml-latest-small, where no user field exists: the regression
+    baselines (MeLU's network, with no user columns) train and predict on the half-star
+    scale, and the model beats the global mean on new users' MAE."""
+    report = evaluate_checkpoint(
+        latest_small_checkpoint,
+        data=latest_small_data,
+        scenarios=["new_user"],
+        bootstrap=50,
+        max_tasks=60,
+        regression_epochs=1,
+        catalogue=False,
+        onboarding=False,
+    )
+    frame = report.to_frame()
+    mae = frame[(frame["metric"] == "mae") & (frame["support"] == ALL_SUPPORT)]
+    mae = mae.set_index("method")["value"]
+    assert set(mae.index) >= {MELU, "regression", "regression_finetuned", "user_item_bias"}
+    assert mae.drop("random", errors="ignore").notna().all()
+    assert 0.3 < mae["regression"] < 1.5 and 0.3 < mae["regression_finetuned"] < 1.5
+    assert mae[MELU] < mae["global_mean"]
+
+
 def test_evaluate_refuses_a_report_in_a_missing_folder(
     one_epoch: Path, shared_data: Path, tmp_path: Path
 ) -> None:
