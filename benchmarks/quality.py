@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 
 from melu import checkpoint as ckpt
-from melu.config import PRESETS, DataConfig, Preset, TrainConfig, to_dict
+from melu.config import DATASETS, PRESETS, DataConfig, Preset, TrainConfig, to_dict
 from melu.data import prepare
 from melu.evaluation import ALL_SUPPORT, MELU, METRICS, Report, evaluate_checkpoint
 from melu.evaluation import metrics as M
@@ -81,6 +81,10 @@ SHELF_GOAL = 1.3
 COVERAGE_GOAL = 0.15
 # Catalogue baselines that count as anchors (random does not).
 NOT_ANCHORS = frozenset({"random"})
+# Issue 21's goals on a CSV release (ml-latest-small): Recall@10 above every tuned anchor at
+# these S, and MeLU's protocol MAE below the bias baseline overall and in every support bucket.
+CSV_ABOVE_SIZES: tuple[int, ...] = (10, 20)
+BIAS_BASELINE = "user_item_bias"
 # MeLU's paper (KDD 2019, MovieLens), query MAE.
 PAPER_MAE = {"new_user": 0.785, "new_item": 0.928, "new_user_new_item": 0.924}
 
@@ -103,6 +107,14 @@ PRESET_NAMES: dict[str, str] = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "movielens")
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="melu",
+        help="the release to train and evaluate on (melu: MeLU's MovieLens-1M, writing "
+        "results/quality.json and docs/results.md; another: results/quality_DATASET.json and "
+        "docs/results_DATASET.md)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
         "--presets",
@@ -115,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=TrainConfig().epochs)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--device", default="auto")
-    p.add_argument("--runs-dir", type=Path, default=Path(tempfile.gettempdir()) / "melu-quality")
+    p.add_argument("--runs-dir", type=Path, help="default: TMPDIR/melu-quality/DATASET")
     p.add_argument("--reuse", action="store_true", help="evaluate finished runs, do not retrain")
     p.add_argument(
         "--train-only",
@@ -136,9 +148,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch CPU threads (0: torch's default); 1 is far faster on a CPU shared with "
         "other jobs, where OpenMP threads wait on each other",
     )
-    p.add_argument("--json", type=Path, default=REPO / "results" / "quality.json")
-    p.add_argument("--markdown", type=Path, default=REPO / "docs" / "results.md")
-    return p.parse_args(argv)
+    p.add_argument("--json", type=Path, help="default: results/quality[_DATASET].json")
+    p.add_argument("--markdown", type=Path, help="default: docs/results[_DATASET].md")
+    args = p.parse_args(argv)
+    suffix = "" if args.dataset == "melu" else f"_{args.dataset}"
+    if args.runs_dir is None:
+        args.runs_dir = Path(tempfile.gettempdir()) / "melu-quality" / args.dataset
+    if args.json is None:
+        args.json = REPO / "results" / f"quality{suffix}.json"
+    if args.markdown is None:
+        args.markdown = REPO / "docs" / f"results{suffix}.md"
+    return args
 
 
 def machine() -> dict[str, Any]:
@@ -196,7 +216,8 @@ def train_run(seed: int, preset: str, args: argparse.Namespace) -> tuple[Any, Pa
     one with ``--reuse``): its prepared data, checkpoint path and training seconds (read back
     from the run folder for a reused run; None if it was never recorded)."""
     device = resolve_device(args.device)
-    data_cfg = DataConfig(seed=seed)  # as `melu train --seed`: the data seed follows
+    # As `melu train --dataset D --seed S`: the data seed follows.
+    data_cfg = DataConfig.for_dataset(args.dataset, seed=seed)
     train_cfg = TrainConfig(seed=seed, epochs=args.epochs, device=str(device))
     data = prepare(args.data_dir, data_cfg)
     run_dir = args.runs_dir / f"{preset}-seed{seed}"
@@ -739,6 +760,55 @@ def goals(
     return out
 
 
+def csv_goals(
+    agg: pd.DataFrame, ranking: pd.DataFrame, verdicts: pd.DataFrame
+) -> list[dict[str, Any]]:
+    """Issue 21's goals on a CSV release: new users' Recall@10 above every tuned anchor at
+    S = 10 and 20 (means over seeds; the paired verdict over seeds beside each), and MeLU's
+    protocol MAE below the bias baseline overall and in every support-size bucket."""
+    out: list[dict[str, Any]] = []
+    parts, met = [], True
+    for size in CSV_ABOVE_SIZES:
+        value = _r(ranking, "new_user", MELU, size)
+        if value is None:
+            continue
+        anchor, best = _best_anchor(ranking, "new_user", size)
+        hit = verdicts[
+            (verdicts["model"] == MELU)
+            & (verdicts["scenario"] == "new_user")
+            & (verdicts["support_size"] == size)
+            & (verdicts["baseline"] == anchor)
+            & (verdicts["metric"] == "recall@10")
+        ]
+        verdict = hit["verdict"].iloc[0] if len(hit) else "-"
+        parts.append(
+            f"S={size} {value:.3f} vs {anchor} {best:.3f} ({value - best:+.3f}, {verdict})"
+        )
+        met &= value > best
+    if parts:
+        out.append(
+            {
+                "goal": "issue 21, new users: Recall@10 above every tuned anchor at S = 10 and 20",
+                "measured": "; ".join(parts),
+                "met": bool(met),
+            }
+        )
+    sel = agg[(agg["scenario"] == "new_user") & (agg["metric"] == "mae")]
+    ours = sel[sel["method"] == MELU].set_index("support")["mean"]
+    bias = sel[sel["method"] == BIAS_BASELINE].set_index("support")["mean"]
+    both = [k for k in ours.index if k in bias.index and pd.notna(ours[k]) and pd.notna(bias[k])]
+    if both:
+        out.append(
+            {
+                "goal": f"issue 21, new users, MeLU's protocol: MAE below the bias baseline "
+                f"({BIAS_BASELINE}) overall and in every support-size bucket",
+                "measured": "; ".join(f"{k} {ours[k]:.4f} vs {bias[k]:.4f}" for k in both),
+                "met": bool(all(ours[k] < bias[k] for k in both)),
+            }
+        )
+    return out
+
+
 def significance(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """MeLU's protocol, per scenario, baseline and metric: in how many seeds MeLU is
     significantly better or worse (paired bootstrap interval of the difference excludes 0)."""
@@ -949,7 +1019,9 @@ def markdown(
     methods = list(dict.fromkeys(agg["method"]))
     m = result["machine"]
     out = [
-        "# Quality: both protocols, the model against the recommenders people already use",
+        "# Quality"
+        + ("" if result.get("dataset", "melu") == "melu" else f" on {result['dataset']}")
+        + ": both protocols, the model against the recommenders people already use",
         "",
         "Generated by `benchmarks/quality.py`; do not edit above the notes marker.",
         "",
@@ -976,7 +1048,12 @@ def markdown(
         + " (its adapted and zero-step rows coincide); `[melu]`: MeLU's rating network (the "
         "paper's model).",
         "",
-        "## Goals (issue 17; the default model)",
+        "## Goals ("
+        + (
+            "issue 17; the default model)"
+            if result.get("dataset", "melu") == "melu"
+            else f"issue 21 on {result['dataset']}, then issue 17's; the default model)"
+        ),
         "",
     ]
     for rows in result["goals"].values():
@@ -1164,8 +1241,10 @@ def main(argv: list[str] | None = None) -> int:
             },
             "train": to_dict(TrainConfig(epochs=args.epochs)),
         },
+        "dataset": args.dataset,
         "goals": {
-            MELU: goals(runs, agg, ranking, genre, lists, predictions, steps)
+            MELU: (csv_goals(agg, ranking, verdicts) if args.dataset != "melu" else [])
+            + goals(runs, agg, ranking, genre, lists, predictions, steps)
             + onboarding_goal(onboarding_frame(runs))
         },
         "ablations": steps.to_dict(orient="records"),
