@@ -73,7 +73,24 @@ check-port: install
 	s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', $(PORT)))" \
 	2>/dev/null || { echo "make: port $(PORT) is in use; stop what runs there or pick another: make run PORT=8001" >&2; exit 1; }
 
-run: check-port evaluate serve
+# Not $(MAKE) in the recipe: make runs a line naming $(MAKE) even under `make -n`, and this
+# line starts the server.
+BACKGROUND_MAKE := $(MAKE)
+# `make run` serves as soon as the model is trained: a missing or outdated report is computed
+# meanwhile by a background `make evaluate` at the lowest CPU priority (minutes on 2 cores;
+# the server's requests go first), logged to RUN_DIR/evaluate.log. Stopping the server stops
+# it too; report.json is written atomically, so the next `make run` evaluates again. Its own
+# process group (setsid), ended on exit: a background job of a non-interactive shell ignores
+# Ctrl-C, and make, its shell and `melu evaluate` must all stop.
+run: check-port $(CHECKPOINT)
+	@if [ -f $(REPORT) ] && [ $(REPORT) -nt $(CHECKPOINT) ]; then \
+		echo "report: $(REPORT) (newer than the checkpoint)"; \
+	else \
+		echo "evaluating in the background at low priority: log $(RUN_DIR)/evaluate.log, report $(REPORT) when it finishes (make evaluate runs it in the foreground)"; \
+		setsid nice -n 19 $(BACKGROUND_MAKE) -s evaluate > $(RUN_DIR)/evaluate.log 2>&1 & \
+		trap "kill -TERM -- -$$! 2>/dev/null || true" EXIT; \
+	fi; \
+	$(MELU_RUN) serve --checkpoint $(CHECKPOINT) --host 127.0.0.1 --port $(PORT)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -8,9 +8,11 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -285,6 +287,80 @@ def test_make_evaluates_only_a_newer_checkpoint(tmp_path: Path) -> None:
     assert make_evaluate() == ["data", "train", "evaluate"]
 
 
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_make_run_serves_while_it_evaluates(shared_data: Path, tmp_path: Path) -> None:
+    """`make run DATASET=ml-latest-small` (one epoch here) answers on its port while the
+    evaluation runs in the background (issue 21: serving within 3 minutes of a fresh clone on
+    2 cores, where the evaluation alone takes 1.5-4 minutes); stopping the server stops the
+    evaluation, and no half-written report is left."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    import urllib.request
+
+    venv = Path(sys.executable).parent.parent
+    run = tmp_path / "run"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        ["make", "-s", "run", "DATASET=ml-latest-small", f"DATA_DIR={shared_data}",
+         f"RUN_DIR={run}", "EPOCHS=1", f"PORT={port}", f"VENV={venv}", "THREADS=1"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        answer = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    answer = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(1)
+        assert answer is not None, process.communicate(timeout=30)[0][-3000:]
+        ratings = [{"item_id": 1, "rating": 4.5}, {"item_id": 260, "rating": 5}]
+        body = json.dumps({"ratings": ratings, "k": 5}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/recommend", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as r:
+            assert len(json.loads(r.read())["items"]) == 5
+        log = run / "evaluate.log"
+        assert log.is_file()
+        # The background make checks the data and the finished run, then evaluates (minutes):
+        # its process names the run's report.
+        report = run / "report.json"
+        deadline = time.monotonic() + 120
+        while not _processes_naming(f"--json {report}") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _processes_naming(f"--json {report}"), log.read_text()[-3000:]
+        assert not report.exists()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _processes_naming(f"--json {report}") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _processes_naming(f"--json {report}")
+    assert not report.exists()
+
+
 def test_make_refuses_a_misspelt_variable(tmp_path: Path) -> None:
     """`make run DATASETT=x` (or DATADIR=) went on with the defaults, tried to download into
     data/ and left an empty data/melu/ there: an unknown variable is now an error, before
@@ -330,9 +406,9 @@ def test_make_runs_each_dataset_in_its_own_folder() -> None:
         pytest.skip("make is not installed")
     venv = Path(sys.executable).parent.parent
 
-    def commands(*variables: str) -> str:
+    def commands(*variables: str, target: str = "run") -> str:
         result = subprocess.run(
-            ["make", "-n", "run", f"VENV={venv}", *variables],
+            ["make", "-n", target, f"VENV={venv}", *variables],
             cwd=REPO, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -341,8 +417,13 @@ def test_make_runs_each_dataset_in_its_own_folder() -> None:
     small = commands("DATASET=ml-latest-small")
     assert "data download --dataset ml-latest-small" in small
     assert "train --dataset ml-latest-small" in small and "--out runs/ml-latest-small " in small
-    assert "--checkpoint runs/ml-latest-small/checkpoint.pt" in small
-    assert "--json runs/ml-latest-small/report.json" in small
+    assert "serve --checkpoint runs/ml-latest-small/checkpoint.pt" in small
+    # run serves while a background `make evaluate` writes the dataset's report.
+    assert "-s evaluate > runs/ml-latest-small/evaluate.log" in small
+    assert "[ -f runs/ml-latest-small/report.json ]" in small
     assert "runs/latest" not in small
+    evaluate = commands("DATASET=ml-latest-small", target="evaluate")
+    assert "--checkpoint runs/ml-latest-small/checkpoint.pt" in evaluate
+    assert "--json runs/ml-latest-small/report.json" in evaluate
     default = commands()
-    assert "train --dataset melu" in default and "--json runs/latest/report.json" in default
+    assert "train --dataset melu" in default and "runs/latest/report.json" in default
