@@ -79,16 +79,17 @@ BACKGROUND_MAKE := $(MAKE)
 # `make run` serves as soon as the model is trained: a missing or outdated report is computed
 # meanwhile by a background `make evaluate` at the lowest CPU priority (minutes on 2 cores;
 # the server's requests go first), logged to RUN_DIR/evaluate.log. Stopping the server stops
-# it too; report.json is written atomically, so the next `make run` evaluates again. Its own
-# process group (setsid), ended on exit: a background job of a non-interactive shell ignores
-# Ctrl-C, and make, its shell and `melu evaluate` must all stop.
+# it too; report.json is written atomically, so the next `make run` evaluates again. It has
+# its own process group (setsid, where there is one), killed on exit: a background job of a
+# non-interactive shell ignores Ctrl-C, and make, its shell and `melu evaluate` must all stop.
 run: check-port $(CHECKPOINT)
 	@if [ -f $(REPORT) ] && [ $(REPORT) -nt $(CHECKPOINT) ]; then \
 		echo "report: $(REPORT) (newer than the checkpoint)"; \
 	else \
 		echo "evaluating in the background at low priority: log $(RUN_DIR)/evaluate.log, report $(REPORT) when it finishes (make evaluate runs it in the foreground)"; \
-		setsid nice -n 19 $(BACKGROUND_MAKE) -s evaluate > $(RUN_DIR)/evaluate.log 2>&1 & \
-		trap "kill -TERM -- -$$! 2>/dev/null || true" EXIT; \
+		$$(command -v setsid || true) nice -n 19 $(BACKGROUND_MAKE) -s evaluate \
+			> $(RUN_DIR)/evaluate.log 2>&1 & \
+		trap "kill -TERM -- -$$! 2>/dev/null || kill -TERM $$! 2>/dev/null || true" EXIT; \
 	fi; \
 	$(MELU_RUN) serve --checkpoint $(CHECKPOINT) --host 127.0.0.1 --port $(PORT)
 
