@@ -324,6 +324,13 @@ class TasteNet(nn.Module):
         rating = (error * real).sum(-1) / real.sum(-1).clamp(min=1.0)
         return watch + self.inner_rating_weight * rating
 
+    def how_far(self, mask: torch.Tensor) -> torch.Tensor:
+        """``[B]``: the multiple of the learned step each user's support size gets
+        (:attr:`step_schedule`, per bucket of :data:`SCHEDULE_EDGES`); ``mask [B, S]``."""
+        n = mask.sum(-1).to(self.step_schedule.dtype)
+        edges = torch.tensor(SCHEDULE_EDGES, device=n.device, dtype=n.dtype)
+        return self.step_schedule[torch.bucketize(n, edges, right=True)]
+
     def steps(
         self,
         fast: FastWeights,
@@ -346,8 +353,7 @@ class TasteNet(nn.Module):
         every user's own gradient: no ``vmap`` is needed.
         """
         n = support.mask.sum(-1).to(fast.user.dtype)
-        edges = torch.tensor(SCHEDULE_EDGES, device=n.device, dtype=n.dtype)
-        how_far = self.step_schedule[torch.bucketize(n, edges, right=True)]
+        how_far = self.how_far(support.mask)
         current = fast
         if order == "none":
             current = FastWeights(*(t.detach() for t in current))

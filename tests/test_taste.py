@@ -329,6 +329,37 @@ def test_zero_steps_leave_the_meta_learned_start() -> None:
         torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
 
 
+def test_skipping_the_step_the_schedule_scales_by_0_changes_nothing() -> None:
+    """Where the schedule gives every user of a batch a multiple of 0 (as validation chose
+    for 1-7 ratings on MeLU's data), CatalogueScorer skips the step's passes over the
+    catalogue: the same fast weights and scores as the step scaled by 0, the loss before the
+    step equal to the loss after. One user whose bucket moves makes the batch step."""
+    from melu.scoring import CatalogueScorer
+
+    model = learner().eval()
+    rows, ratings, mask = support()
+    side = model.catalogue_side(TABLE, RECOMMENDABLE)
+    with torch.no_grad():
+        model.net.step_schedule.copy_(torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0]))
+        scorer = CatalogueScorer(model, TABLE, RECOMMENDABLE)
+        state = scorer.adapt(USERS, rows, ratings, mask)
+        scaled = model.adapt(USERS, rows, TABLE[rows], ratings, mask, side, steps=1)
+        for got, expected in zip(state.fast, scaled.fast, strict=True):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        torch.testing.assert_close(state.loss_before, state.loss_after, rtol=0, atol=0)
+        logits, predicted = model.scores(scaled, side)
+        ours = scorer.scores(state, USERS)
+        kept = RECOMMENDABLE.clone()
+        kept[0] = False
+        torch.testing.assert_close(ours.rating[:, kept], predicted[:, kept], rtol=0, atol=0)
+        assert torch.isfinite(logits[:, kept]).all()
+        # A bucket that moves: the batch takes its step, the others still by 0.
+        model.net.step_schedule.copy_(torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0]))
+        moved = CatalogueScorer(model, TABLE, RECOMMENDABLE).adapt(USERS, rows, ratings, mask)
+    assert not torch.equal(moved.fast.user, state.fast.user)
+    assert not torch.equal(moved.loss_before, moved.loss_after)
+
+
 def test_the_step_schedule_scales_the_step_per_support_size() -> None:
     """``TasteNet.step_schedule`` multiplies the step of a user whose support size falls in
     its bucket (the three users: 4 ratings, bucket 4-7; 2 and 1 ratings, bucket 1-3): a
