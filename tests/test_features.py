@@ -82,6 +82,36 @@ def test_genome_block() -> None:
     assert not vectors[[0, 1, 3]].any()
 
 
+def test_the_genome_is_content_for_the_shelf(toy_training: TrainingData) -> None:
+    """Where a release has the tag genome (ml-25m, ml-32m), the shelf's content kNN and content
+    prior read it beside the features: two films with the same genome and no feature in
+    common become similar, a film outside the genome keeps its features' vector, and the
+    prior's regression gets the genome's columns."""
+    from dataclasses import replace
+
+    from melu.evaluation.anchors import ContentPrior
+    from melu.evaluation.rankers import ContentKnn
+
+    # toy_training: identity content, so no two rows share a feature. Rows 1 and 2 get the
+    # same genome vector, rows 3 and 4 others; row 5 is outside the genome.
+    rng = np.random.default_rng(0)
+    scores = rng.random((4, 6)).astype(np.float32)
+    scores[1] = scores[0]
+    ids = np.arange(13)
+    block = GenomeBlock.align(tuple("abcdef"), np.array([1, 2, 3, 4]), scores, ids)
+    with_genome = replace(toy_training, genome=block)
+    before = ContentKnn(toy_training).similarity()
+    after = ContentKnn(with_genome).similarity()
+    assert before[1, 2] == pytest.approx(0.0)
+    assert after[1, 2] == pytest.approx(0.5)  # the mean of 0 and the genome's cosine of 1
+    np.testing.assert_allclose(after[5, 5], 1.0, rtol=1e-6)  # outside: its features alone
+    assert after[5, 1] == pytest.approx(0.0)
+    assert with_genome.content_columns().shape[1] == 13 + 6
+    prior_before = ContentPrior(toy_training).priors[10.0]
+    prior_after = ContentPrior(with_genome).priors[10.0]
+    assert not np.allclose(prior_before, prior_after)
+
+
 def test_content_of_the_csv_releases(latest_small_data: ColdStartData) -> None:
     """The baselines' content matrix holds genres, years and tags; the training ratings feed
     the baselines' TrainingData as MeLU's do."""

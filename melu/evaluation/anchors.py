@@ -294,7 +294,7 @@ class ContentPrior:
     def __init__(self, data: TrainingData) -> None:
         self.n_rows = data.matrix.shape[1]
         seen = data.counts > 0
-        x = sparse.csr_matrix(data.content, dtype=np.float64)
+        x = data.content_columns()
         target = np.log1p(data.counts[seen])
         fit, rest = x[seen], x[~seen]
         # The dual (kernel) form: there are fewer rated items than content columns, and one

@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy.linalg import lapack
+from sklearn.preprocessing import normalize
 from threadpoolctl import threadpool_limits
 
-from melu.features import content_vectors
+from melu.features import GenomeBlock, content_vectors
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class TrainingData:
     sums: np.ndarray  # [R] sum of ratings per row
     global_mean: float
     content: sparse.csr_matrix  # [R, tokens] 0/1 content of every row
+    # The tag genome of ml-25m / ml-32m aligned to rows ([R, genome tags], relevance 0..1,
+    # zero rows for items outside it); None for releases without one.
+    genome: GenomeBlock | None = None
 
     @classmethod
     def build(
@@ -59,6 +63,7 @@ class TrainingData:
         item_rows: dict[int, int],
         n_rows: int,
         content: sparse.csr_matrix,
+        genome: GenomeBlock | None = None,
     ) -> TrainingData:
         rows = ratings["item_id"].map(item_rows).to_numpy(dtype=np.int64)
         users = pd.factorize(ratings["user_id"])[0]
@@ -75,7 +80,27 @@ class TrainingData:
             sums=np.bincount(rows, weights=values, minlength=n_rows),
             global_mean=float(values.mean()),
             content=content,
+            genome=genome,
         )
+
+    def content_similarity_vectors(self) -> sparse.csr_matrix:
+        """Unit-norm rows whose dot products are the content similarity of two items: TF-IDF
+        cosine of the features, and where the release has the tag genome, the mean of that and
+        the centred genome cosine (an item outside the genome keeps its features' part)."""
+        features = content_vectors(self.content)
+        if self.genome is None:
+            return features
+        genome = self.genome.vectors(self.content.shape[0])
+        return normalize(sparse.hstack([features, genome]).tocsr())
+
+    def content_columns(self) -> sparse.csr_matrix:
+        """Item content as regression columns: the 0/1 features, and the genome's relevance
+        scores where the release has them."""
+        x = sparse.csr_matrix(self.content, dtype=np.float64)
+        if self.genome is None:
+            return x
+        genome = sparse.csr_matrix(self.genome.dense(x.shape[0]), dtype=np.float64)
+        return sparse.hstack([x, genome]).tocsr()
 
 
 @dataclass(frozen=True)
@@ -305,14 +330,15 @@ class ItemKnn:
 
 
 class ContentKnn:
-    """Content similarity (TF-IDF cosine over genre, director, actors, rate, year) to each
-    support item, weighted by the rating's distance from the user's mean; a user whose
-    ratings are all equal weighs every support item 1."""
+    """Content similarity (TF-IDF cosine over genre, director, actors, rate, year, tags; with
+    the tag genome where the release has one) to each support item, weighted by the rating's
+    distance from the user's mean; a user whose ratings are all equal weighs every support
+    item 1."""
 
     name = "content_knn"
 
     def __init__(self, data: TrainingData) -> None:
-        self.vectors = content_vectors(data.content)
+        self.vectors = data.content_similarity_vectors()
         self._similarity: np.ndarray | None = None
 
     def grid(self) -> list[Setting]:

@@ -445,7 +445,11 @@ def training_data(data: ColdStartData) -> TrainingData:
     """The training ratings and item content as the catalogue baselines are fitted on them."""
     content = content_matrix(data.catalogue.table, data.encoder.item_specs())
     return TrainingData.build(
-        data.train_ratings, data.catalogue.rows, len(data.catalogue.item_ids), content
+        data.train_ratings,
+        data.catalogue.rows,
+        len(data.catalogue.item_ids),
+        content,
+        data.genome,
     )
 
 
