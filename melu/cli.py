@@ -16,7 +16,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from melu.config import DATASETS, PRESETS, DataConfig, MetaConfig, RatingScale, TrainConfig
+from melu.config import (
+    DATASETS,
+    FAST_WEIGHTS,
+    PRESETS,
+    DataConfig,
+    MetaConfig,
+    RatingScale,
+    TrainConfig,
+)
 from melu.errors import MeluError
 
 if TYPE_CHECKING:
@@ -169,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("head", "all"),
         help="MeLU's network: the parameters adapted per user, the decision layers or all "
         f"(default: {_META.adapt})",
+    )
+    train.add_argument(
+        "--fast-weights",
+        nargs="+",
+        choices=FAST_WEIGHTS,
+        help="the taste model: which of its fast weights the local steps adapt (default: all: "
+        f"{' '.join(_META.fast_weights)}); the others keep their meta-learned start",
     )
     train.add_argument(
         "--first-order", action="store_true", help="first-order MAML (no second derivatives)"
@@ -379,6 +394,7 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
         "local_lr": args.local_lr,
         "local_steps": args.local_steps,
         "adapt": args.adapt,
+        "fast_weights": tuple(args.fast_weights) if args.fast_weights else None,
         "first_order": args.first_order or None,
         "learn_local_lr": args.learn_local_lr or None,
         "local_update": args.local_update,

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from melu import checkpoint as ckpt
-from melu.config import MetaConfig, ModelConfig, TrainConfig
+from melu.config import FAST_WEIGHTS, MetaConfig, ModelConfig, TrainConfig
 from melu.data import ColdStartData
 from melu.distributed import World, init_from_env
 from melu.errors import MeluError
@@ -69,6 +69,11 @@ def check_options(model_cfg: ModelConfig, meta_cfg: MetaConfig, train_cfg: Train
     second-order steps, and the first-order meta-gradient it compiled differed from eager by
     8e-4 in float64.)"""
     if model_cfg.objective != "taste":
+        if tuple(meta_cfg.fast_weights) != FAST_WEIGHTS:
+            raise MeluError(
+                "--fast-weights: only for the taste model (the default preset); MeLU's "
+                "network adapts its decision layers (--adapt)"
+            )
         return
     given = [
         flag

@@ -225,7 +225,30 @@ def test_the_taste_model_refuses_options_of_melus_network(tmp_path: Path) -> Non
     for model in (["--preset", "melu"], ["--objective", "rating"]):
         line = one_line_error(melu(*common, *model, "--adapt", "all", "--compile"))
         assert "file not found" in line and "only for" not in line
+        # The other way round: which fast weights adapt is the taste model's option.
+        one_line_error(
+            melu(*common, *model, "--fast-weights", "user"),
+            "--fast-weights: only for the taste model",
+        )
+    line = one_line_error(melu(*common, "--fast-weights", "user", "rating_bias"))
+    assert "file not found" in line and "only for" not in line
     assert not (tmp_path / "run").exists()
+
+
+def test_fast_weights_choose_what_the_step_adapts() -> None:
+    """`--fast-weights user` configures a taste model whose local step moves the user vector
+    alone (docs/results.md's probe; test_taste checks what the step then moves);
+    the default adapts all six, and an explicit choice counts against --resume."""
+    from melu.cli import _train_configs
+    from melu.config import FAST_WEIGHTS
+
+    parser = build_parser()
+    _, meta, _, given = _train_configs(
+        parser.parse_args(["train", "--out", "x", "--fast-weights", "user"])
+    )
+    assert meta.fast_weights == ("user",) and given["meta.fast_weights"] == ("user",)
+    _, default, _, given = _train_configs(parser.parse_args(["train", "--out", "x"]))
+    assert default.fast_weights == FAST_WEIGHTS and "meta.fast_weights" not in given
 
 
 @pytest.mark.parametrize("target", ["check-port"])

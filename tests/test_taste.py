@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from melu.config import MetaConfig, ModelConfig, RatingScale
+from melu.config import FAST_WEIGHTS, MetaConfig, ModelConfig, RatingScale
 from melu.cooccurrence import Cooccurrence, neighbour_lists, normalised_cooccurrence
 from melu.features import FieldSpec
 from melu.objectives import ITEM_ID_COLUMN, Episode
@@ -327,6 +327,19 @@ def test_zero_steps_leave_the_meta_learned_start() -> None:
     start = model.net.start(model.net.pool(model.support(USERS, rows, TABLE[rows], ratings, mask)))
     for name, got, expected in zip(start._fields, state.fast, start, strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
+
+
+def test_only_the_chosen_fast_weights_take_the_step() -> None:
+    """``MetaConfig.fast_weights`` (``melu train --fast-weights``): the step moves the fast
+    weights named there and leaves the others at their meta-learned start."""
+    rows, ratings, mask = support()
+    for chosen in (("user",), ("user", "rating_bias")):
+        model = learner(fast_weights=chosen).eval()
+        side = model.catalogue_side(TABLE, RECOMMENDABLE)
+        start = model.adapt(USERS, rows, TABLE[rows], ratings, mask, side, steps=0).fast
+        moved = model.adapt(USERS, rows, TABLE[rows], ratings, mask, side, steps=1).fast
+        for name, before, after in zip(FAST_WEIGHTS, start, moved, strict=True):
+            assert torch.equal(before, after) == (name not in chosen), name
 
 
 def test_skipping_the_step_the_schedule_scales_by_0_changes_nothing() -> None:
