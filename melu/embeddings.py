@@ -22,6 +22,10 @@ class FieldEmbedding(nn.Module):
         self.tables = nn.ModuleDict({s.name: nn.Embedding(s.vocab_size, dim) for s in self.specs})
         for spec in self.specs:
             nn.init.normal_(self._table(spec.name).weight, std=0.1)
+        # What a table without fields returns, shaped per call: a buffer, so that it follows
+        # the module's dtype and device (.to(float64)) as the tables do; not saved.
+        self.register_buffer("_nothing", torch.zeros(0), persistent=False)
+        self._nothing: torch.Tensor
 
     def _table(self, name: str) -> nn.Embedding:
         table = self.tables[name]
@@ -37,7 +41,7 @@ class FieldEmbedding(nn.Module):
         if not self.specs:
             # A release without user fields (the CSV releases): no columns, and the head's
             # first layer has no user part.
-            return torch.zeros((*ids.shape[:-1], 0), device=ids.device)
+            return self._nothing.expand(*ids.shape[:-1], 0)
         parts = []
         for spec in self.specs:
             table = self._table(spec.name)

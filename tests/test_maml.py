@@ -314,3 +314,17 @@ def test_compiled_meta_loss_gives_the_eager_gradients() -> None:
     for name, param in learner.named_parameters():
         assert param.grad is not None
         torch.testing.assert_close(param.grad, eager[name], rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_network_without_user_fields_runs_in_its_dtype(dtype: torch.dtype) -> None:
+    """The CSV releases have no user fields: the user embedding has no columns and follows
+    the network's dtype (an empty float32 tensor beside float64 weights broke `--dtype
+    float64`), and gradients reach the item side."""
+    cfg = ModelConfig(embedding_dim=4, hidden=(8,), item_fields=("rate", "genre"), user_fields=())
+    net = MeLUNet([], ITEM_SPECS, cfg).to(dtype)
+    items = torch.cat([torch.randint(0, 5, (2, 6, 1)), torch.randint(0, 7, (2, 6, 3))], dim=-1)
+    out = net(torch.zeros((2, 0), dtype=torch.long), items)
+    assert out.shape == (2, 6) and out.dtype == dtype and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.encoder.item.parameters())
