@@ -64,8 +64,9 @@ $(REPORT): $(CHECKPOINT)
 
 # The server itself prints the page's address and the example request (the one in README.md)
 # once it listens.
+SERVE = $(MELU_RUN) serve --checkpoint $(CHECKPOINT) --host 127.0.0.1 --port $(PORT)
 serve: install
-	$(MELU_RUN) serve --checkpoint $(CHECKPOINT) --host 127.0.0.1 --port $(PORT)
+	$(SERVE)
 
 # Before minutes of training: is PORT free for the server at the end of `make run`?
 check-port: install
@@ -91,7 +92,7 @@ run: check-port $(CHECKPOINT)
 			> $(RUN_DIR)/evaluate.log 2>&1 & \
 		trap "kill -TERM -- -$$! 2>/dev/null || kill -TERM $$! 2>/dev/null || true" EXIT; \
 	fi; \
-	$(MELU_RUN) serve --checkpoint $(CHECKPOINT) --host 127.0.0.1 --port $(PORT)
+	$(SERVE)
 
 lint: install
 	$(VENV)/bin/ruff check .
