@@ -1,0 +1,122 @@
+"""The model's work per ``/recommend`` at a large catalogue, with the local step taken and with
+the step skipped where the schedule scales it by 0 (``CatalogueScorer``'s shortcut).
+
+Reads a release written by ``generate_release.py`` (ml-25m's shape), prepares it and fits the
+default preset's co-occurrence as ``scale.py`` does (weights as initialised: the cost does not
+depend on them), then times, in this process on one torch thread, what a 5-rating request
+costs the model: adapt, score the recommendable rows, take the top 10 with the floor. Two
+schedules, alternated twice: x1 at every support size (an untrained schedule, which
+``scale.py``'s serve stage keeps) and x0 at 4-7 ratings (what validation chose on MeLU's data).
+
+    python benchmarks/generate_release.py --ratings 25000095 --out /tmp/gen25m --genome
+    python benchmarks/skip_step.py --release /tmp/gen25m --json results/skip_step_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEDULES: dict[str, list[float]] = {
+    "step at every size (x1)": [1.0, 1.0, 1.0, 1.0, 1.0],
+    "no step below 8 ratings (x0 at 1-3, 4-7)": [0.0, 0.0, 1.0, 1.0, 1.0],
+}
+
+log = logging.getLogger("skip_step")
+
+
+def _scale_module() -> Any:
+    spec = importlib.util.spec_from_file_location("scale", REPO / "benchmarks" / "scale.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scale"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--release", type=Path, required=True)
+    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--support", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(REPO))
+    from melu.ranking import top_k_row
+    from melu.scoring import CatalogueScorer
+
+    scale = _scale_module()
+    data, seconds = scale.prepared(args.release)
+    learner, fit_s = scale._taste_learner(data)
+    learner.eval()
+    table = data.catalogue.table
+    recommendable = torch.as_tensor(data.catalogue.recommendable)
+    with torch.no_grad():
+        scorer = CatalogueScorer(learner, table, recommendable)
+    pool = torch.nonzero(recommendable).squeeze(1)
+    users = torch.zeros((1, data.user_table.shape[1]), dtype=torch.long)
+    rng = np.random.default_rng(0)
+    levels = np.asarray(data.scale.values())
+
+    def request() -> float:
+        rows = torch.as_tensor(rng.choice(pool.numpy(), args.support, replace=False))[None]
+        ratings = torch.as_tensor(rng.choice(levels, args.support), dtype=torch.float32)[None]
+        mask = torch.ones_like(rows, dtype=torch.bool)
+        started = time.perf_counter()
+        with torch.no_grad():
+            state = scorer.adapt(users, rows, ratings, mask)
+            scores = scorer.scores(state, users, every_row=False)
+            floor = None if scores.above_floor is None else scores.above_floor[0]
+            top_k_row(scores.rank[0], pool, 10, floor)
+        return time.perf_counter() - started
+
+    medians: dict[str, list[float]] = {name: [] for name in SCHEDULES}
+    for _ in range(2):
+        for name, schedule in SCHEDULES.items():
+            with torch.no_grad():
+                learner.net.step_schedule.copy_(torch.tensor(schedule))
+            for _ in range(5):
+                request()
+            times = [request() for _ in range(args.requests)]
+            medians[name].append(float(np.median(times)) * 1e3)
+    result = {
+        "release": str(args.release),
+        "rows": int(table.shape[0]),
+        "recommendable": int(recommendable.sum()),
+        "support": args.support,
+        "requests_per_median": args.requests,
+        "median_ms": medians,
+        "prepare_s": seconds,
+        "cooccurrence_fit_s": fit_s,
+        "load_average": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(
+        f"model work per {args.support}-rating request, {result['rows']:,} rows "
+        f"({result['recommendable']:,} recommendable), one thread, median of {args.requests}:"
+    )
+    for name, values in medians.items():
+        print(f"  {name:<42} " + " / ".join(f"{v:.1f} ms" for v in values))
+    print(f"  load average {result['load_average'][0]:.1f}")
+    if args.json:
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
