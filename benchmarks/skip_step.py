@@ -1,12 +1,15 @@
-"""The model's work per ``/recommend`` at a large catalogue, with the local step taken and with
-the step skipped where the schedule scales it by 0 (``CatalogueScorer``'s shortcut).
+"""The model's work per ``/recommend`` at a large catalogue: with the local step taken and with
+the step skipped where the schedule scales it by 0 (``CatalogueScorer``'s shortcut), each with
+the item side's matrices stored column by column (``melu.scoring.column_major``, what the
+scorer does) and row by row (what it did before), side by side in one run.
 
 Reads a release written by ``generate_release.py`` (ml-25m's shape), prepares it and fits the
 default preset's co-occurrence as ``scale.py`` does (weights as initialised: the cost does not
 depend on them), then times, in this process on one torch thread, what a 5-rating request
 costs the model: adapt, score the recommendable rows, take the top 10 with the floor. Two
 schedules, alternated twice: x1 at every support size (an untrained schedule, which
-``scale.py``'s serve stage keeps) and x0 at 4-7 ratings (what validation chose on MeLU's data).
+``scale.py``'s serve stage keeps) and x0 at 4-7 ratings (what validation chose on MeLU's data);
+two layouts of the same values. The rows' scores agree to float rounding (checked here).
 
     python benchmarks/generate_release.py --ratings 25000095 --out /tmp/gen25m --genome
     python benchmarks/skip_step.py --release /tmp/gen25m --json results/skip_step_cpu.json
@@ -32,6 +35,8 @@ SCHEDULES: dict[str, list[float]] = {
     "step at every size (x1)": [1.0, 1.0, 1.0, 1.0, 1.0],
     "no step below 8 ratings (x0 at 1-3, 4-7)": [0.0, 0.0, 1.0, 1.0, 1.0],
 }
+
+LAYOUTS = ("columns", "rows")
 
 log = logging.getLogger("skip_step")
 
@@ -66,12 +71,22 @@ def main() -> int:
     recommendable = torch.as_tensor(data.catalogue.recommendable)
     with torch.no_grad():
         scorer = CatalogueScorer(learner, table, recommendable)
+    compact = {
+        "columns": scorer._compact,
+        # The layout before column_major: each item's row contiguous.
+        "rows": scorer._compact._replace(
+            items=scorer._compact.items._replace(
+                out=scorer._compact.items.out.contiguous(),
+                taste=scorer._compact.items.taste.contiguous(),
+            )
+        ),
+    }
     pool = torch.nonzero(recommendable).squeeze(1)
     users = torch.zeros((1, data.user_table.shape[1]), dtype=torch.long)
-    rng = np.random.default_rng(0)
     levels = np.asarray(data.scale.values())
 
-    def request() -> float:
+    def request(seed: int) -> tuple[float, torch.Tensor]:
+        rng = np.random.default_rng(seed)
         rows = torch.as_tensor(rng.choice(pool.numpy(), args.support, replace=False))[None]
         ratings = torch.as_tensor(rng.choice(levels, args.support), dtype=torch.float32)[None]
         mask = torch.ones_like(rows, dtype=torch.bool)
@@ -81,17 +96,33 @@ def main() -> int:
             scores = scorer.scores(state, users, every_row=False)
             floor = None if scores.above_floor is None else scores.above_floor[0]
             top_k_row(scores.rank[0], pool, 10, floor)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, scores.rank[0]
 
-    medians: dict[str, list[float]] = {name: [] for name in SCHEDULES}
+    medians: dict[str, list[float]] = {f"{n}, {lay}": [] for n in SCHEDULES for lay in LAYOUTS}
+    largest_difference = 0.0
     for _ in range(2):
         for name, schedule in SCHEDULES.items():
             with torch.no_grad():
                 learner.net.step_schedule.copy_(torch.tensor(schedule))
-            for _ in range(5):
-                request()
-            times = [request() for _ in range(args.requests)]
-            medians[name].append(float(np.median(times)) * 1e3)
+            ranks = {}
+            for layout in LAYOUTS:
+                scorer._compact = compact[layout]
+                for seed in range(5):
+                    request(seed)
+                times = []
+                for seed in range(args.requests):
+                    seconds, rank = request(seed)
+                    times.append(seconds)
+                    ranks[layout, seed] = rank
+                medians[f"{name}, {layout}"].append(float(np.median(times)) * 1e3)
+            for seed in range(args.requests):
+                a, b = ranks["columns", seed], ranks["rows", seed]
+                finite = torch.isfinite(a)
+                if not torch.equal(finite, torch.isfinite(b)):
+                    raise SystemExit("the two layouts score different rows")
+                largest_difference = max(
+                    largest_difference, float((a[finite] - b[finite]).abs().max())
+                )
     result = {
         "release": str(args.release),
         "rows": int(table.shape[0]),
@@ -99,6 +130,12 @@ def main() -> int:
         "support": args.support,
         "requests_per_median": args.requests,
         "median_ms": medians,
+        "rows_over_columns": {
+            name: float(np.median(medians[f"{name}, rows"]))
+            / float(np.median(medians[f"{name}, columns"]))
+            for name in SCHEDULES
+        },
+        "largest_score_difference": largest_difference,
         "prepare_s": seconds,
         "cooccurrence_fit_s": fit_s,
         "load_average": os.getloadavg(),
@@ -109,7 +146,10 @@ def main() -> int:
         f"({result['recommendable']:,} recommendable), one thread, median of {args.requests}:"
     )
     for name, values in medians.items():
-        print(f"  {name:<42} " + " / ".join(f"{v:.1f} ms" for v in values))
+        print(f"  {name:<51} " + " / ".join(f"{v:.1f} ms" for v in values))
+    for name, ratio in result["rows_over_columns"].items():
+        print(f"  rows / columns, {name}: {ratio:.2f}x")
+    print(f"  largest difference of a score between the layouts: {largest_difference:.2e}")
     print(f"  load average {result['load_average'][0]:.1f}")
     if args.json:
         tmp = args.json.with_suffix(".tmp")

@@ -1178,3 +1178,35 @@ def test_scorer_shortcuts_change_nothing(ckpt: Checkpoint) -> None:
         assert listed.above_floor is not None
         assert torch.isinf(listed.rank[:, new]).all() and not listed.above_floor[:, new].any()
         assert torch.isfinite(every.rank).all()
+
+
+def test_one_user_is_scored_from_the_catalogue_column_by_column(ckpt: Checkpoint) -> None:
+    """The scorer stores the catalogue's ``out`` and ``taste`` column by column (the layout in
+    which one user's matrix-vector products run at memory speed, melu.scoring.column_major):
+    a single request, as ``/recommend`` sends it, gets the learner's own losses and scores."""
+    learner = ckpt.learner("cpu")
+    with torch.no_grad():
+        # The step taken at every size: its forward and backward passes read the layout.
+        learner.net.step_schedule.fill_(1.0)
+    table, recommendable = ckpt.catalogue.table, ckpt.catalogue.recommendable
+    scorer = CatalogueScorer(learner, table, recommendable)
+    compact = scorer._compact.items
+    assert compact.out.t().is_contiguous() and compact.taste.t().is_contiguous()
+    side = learner.catalogue_side(table, recommendable)
+    assert side.items.out.stride() != compact.out.stride()
+    rng = np.random.default_rng(5)
+    rows = torch.from_numpy(rng.choice(np.arange(1, len(ckpt.catalogue) + 1), (1, 5), False))
+    ratings = torch.tensor([[5.0, 4.0, 1.0, 5.0, 2.0]])
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    users = torch.zeros(1, 4, dtype=torch.long)
+    with torch.no_grad():
+        state = scorer.adapt(users, rows, ratings, mask, 1)
+        own = learner.adapt(users, rows, table[rows], ratings, mask, side, 1)
+        scores = scorer.scores(state, users, every_row=False)
+        logits, predicted = learner.scores(own, side)
+        start = learner.adapt(users, rows, table[rows], ratings, mask, side, 0)
+    assert not torch.allclose(state.fast.user, start.fast.user)
+    torch.testing.assert_close(state.loss_after, own.loss_after, atol=1e-5, rtol=1e-5)
+    expected = logits + learner.net.cfg.rank_rating_weight * predicted
+    keep = recommendable.clone()
+    torch.testing.assert_close(scores.rank[:, keep], expected[:, keep], atol=1e-5, rtol=1e-5)
