@@ -77,14 +77,46 @@ ML1M_AGE_GROUPS: dict[int, str] = {
     56: "56+",
 }
 ML1M_AGE_CODES = tuple(ML1M_AGE_GROUPS)
+# ML-1M's occupation codes (its README; MeLU's release keeps them). ML-100K names occupations
+# in words, which need no meaning beside them.
+ML1M_OCCUPATIONS: dict[int, str] = {
+    0: "other or not specified",
+    1: "academic/educator",
+    2: "artist",
+    3: "clerical/admin",
+    4: "college/grad student",
+    5: "customer service",
+    6: "doctor/health care",
+    7: "executive/managerial",
+    8: "farmer",
+    9: "homemaker",
+    10: "K-12 student",
+    11: "lawyer",
+    12: "programmer",
+    13: "retired",
+    14: "sales/marketing",
+    15: "scientist",
+    16: "self-employed",
+    17: "technician/engineer",
+    18: "tradesman/craftsman",
+    19: "unemployed",
+    20: "writer",
+}
+# What each MovieLens code of a user field means, by field, with the codes as the API's
+# tokens: a client sending 30 for age, or 21 for occupation, is told what the codes are.
+CODE_MEANINGS: dict[str, dict[str, str]] = {
+    "age": {str(code): group for code, group in ML1M_AGE_GROUPS.items()},
+    "occupation": {str(code): name for code, name in ML1M_OCCUPATIONS.items()},
+}
 
 _MISSING = {"", "N/A", "nan", "NaN", "None"}
 _TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
 
 
-def describe_age_codes() -> str:
-    """The age codes and what they mean, for messages that refuse another value."""
-    return ", ".join(f"{code} ({group})" for code, group in ML1M_AGE_GROUPS.items())
+def describe_codes(field: str) -> str:
+    """The MovieLens codes of user ``field`` (age, occupation) and what they mean, for
+    messages that refuse another value."""
+    return ", ".join(f"{code} ({meaning})" for code, meaning in CODE_MEANINGS[field].items())
 
 
 def split_title_year(text: str) -> tuple[str, str]:

@@ -35,7 +35,7 @@ from melu.config import to_dict
 from melu.errors import CheckpointError
 from melu.features import USER_FIELDS
 from melu.maml import Adaptation, MetaLearner
-from melu.movielens import ML1M_AGE_CODES, describe_age_codes, split_title_year
+from melu.movielens import CODE_MEANINGS, describe_codes, split_title_year
 from melu.objectives import candidates
 from melu.ranking import BECAUSE_MIN_RATING, batch_invariant, top_k_row
 from melu.scoring import CatalogueScorer
@@ -70,7 +70,6 @@ MAX_ERRORS_PER_LIST = 20
 SEARCH_CACHE = 1024
 # The age vocabulary of MovieLens-1M (and of ML-100K, bucketed into it): a refused age is
 # answered with what each code means.
-AGE_TOKENS: tuple[str, ...] = tuple(str(code) for code in ML1M_AGE_CODES)
 
 
 class NonFiniteError(RuntimeError):
@@ -255,6 +254,13 @@ class Recommender:
         self.user_values: dict[str, list[str]] = {
             f: sorted(self.encoder.user_vocab[f].tokens, key=_code_order) for f in closed
         }
+        # What the codes mean, for the fields whose values are all MovieLens codes (ML-1M's and
+        # MeLU's age and occupation, ML-100K's age buckets; not ML-100K's occupation words).
+        self.user_value_meanings: dict[str, dict[str, str]] = {
+            f: {t: CODE_MEANINGS[f][t] for t in tokens}
+            for f, tokens in self.user_values.items()
+            if f in CODE_MEANINGS and set(tokens) <= set(CODE_MEANINGS[f])
+        }
         # Codes match case- and space-insensitively ("f" is "F"), then use the vocabulary token.
         self._canonical = {
             f: {t.strip().lower(): t for t in self.encoder.user_vocab[f].tokens} for f in closed
@@ -392,9 +398,10 @@ class Recommender:
                 token = self._canonical[field].get(value.lower())
                 if token is None:
                     allowed = ", ".join(self.user_values[field])
-                    if field == "age" and set(self.user_values[field]) <= set(AGE_TOKENS):
-                        # The codes alone do not say that 30 is "25" (25-34).
-                        allowed = f"MovieLens age codes {describe_age_codes()}"
+                    if field in self.user_value_meanings:
+                        # The codes alone do not say that 30 is "25" (25-34), nor which
+                        # number is a programmer.
+                        allowed = f"MovieLens {field} codes {describe_codes(field)}"
                     errors.append(
                         FieldError(
                             ("body", "user", field),
@@ -667,6 +674,7 @@ class Recommender:
             ),
             user_fields=list(self.user_fields),
             user_values=self.user_values,
+            user_value_meanings=self.user_value_meanings,
             onboarding=sorted(ck.onboarding.get("lists", {})),
             configs={
                 "data": to_dict(ck.data),

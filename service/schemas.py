@@ -378,6 +378,11 @@ class ModelDetails(BaseModel):
         description="accepted values of the closed user fields the model reads (gender, age, "
         "occupation; zip: any string)"
     )
+    user_value_meanings: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="what each code means, for the fields whose values are MovieLens codes "
+        '(age: "25" is 25-34; occupation: "12" is programmer)',
+    )
     onboarding: list[str] = Field(
         description="the onboarding lists the checkpoint stores (GET /onboarding strategies); "
         "empty: GET /onboarding answers 404"

@@ -379,6 +379,11 @@ def test_health_model_docs(client: httpx.Client, ckpt: Checkpoint) -> None:
     assert model["parameters_sha256_now"] == model["info"]["parameters_sha256"]
     assert model["configs"]["meta"]["local_steps"] == ckpt.meta.local_steps
     assert model["user_values"]["gender"] == ["F", "M"]
+    # Age and occupation are codes: their meanings are listed beside them; gender is not.
+    meanings = model["user_value_meanings"]
+    assert sorted(meanings) == ["age", "occupation"]
+    assert meanings["age"]["25"] == "25-34" and meanings["occupation"]["12"] == "programmer"
+    assert list(meanings["occupation"]) == model["user_values"]["occupation"]
     assert model["user_fields"] == ["gender", "age", "occupation"]  # no zip: see the preset
     assert model["precomputed_item_features"] is True
     assert model["objective"] == "taste" and model["rank_floor"] is True
@@ -470,7 +475,13 @@ def _bad_cases(ids: list[int]) -> list[tuple[str, Any, str, str]]:
             "allowed: MovieLens age codes 1 (under 18), 18 (18-24), 25 (25-34), 35 (35-44), "
             "45 (45-49), 50 (50-55), 56 (56+)",
         ),
-        ("occupation", {"ratings": ok, "user": {"occupation": 99}}, "user.occupation", "allowed"),
+        (
+            "occupation",
+            {"ratings": ok, "user": {"occupation": 99}},
+            "user.occupation",
+            "allowed: MovieLens occupation codes 0 (other or not specified), 1 (academic/educator)"
+            ", 2 (artist)",
+        ),
         ("age float", {"ratings": ok, "user": {"age": 2.5}}, "user.age", "integer or a string"),
         ("user typo", {"ratings": ok, "user": {"sex": "F"}}, "user.sex", "not permitted"),
         ("top-level typo", {"ratings": ok, "kk": 3}, "kk", "not permitted"),
@@ -1128,6 +1139,7 @@ def test_user_fields_are_ignored_by_a_model_without_them(
     refused."""
     model = latest.get("/model").json()
     assert model["user_fields"] == [] and model["user_values"] == {}
+    assert model["user_value_meanings"] == {}
     ratings = [{"item_id": i, "rating": 4} for i in latest_ids[10:14]]
     plain = latest.post("/recommend", json={"ratings": ratings}).json()
     assert plain["adaptation"]["ignored_user_fields"] == []
