@@ -21,6 +21,7 @@ proves to be the release: the official files' sha256 where known, else its count
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import http.client
 import logging
@@ -190,16 +191,40 @@ def _temporary(folder: Path, name: str) -> Iterator[tuple[IO[bytes], Path]]:
     filesystem. :func:`_move_into_place` creates the folder once the file is complete.
 
     The file is removed unless the caller has moved it into place, so a failure leaves nothing
-    behind.
+    behind. A process killed outright (SIGKILL, a power cut) cannot remove it: its name holds
+    the process id, and the next download of ``name`` removes those whose process is gone.
     """
     where = _existing_ancestor(folder)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=where)
+    _remove_abandoned(where, name)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}-", suffix=".part", dir=where)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh, tmp
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_abandoned(where: Path, name: str) -> None:
+    """Remove the temporary files of ``name`` in ``where`` that a killed download left: those
+    whose process id (``.NAME.PID-XXXX.part``) no longer runs. A download running beside this
+    one keeps its file."""
+    for path in where.glob(f".{glob.escape(name)}.*-*.part"):
+        pid = path.name[len(name) + 2 :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                log.info("removed %s, left by a download that was killed", path)
 
 
 def _move_into_place(tmp: Path, target: Path) -> None:

@@ -7,8 +7,13 @@ import functools
 import hashlib
 import http.server
 import io
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.parse
 import urllib.request
 import zipfile
@@ -341,3 +346,57 @@ def test_md5_mismatch_leaves_nothing(server: Server, tmp_path: Path) -> None:
         dl.download("ml-32m", data_dir, progress=False, urls={"ml-32m": server.url})
     assert all_files(data_dir) == []
     assert not data_dir.exists()  # created only when a verified file is moved in
+
+
+def test_a_killed_download_leaves_its_partial_file_only_until_the_next(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download killed outright (SIGKILL: no ``finally`` runs) leaves its ``.part`` file; the
+    next download of that file removes it, and keeps one whose process still runs."""
+    stop = threading.Event()
+
+    class Stall(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(4 * dl._CHUNK))
+            self.end_headers()
+            self.wfile.write(b"x" * 2 * dl._CHUNK)
+            self.wfile.flush()
+            stop.wait(30)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    stall = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stall)
+    stall.daemon_threads = True
+    threading.Thread(target=stall.serve_forever, args=(0.05,), daemon=True).start()
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    url = f"http://127.0.0.1:{stall.server_address[1]}"
+    code = (
+        "from pathlib import Path; from melu import download as dl; "
+        f"dl.download('ml-100k', Path({str(data_dir)!r}), progress=False, "
+        f"urls={{'ml-100k': {url!r}}})"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
+    try:
+        deadline = time.monotonic() + 60
+        while not [p for p in data_dir.iterdir() if p.stat().st_size > 0]:
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+        stop.set()
+        stall.shutdown()
+        stall.server_close()
+    (left,) = list(data_dir.iterdir())
+    assert left.name.startswith(f".ml-100k.zip.{child.pid}-") and left.suffix == ".part"
+    running = data_dir / f".ml-100k.zip.{os.getpid()}-abcd1234.part"
+    running.write_bytes(b"a download running beside this one")
+
+    ml100k_zip(server, monkeypatch)
+    dl.download("ml-100k", data_dir, progress=False, urls={"ml-100k": server.url})
+    assert not left.exists() and running.exists()
+    assert (data_dir / "ml-100k" / "u.user").read_text() == U_USER
