@@ -12,13 +12,16 @@ from scipy import sparse
 from sklearn.linear_model import Ridge
 
 from melu.evaluation.anchors import (
+    DENSE_ARRAYS,
     ContentPrior,
     ContentPriorKnn,
     Edlae,
     GfCf,
+    MemoryBudget,
     MultDae,
     Rp3Beta,
     catalogue_baselines,
+    dense_bytes,
     shelf_baselines,
 )
 from melu.evaluation.rankers import ContentKnn, Ease, Supports, TrainingData
@@ -202,3 +205,31 @@ def test_every_baseline_scores_every_row(toy_training: TrainingData) -> None:
             scores = ranker.score(SUPPORTS, setting)
             assert scores.shape == (2, 13), ranker.name
             assert np.isfinite(scores).all(), ranker.name
+
+
+def test_dense_anchors_are_left_out_where_memory_cannot_hold_them(
+    toy_training: TrainingData,
+) -> None:
+    """A line-up fits a ranker with dense item-item arrays only where the budget holds it
+    (ml-25m's 55k items need about 24 GB per array); the others are fitted, and each one left
+    out is named with what it needed."""
+    room = dense_bytes("gf_cf", toy_training) + dense_bytes("rp3beta", toy_training)
+    assert dense_bytes("ease", toy_training) > room > 0
+    budget = MemoryBudget(room)
+    catalogue = catalogue_baselines(toy_training, 0, budget=budget)
+    shelf = shelf_baselines(toy_training, 0, budget=budget)
+    assert [r.name for r in catalogue] == [
+        "popularity", "item_mean", "gf_cf", "rp3beta", "als", "item_knn", "mult_dae", "random",
+    ]  # fmt: skip
+    assert [r.name for r in shelf] == ["random"]
+    assert sorted(budget.skipped) == [
+        "content_knn", "content_prior", "content_prior_knn", "ease", "edlae",
+    ]  # fmt: skip
+    assert budget.skipped["ease"].startswith("skipped: its dense item-item arrays need about")
+    assert budget.left == 0
+    roomy = MemoryBudget(10**12)
+    names = [r.name for r in catalogue_baselines(toy_training, 0, budget=roomy)]
+    assert "ease" in names and "edlae" in names and roomy.skipped == {}
+    # 55k rated items, as ml-25m's: EASE alone needs far more than this machine has.
+    rated = 55_148
+    assert DENSE_ARRAYS["ease"][0] * rated * rated * 8 > 100e9

@@ -14,13 +14,23 @@ training ratings, the catalogue protocol's candidates); other rows score 0.
   likelihood; the support row is encoded;
 - content_prior (shelf): a ridge regression of log training popularity on content, so that a new
   item gets the popularity its content predicts; content_prior_knn adds content kNN to it.
+
+EASE, EDLAE, GF-CF, RP3beta and the content rankers hold dense item-item arrays: a few hundred
+MB on MeLU's data, about 24 GB each in float64 at ml-25m's 55k rated items. The line-ups fit
+one only where the memory left can hold it (:class:`MemoryBudget`); one that cannot is left
+out and named in the report (``info.methods``: "skipped: ...") instead of the evaluation
+being killed for memory, or taking the server beside it down with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -349,6 +359,85 @@ class ContentPriorKnn:
 
 RankerT = TypeVar("RankerT", bound=Ranker)
 
+log = logging.getLogger(__name__)
+
+# The dense float64 arrays each quadratic ranker holds at its peak, as (copies, side, side):
+# EASE and EDLAE their Gram matrix, the regularised copy, the factor, the inverse being built
+# and the Ease.KEPT inverses kept; GF-CF its filter and eigh's workspace; RP3beta the walk and
+# its partition; content kNN the similarity and the sparse product it comes from; the content
+# prior its kernel, eigenvectors, eigh's workspace and the cross kernel of the unrated rows.
+# Side "rated": items with training ratings; "rows": every catalogue row.
+DENSE_ARRAYS: dict[str, tuple[int, str, str]] = {
+    "ease": (Ease.KEPT + 4, "rated", "rated"),
+    "edlae": (Ease.KEPT + 4, "rated", "rated"),
+    "gf_cf": (4, "rated", "rated"),
+    "rp3beta": (3, "rated", "rated"),
+    "content_knn": (2, "rows", "rows"),
+    "content_prior": (4, "rated", "rows"),
+}
+# Of the memory available when fitting starts, what the dense arrays may take: the rest is for
+# the model's scores, the other rankers and a server running beside the evaluation.
+MEMORY_SHARE = 0.7
+
+
+def dense_bytes(name: str, data: TrainingData) -> int:
+    """Bytes of the dense arrays ranker ``name`` holds at its peak on ``data`` (0: none)."""
+    if name not in DENSE_ARRAYS:
+        return 0
+    copies, a, b = DENSE_ARRAYS[name]
+    sides = {"rated": int((data.counts > 0).sum()), "rows": int(data.matrix.shape[1])}
+    return copies * sides[a] * sides[b] * 8
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (Linux: ``MemAvailable``, bounded by a
+    cgroup limit); None where it cannot be read."""
+    found: list[int] = []
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit.isdigit():
+            found.append(int(limit) - used)
+    if not found:
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return min(found) if found else None
+
+
+class MemoryBudget:
+    """The bytes the line-ups' dense arrays may take, spent ranker by ranker (they are all
+    alive while tuning), and the rankers left out for want of it with the reason."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.left = total
+        self.skipped: dict[str, str] = {}
+
+    @classmethod
+    def from_available(cls) -> MemoryBudget:
+        available = available_memory()
+        return cls(None if available is None else int(available * MEMORY_SHARE))
+
+    def take(self, name: str, data: TrainingData) -> bool:
+        """Whether ranker ``name`` fits (and, if so, its bytes are spent)."""
+        need = dense_bytes(name, data)
+        if self.left is None or need <= self.left:
+            if self.left is not None:
+                self.left -= need
+            return True
+        assert self.total is not None
+        self.skipped[name] = (
+            f"skipped: its dense item-item arrays need about {need / 1e9:.1f} GB, and "
+            f"{self.left / 1e9:.1f} GB of the {self.total / 1e9:.1f} GB this evaluation may "
+            "use were left"
+        )
+        log.warning("%s left out: %s", name, self.skipped[name])
+        return False
+
 
 def _fit(make: Callable[[], RankerT], seconds: dict[str, float] | None) -> RankerT:
     """``make()``; ``seconds`` (if given) gets the wall time of the fit, by ranker name."""
@@ -360,28 +449,46 @@ def _fit(make: Callable[[], RankerT], seconds: dict[str, float] | None) -> Ranke
 
 
 def catalogue_baselines(
-    data: TrainingData, seed: int, seconds: dict[str, float] | None = None
+    data: TrainingData,
+    seed: int,
+    seconds: dict[str, float] | None = None,
+    budget: MemoryBudget | None = None,
 ) -> list[Ranker]:
-    """The baselines of the catalogue protocol, fitted (``seconds``: each fit's wall time)."""
-    makers: list[Callable[[], Ranker]] = [
-        lambda: Popularity(data),
-        lambda: ItemMean(data),
-        lambda: Ease(data),
-        lambda: Edlae(data),
-        lambda: GfCf(data),
-        lambda: Rp3Beta(data),
-        lambda: Als(data, seed),
-        lambda: ItemKnn(data),
-        lambda: MultDae(data, seed),
-        lambda: RandomRanker(data.matrix.shape[1], seed),
+    """The baselines of the catalogue protocol, fitted (``seconds``: each fit's wall time),
+    those with dense arrays only where ``budget`` holds them (default: none left out)."""
+    budget = budget or MemoryBudget(None)
+    makers: list[tuple[str, Callable[[], Ranker]]] = [
+        (Popularity.name, lambda: Popularity(data)),
+        (ItemMean.name, lambda: ItemMean(data)),
+        (Ease.name, lambda: Ease(data)),
+        (Edlae.name, lambda: Edlae(data)),
+        (GfCf.name, lambda: GfCf(data)),
+        (Rp3Beta.name, lambda: Rp3Beta(data)),
+        (Als.name, lambda: Als(data, seed)),
+        (ItemKnn.name, lambda: ItemKnn(data)),
+        (MultDae.name, lambda: MultDae(data, seed)),
+        (RandomRanker.name, lambda: RandomRanker(data.matrix.shape[1], seed)),
     ]
-    return [_fit(make, seconds) for make in makers]
+    return [_fit(make, seconds) for name, make in makers if budget.take(name, data)]
 
 
 def shelf_baselines(
-    data: TrainingData, seed: int, seconds: dict[str, float] | None = None
+    data: TrainingData,
+    seed: int,
+    seconds: dict[str, float] | None = None,
+    budget: MemoryBudget | None = None,
 ) -> list[Ranker]:
-    """The baselines of the new-item shelf: nothing collaborative knows a new item."""
-    knn = _fit(lambda: ContentKnn(data), seconds)
-    prior = _fit(lambda: ContentPrior(data), seconds)
-    return [knn, prior, ContentPriorKnn(prior, knn), RandomRanker(data.matrix.shape[1], seed)]
+    """The baselines of the new-item shelf: nothing collaborative knows a new item. Those with
+    dense arrays only where ``budget`` holds them; content_prior_knn needs both its parts."""
+    budget = budget or MemoryBudget(None)
+    out: list[Ranker] = []
+    knn = _fit(lambda: ContentKnn(data), seconds) if budget.take(ContentKnn.name, data) else None
+    prior = (
+        _fit(lambda: ContentPrior(data), seconds) if budget.take(ContentPrior.name, data) else None
+    )
+    out += [r for r in (knn, prior) if r is not None]
+    if knn is not None and prior is not None:
+        out.append(ContentPriorKnn(prior, knn))
+    else:
+        budget.skipped[ContentPriorKnn.name] = "skipped: content_knn or content_prior was"
+    return [*out, RandomRanker(data.matrix.shape[1], seed)]

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,7 +41,7 @@ from melu.errors import MeluError
 from melu.evaluation import catalogue as C
 from melu.evaluation import metrics as M
 from melu.evaluation import query as Q
-from melu.evaluation.anchors import catalogue_baselines, shelf_baselines
+from melu.evaluation.anchors import MemoryBudget, catalogue_baselines, shelf_baselines
 from melu.evaluation.onboarding import choose_lists, model_scorer, simulate
 from melu.evaluation.rankers import Ranker, Setting, Supports, TrainingData, describe
 from melu.evaluation.report import (
@@ -164,6 +164,8 @@ class Baselines:
     catalogue: list[Ranker]
     shelf: list[Ranker]
     counts: np.ndarray  # [R] training ratings per catalogue row
+    # Rankers left out because their dense arrays would not fit in memory, with the reason.
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 class CatalogueEvaluation(NamedTuple):
@@ -204,13 +206,16 @@ def model_scorer_for(scorer: CatalogueScorer, user_table: torch.Tensor) -> Model
     return scores
 
 
-def fit_baselines(data: ColdStartData, seed: int) -> Baselines:
-    """Every catalogue and shelf baseline, fitted once on the training ratings."""
+def fit_baselines(data: ColdStartData, seed: int, budget: MemoryBudget | None = None) -> Baselines:
+    """Every catalogue and shelf baseline, fitted once on the training ratings; those with
+    dense item-item arrays only where they fit in ``budget`` (default: the memory available
+    now, :meth:`MemoryBudget.from_available`)."""
     training = training_data(data)
+    budget = budget or MemoryBudget.from_available()
     log.info("fitting the catalogue baselines")
-    return Baselines(
-        catalogue_baselines(training, seed), shelf_baselines(training, seed), training.counts
-    )
+    catalogue = catalogue_baselines(training, seed, budget=budget)
+    shelf = shelf_baselines(training, seed, budget=budget)
+    return Baselines(catalogue, shelf, training.counts, dict(budget.skipped))
 
 
 def model_lists(
@@ -433,7 +438,11 @@ def evaluate_catalogue(
         "rating_sizes": list(rating_sizes),
         "users": users_info,
         "tuning": tuning,
-        "methods": {**methods, **describe([*baselines.catalogue, *baselines.shelf])},
+        "methods": {
+            **methods,
+            **describe([*baselines.catalogue, *baselines.shelf]),
+            **baselines.skipped,
+        },
         "per_user": per_user,
         "seconds_by_step": {step: round(v, 2) for step, v in clock.seconds.items()},
         "seconds": round(time.perf_counter() - started, 2),
