@@ -1,9 +1,11 @@
-"""Write a synthetic MovieLens release shaped like ml-25m, at any number of ratings.
+"""Write a synthetic MovieLens release shaped like ml-25m (or ml-32m), at any number of ratings.
 
 The real 25M files are not on the project's machines, and may not be redistributed; this writes
 files in their exact format (ratings.csv, movies.csv, tags.csv, links.csv, and with --genome
 genome-scores.csv / genome-tags.csv) with ml-25m's counts scaled to the number of ratings asked
-for: 162,541 users and 62,423 movies at 25,000,095 ratings, proportionally fewer below.
+for: 162,541 users and 62,423 movies at 25,000,095 ratings, proportionally fewer below. With
+``--shape ml-32m``, ml-32m's counts instead (200,948 users and 87,585 movies at 32,000,204
+ratings), the same distributions.
 
 What makes it ml-25m-shaped:
 
@@ -21,6 +23,7 @@ Rows are written sorted by (userId, movieId), with LF line endings (CRLF with --
 so memory stays a few hundred MB at 25M ratings. Usage::
 
     python benchmarks/generate_release.py --ratings 25000095 --out /tmp/melu-scale/25m --genome
+    python benchmarks/generate_release.py --shape ml-32m --ratings 32000204 --out /tmp/32m --genome
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ log = logging.getLogger("generate_release")
 
 ML25M = {"ratings": 25_000_095, "users": 162_541, "movies": 62_423, "tags": 1_093_360,
          "genome_movies": 13_816, "genome_tags": 1_128}  # fmt: skip
+# The genome's size is ml-25m's, in proportion: GroupLens publish no genome counts for ml-32m.
+ML32M = {"ratings": 32_000_204, "users": 200_948, "movies": 87_585, "tags": 2_000_072,
+         "genome_movies": 17_685, "genome_tags": 1_128}  # fmt: skip
+SHAPES: dict[str, dict[str, int]] = {"ml-25m": ML25M, "ml-32m": ML32M}
 START, END = 789_652_009, 1_574_327_703  # ml-25m's first and last rating (1995-01-09, 2019-11-21)
 YEAR_S = 365.25 * 86_400
 HALF_STARS = np.array([0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0])
@@ -57,17 +64,19 @@ CHUNK = 1_000_000
 POPULARITY_EXPONENT, POPULARITY_OFFSET = 1.2, 30
 
 
-def scaled(n_ratings: int) -> dict[str, int]:
-    """ml-25m's counts scaled to ``n_ratings`` (at least what a tiny release needs)."""
-    f = n_ratings / ML25M["ratings"]
-    users = max(2, round(ML25M["users"] * f))
+def scaled(n_ratings: int, shape: str = "ml-25m") -> dict[str, int]:
+    """The release ``shape``'s counts scaled to ``n_ratings`` (at least what a tiny release
+    needs)."""
+    full = SHAPES[shape]
+    f = n_ratings / full["ratings"]
+    users = max(2, round(full["users"] * f))
     return {
         "ratings": n_ratings,
         "users": min(users, n_ratings // 20),
-        "movies": max(100, round(ML25M["movies"] * f)),
-        "tags": max(10, round(ML25M["tags"] * f)),
-        "genome_movies": max(10, round(ML25M["genome_movies"] * f)),
-        "genome_tags": ML25M["genome_tags"],
+        "movies": max(100, round(full["movies"] * f)),
+        "tags": max(10, round(full["tags"] * f)),
+        "genome_movies": max(10, round(full["genome_movies"] * f)),
+        "genome_tags": full["genome_tags"],
     }
 
 
@@ -176,10 +185,10 @@ def write_movies(rng: np.random.Generator, folder: Path, movies: dict[str, np.nd
 
 
 def generate(out: Path, n_ratings: int, seed: int = 0, genome: bool = False,
-             newline: str = "\n") -> dict[str, int]:  # fmt: skip
-    """Write the release into ``out``; returns its counts."""
+             newline: str = "\n", release: str = "ml-25m") -> dict[str, int]:  # fmt: skip
+    """Write the release into ``out`` in the shape of ``release``; returns its counts."""
     rng = np.random.default_rng(seed)
-    counts = scaled(n_ratings)
+    counts = scaled(n_ratings, release)
     out.mkdir(parents=True, exist_ok=True)
     movies = movie_table(rng, counts["movies"])
     write_movies(rng, out, movies, newline)
@@ -238,7 +247,7 @@ def generate(out: Path, n_ratings: int, seed: int = 0, genome: bool = False,
 
     if genome:
         write_genome(rng, out, movies["ids"], weights, counts, newline)
-    info = {**counts, "seed": seed, "genome": genome, "shape": shape}
+    info = {**counts, "seed": seed, "genome": genome, "release": release, "shape": shape}
     (out / "generated.json").write_text(json.dumps(info, indent=2) + "\n")
     return counts
 
@@ -272,10 +281,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--genome", action="store_true", help="also write the tag genome")
     parser.add_argument("--crlf", action="store_true", help="CRLF line endings")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="ml-25m",
+                        help="the release whose counts are scaled (default ml-25m)")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     start = time.perf_counter()
-    counts = generate(args.out, args.ratings, args.seed, args.genome, "\r\n" if args.crlf else "\n")
+    newline = "\r\n" if args.crlf else "\n"
+    counts = generate(args.out, args.ratings, args.seed, args.genome, newline, args.shape)
     log.info("wrote %s in %.1fs: %s", args.out, time.perf_counter() - start, counts)
 
 

@@ -26,6 +26,8 @@ afterwards unless --keep. Usage::
 
     python benchmarks/scale.py                       # 1M, 5M, 25M ratings: about 5 minutes
     python benchmarks/scale.py --sizes 1000000 --keep
+    python benchmarks/scale.py --shape ml-32m --sizes 32000204 --stages evaluate serve \
+        --json results/scale_32m_cpu.json      # ml-32m's 87,585 movies
 """
 
 from __future__ import annotations
@@ -74,12 +76,14 @@ def label(n: int) -> str:
 
 
 def prepared(release: Path) -> tuple[ColdStartData, dict[str, float]]:
-    """A generated release read and prepared as ``melu train --dataset ml-25m`` would, and the
-    seconds each step took."""
+    """A generated release read and prepared as ``melu train --dataset ml-25m`` (or ml-32m,
+    the release whose shape it was generated in) would, and the seconds each step took."""
     start = time.perf_counter()
-    frames = read_release(release, "ml-25m", check=False)
+    info = json.loads((release / "generated.json").read_text())
+    dataset = info.get("release", "ml-25m")
+    frames = read_release(release, dataset, check=False)
     read_s = time.perf_counter() - start
-    data = prepare_frames(frames, DataConfig.for_dataset("ml-25m"))
+    data = prepare_frames(frames, DataConfig.for_dataset(dataset))
     return data, {"read_s": read_s, "prepare_s": time.perf_counter() - start - read_s}
 
 
@@ -280,15 +284,18 @@ STAGES: dict[str, Callable[[Path], dict[str, Any]]] = {
 # --- the parent: generate, run each stage in a child, fit the growth ---------------------------
 
 
-def generate(n: int, work: Path) -> Path:
-    """The release of ``n`` ratings under ``work``, generated unless already there."""
-    folder = work / label(n)
+def generate(n: int, work: Path, shape: str = "ml-25m") -> Path:
+    """The release of ``n`` ratings in ``shape`` under ``work``, generated unless already
+    there."""
+    folder = work / (label(n) if shape == "ml-25m" else f"{shape}-{label(n)}")
     info = folder / "generated.json"
-    if info.is_file() and json.loads(info.read_text())["ratings"] == n:
-        return folder
+    if info.is_file():
+        known = json.loads(info.read_text())
+        if known["ratings"] == n and known.get("release", "ml-25m") == shape:
+            return folder
     shutil.rmtree(folder, ignore_errors=True)
     command = [sys.executable, str(REPO / "benchmarks" / "generate_release.py"),
-               "--ratings", str(n), "--out", str(folder), "--genome"]  # fmt: skip
+               "--ratings", str(n), "--out", str(folder), "--genome", "--shape", shape]  # fmt: skip
     subprocess.run(command, check=True)
     return folder
 
@@ -363,6 +370,8 @@ def table(rows: list[dict[str, Any]], stage: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--shape", choices=("ml-25m", "ml-32m"), default="ml-25m",
+                        help="the release whose shape the generated ones take")  # fmt: skip
     parser.add_argument("--stages", nargs="+", choices=sorted(STAGES), default=sorted(STAGES))
     parser.add_argument("--work", type=Path, default=Path("/tmp/melu-scale"))
     parser.add_argument("--keep", action="store_true", help="keep the generated releases")
@@ -388,13 +397,14 @@ def main() -> None:
     load = os.getloadavg()
     rows = []
     for n in sorted(args.sizes):
-        release = generate(n, args.work)
+        release = generate(n, args.work, args.shape)
         info = json.loads((release / "generated.json").read_text())
         row: dict[str, Any] = {"ratings": n, "users": info["users"], "movies": info["movies"],
                                "generated": info, "stages": {}}  # fmt: skip
         for stage in args.stages:
             log.info("%s ratings: stage %s", f"{n:,}", stage)
-            row["stages"][stage] = run_stage(stage, release, args.work / f"{label(n)}-{stage}.json")
+            result = args.work / f"{release.name}-{stage}.json"
+            row["stages"][stage] = run_stage(stage, release, result)
             log.info("%s", row["stages"][stage])
         rows.append(row)
         if not args.keep:
