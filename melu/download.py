@@ -27,7 +27,9 @@ import http.client
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -37,6 +39,11 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from tqdm import tqdm
+
+if sys.platform != "win32":
+    import fcntl
+else:  # pragma: no cover - no flock on Windows
+    fcntl = None
 
 from melu.config import CSV_DATASETS, Dataset
 from melu.errors import DataError, MeluError
@@ -191,40 +198,62 @@ def _temporary(folder: Path, name: str) -> Iterator[tuple[IO[bytes], Path]]:
     filesystem. :func:`_move_into_place` creates the folder once the file is complete.
 
     The file is removed unless the caller has moved it into place, so a failure leaves nothing
-    behind. A process killed outright (SIGKILL, a power cut) cannot remove it: its name holds
-    the process id, and the next download of ``name`` removes those whose process is gone.
+    behind. A process killed outright (SIGKILL, a power cut) cannot remove it, so the file is
+    held under an exclusive ``flock`` while it is written (the kernel drops the lock with the
+    process) and the next download of ``name`` removes the ones nobody holds
+    (:func:`_remove_abandoned`). A lock, unlike a process id, also holds across the containers
+    that share a data volume (docker-compose's trainer and trainer-gpu), each with its own
+    process ids.
     """
     where = _existing_ancestor(folder)
     _remove_abandoned(where, name)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}-", suffix=".part", dir=where)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=where)
     tmp = Path(tmp_name)
     try:
+        _lock(fd, wait=True)
         with os.fdopen(fd, "wb") as fh:
             yield fh, tmp
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _lock(fd: int, wait: bool) -> bool:
+    """An exclusive lock on ``fd``, held until it is closed or its process ends; without
+    ``wait``, False where another process holds it. Without ``flock`` (Windows) nothing is
+    locked and nothing counts as abandoned."""
+    if fcntl is None:
         return False
-    except PermissionError:  # another user's process
-        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
     return True
+
+
+# A new temporary file is empty and unlocked for an instant between its creation and its lock:
+# an empty one this young is not taken for abandoned.
+_ABANDONED_EMPTY_S = 60.0
 
 
 def _remove_abandoned(where: Path, name: str) -> None:
     """Remove the temporary files of ``name`` in ``where`` that a killed download left: those
-    whose process id (``.NAME.PID-XXXX.part``) no longer runs. A download running beside this
-    one keeps its file."""
-    for path in where.glob(f".{glob.escape(name)}.*-*.part"):
-        pid = path.name[len(name) + 2 :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    no process holds locked (:func:`_temporary`). A download running beside this one holds
+    its file and keeps it."""
+    for path in where.glob(f".{glob.escape(name)}.*.part"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # gone already, or not ours to read
+        try:
+            stat = os.fstat(fd)
+            young = time.time() - stat.st_mtime < _ABANDONED_EMPTY_S
+            if (stat.st_size == 0 and young) or not _lock(fd, wait=False):
+                continue
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 log.info("removed %s, left by a download that was killed", path)
+        finally:
+            os.close(fd)
 
 
 def _move_into_place(tmp: Path, target: Path) -> None:

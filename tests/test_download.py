@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import http.server
 import io
-import os
 import signal
 import socket
 import subprocess
@@ -352,7 +352,7 @@ def test_a_killed_download_leaves_its_partial_file_only_until_the_next(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A download killed outright (SIGKILL: no ``finally`` runs) leaves its ``.part`` file; the
-    next download of that file removes it, and keeps one whose process still runs."""
+    next download of that file removes it, and keeps one that a running download holds."""
     stop = threading.Event()
 
     class Stall(http.server.BaseHTTPRequestHandler):
@@ -392,11 +392,14 @@ def test_a_killed_download_leaves_its_partial_file_only_until_the_next(
         stall.shutdown()
         stall.server_close()
     (left,) = list(data_dir.iterdir())
-    assert left.name.startswith(f".ml-100k.zip.{child.pid}-") and left.suffix == ".part"
-    running = data_dir / f".ml-100k.zip.{os.getpid()}-abcd1234.part"
+    assert left.name.startswith(".ml-100k.zip.") and left.suffix == ".part"
+    assert left.stat().st_size > 0
+    # A download running beside this one (here: this process) holds its file locked.
+    running = data_dir / ".ml-100k.zip.beside.part"
     running.write_bytes(b"a download running beside this one")
-
-    ml100k_zip(server, monkeypatch)
-    dl.download("ml-100k", data_dir, progress=False, urls={"ml-100k": server.url})
-    assert not left.exists() and running.exists()
+    with running.open("rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        ml100k_zip(server, monkeypatch)
+        dl.download("ml-100k", data_dir, progress=False, urls={"ml-100k": server.url})
+        assert not left.exists() and running.exists()
     assert (data_dir / "ml-100k" / "u.user").read_text() == U_USER
