@@ -273,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of support draws, bootstrap and baselines (default: 0)",
     )
+    evaluate.add_argument(
+        "--memory-gb",
+        type=_positive_float,
+        help="memory the anchors' dense item-item arrays (EASE, EDLAE, GF-CF, RP3beta, content "
+        "kNN and prior) may take; one that does not fit is left out and named in the report "
+        "(default: 70%% of the memory available when they are fitted)",
+    )
 
     onboarding = sub.add_parser(
         "onboarding",
@@ -569,6 +576,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         bootstrap=args.bootstrap,
         seed=args.seed,
+        memory_gb=args.memory_gb,
     )
 
 

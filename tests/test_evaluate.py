@@ -40,7 +40,13 @@ from melu.evaluation.query import (
     simple_baselines,
 )
 from melu.evaluation.report import MELU, NO_DEMOGRAPHICS, ZERO_STEPS
-from melu.evaluation.run import ModelScorer, model_lists, model_scorer_for, prediction_rows
+from melu.evaluation.run import (
+    ModelScorer,
+    evaluate_catalogue,
+    model_lists,
+    model_scorer_for,
+    prediction_rows,
+)
 from melu.features import content_matrix
 from melu.scoring import CatalogueScorer
 from melu.tasks import TaskBatch, TaskSet
@@ -536,3 +542,23 @@ def test_cli_reports_a_missing_checkpoint_in_one_line(
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "checkpoint not found" in err
+
+
+def test_anchors_that_do_not_fit_in_memory_are_left_out_and_named(
+    latest_small_checkpoint: Path, latest_small_data: ColdStartData
+) -> None:
+    """``memory_gb`` (``melu evaluate --memory-gb``): the anchors whose dense item-item arrays
+    do not fit are not fitted, the others and the model are evaluated, and the report names
+    what was left out and why."""
+    learner = ckpt.load(latest_small_checkpoint).learner("cpu")
+    result = evaluate_catalogue(
+        latest_small_data, learner, sizes=(5,), rating_sizes=(), bootstrap=20, max_users=30,
+        memory_gb=1e-6,
+    )  # fmt: skip
+    dense = {"ease", "edlae", "gf_cf", "rp3beta", "content_knn", "content_prior"}
+    skipped = result.info["skipped_baselines"]
+    assert set(skipped) == dense | {"content_prior_knn"}
+    assert all(result.info["methods"][name].startswith("skipped: ") for name in skipped)
+    methods = {row.method for row in result.ranking}
+    assert not methods & set(skipped)
+    assert {MELU, "popularity", "als", "item_knn", "mult_dae"} <= methods

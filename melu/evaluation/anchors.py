@@ -53,6 +53,8 @@ from melu.evaluation.rankers import (
     TrainingData,
 )
 
+log = logging.getLogger(__name__)
+
 
 def _rated_support(supports: Supports, n_rows: int, rated: np.ndarray) -> sparse.csr_matrix:
     """``[n, rated]`` binary support rows over the rated rows only."""
@@ -359,34 +361,55 @@ class ContentPriorKnn:
 
 RankerT = TypeVar("RankerT", bound=Ranker)
 
-log = logging.getLogger(__name__)
-
-# The dense float64 arrays each quadratic ranker holds at its peak, as (copies, side, side):
-# EASE and EDLAE their Gram matrix, the regularised copy, the factor, the inverse being built
-# and the Ease.KEPT inverses kept; GF-CF its filter and eigh's workspace; RP3beta the walk and
-# its partition; content kNN the similarity and the sparse product it comes from; the content
-# prior its kernel, eigenvectors, eigh's workspace and the cross kernel of the unrated rows.
+# The dense float64 arrays of each quadratic ranker, in copies of a [side x side] array:
+# (resident, transient, side, side). Resident: what it keeps from its fit to the end of the
+# evaluation (EASE and EDLAE their Gram matrix and Ease.KEPT inverses; GF-CF its filter;
+# content kNN its similarity). Transient: what one fit or one inverse needs on top for a while
+# (the regularised copy, the factor and potri's triangles; a sparse product before .toarray()
+# with 64-bit indices above 2^31 entries; eigh's copy and workspace; RP3beta's walk and its
+# negation for the partition; the content prior's kernel, cross kernel and eigenvectors).
 # Side "rated": items with training ratings; "rows": every catalogue row.
-DENSE_ARRAYS: dict[str, tuple[int, str, str]] = {
-    "ease": (Ease.KEPT + 4, "rated", "rated"),
-    "edlae": (Ease.KEPT + 4, "rated", "rated"),
-    "gf_cf": (4, "rated", "rated"),
-    "rp3beta": (3, "rated", "rated"),
-    "content_knn": (2, "rows", "rows"),
-    "content_prior": (4, "rated", "rows"),
+DENSE_ARRAYS: dict[str, tuple[int, int, str, str]] = {
+    "ease": (Ease.KEPT + 1, 5, "rated", "rated"),
+    "edlae": (Ease.KEPT + 1, 5, "rated", "rated"),
+    "gf_cf": (1, 3, "rated", "rated"),
+    "rp3beta": (0, 4, "rated", "rated"),
+    "content_knn": (1, 2, "rows", "rows"),
+    "content_prior": (0, 5, "rated", "rows"),
 }
 # Of the memory available when fitting starts, what the dense arrays may take: the rest is for
 # the model's scores, the other rankers and a server running beside the evaluation.
 MEMORY_SHARE = 0.7
 
 
-def dense_bytes(name: str, data: TrainingData) -> int:
-    """Bytes of the dense arrays ranker ``name`` holds at its peak on ``data`` (0: none)."""
+def dense_bytes(name: str, data: TrainingData) -> tuple[int, int]:
+    """Bytes of the dense arrays ranker ``name`` keeps on ``data``, and those it needs on top
+    for a while (0, 0: none)."""
     if name not in DENSE_ARRAYS:
-        return 0
-    copies, a, b = DENSE_ARRAYS[name]
+        return 0, 0
+    resident, transient, a, b = DENSE_ARRAYS[name]
     sides = {"rated": int((data.counts > 0).sum()), "rows": int(data.matrix.shape[1])}
-    return copies * sides[a] * sides[b] * 8
+    unit = sides[a] * sides[b] * 8
+    return resident * unit, transient * unit
+
+
+def _cgroup_available() -> int | None:
+    """The memory a cgroup limit leaves this process (v2, else v1; the page cache it could
+    drop counted as free), or None without a limit."""
+    for limit_file, used_file, cache_key in (
+        ("memory.max", "memory.current", "inactive_file"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "total_inactive_file"),
+    ):
+        root = Path("/sys/fs/cgroup")
+        with contextlib.suppress(OSError, ValueError):
+            limit = (root / limit_file).read_text().strip()
+            if not limit.isdigit() or int(limit) >= 1 << 60:  # "max", or v1's "no limit"
+                return None
+            used = int((root / used_file).read_text().strip())
+            stat = (root / limit_file).with_name("memory.stat").read_text().split()
+            cache = dict(zip(stat[::2], stat[1::2], strict=False)).get(cache_key, "0")
+            return int(limit) - used + int(cache)
+    return None
 
 
 def available_memory() -> int | None:
@@ -397,11 +420,9 @@ def available_memory() -> int | None:
         for line in fh:
             if line.startswith("MemAvailable:"):
                 found.append(int(line.split()[1]) * 1024)
-    with contextlib.suppress(OSError, ValueError):
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
-        if limit.isdigit():
-            found.append(int(limit) - used)
+    cgroup = _cgroup_available()
+    if cgroup is not None:
+        found.append(cgroup)
     if not found:
         with contextlib.suppress(ValueError, OSError, AttributeError):
             found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
@@ -409,12 +430,15 @@ def available_memory() -> int | None:
 
 
 class MemoryBudget:
-    """The bytes the line-ups' dense arrays may take, spent ranker by ranker (they are all
-    alive while tuning), and the rankers left out for want of it with the reason."""
+    """The bytes the line-ups' dense arrays may take, and the rankers left out for want of
+    them with the reason. A ranker is fitted where what the rankers before it keep, plus what
+    it keeps, plus the largest transient need of any of them fits: every ranker is alive
+    while the baselines are tuned, and the transients come one at a time."""
 
     def __init__(self, total: int | None) -> None:
         self.total = total
-        self.left = total
+        self.resident = 0
+        self.transient = 0
         self.skipped: dict[str, str] = {}
 
     @classmethod
@@ -423,17 +447,17 @@ class MemoryBudget:
         return cls(None if available is None else int(available * MEMORY_SHARE))
 
     def take(self, name: str, data: TrainingData) -> bool:
-        """Whether ranker ``name`` fits (and, if so, its bytes are spent)."""
-        need = dense_bytes(name, data)
-        if self.left is None or need <= self.left:
-            if self.left is not None:
-                self.left -= need
+        """Whether ranker ``name`` fits (and, if so, its bytes are counted)."""
+        resident, transient = dense_bytes(name, data)
+        peak = self.resident + resident + max(self.transient, transient)
+        if self.total is None or peak <= self.total:
+            self.resident += resident
+            self.transient = max(self.transient, transient)
             return True
-        assert self.total is not None
         self.skipped[name] = (
-            f"skipped: its dense item-item arrays need about {need / 1e9:.1f} GB, and "
-            f"{self.left / 1e9:.1f} GB of the {self.total / 1e9:.1f} GB this evaluation may "
-            "use were left"
+            f"skipped: its dense item-item arrays need about {(resident + transient) / 1e9:.1f} "
+            f"GB, and the evaluation may use {self.total / 1e9:.1f} GB "
+            f"({(self.resident + self.transient) / 1e9:.1f} GB taken by the rankers before it)"
         )
         log.warning("%s left out: %s", name, self.skipped[name])
         return False
@@ -490,5 +514,8 @@ def shelf_baselines(
     if knn is not None and prior is not None:
         out.append(ContentPriorKnn(prior, knn))
     else:
-        budget.skipped[ContentPriorKnn.name] = "skipped: content_knn or content_prior was"
+        missing = " and ".join(
+            n for n, r in (("content_knn", knn), ("content_prior", prior)) if r is None
+        )
+        budget.skipped[ContentPriorKnn.name] = f"skipped: {missing} did not fit in memory"
     return [*out, RandomRanker(data.matrix.shape[1], seed)]

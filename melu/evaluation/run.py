@@ -358,14 +358,18 @@ def evaluate_catalogue(
     seed: int = 0,
     device: torch.device | str = "cpu",
     max_users: int | None = None,
+    memory_gb: float | None = None,
 ) -> CatalogueEvaluation:
     """The catalogue protocol for the model and every baseline (see the module docstring);
-    the predicted ratings are also judged at ``rating_sizes`` outside ``sizes``."""
+    the predicted ratings are also judged at ``rating_sizes`` outside ``sizes``. The anchors
+    with dense item-item arrays are fitted where they fit in ``memory_gb`` (default: 70% of
+    the memory available when fitting starts; :class:`MemoryBudget`)."""
     started = time.perf_counter()
     clock = Stopwatch()
     device = torch.device(device)
     with clock("fit the baselines"):
-        baselines = fit_baselines(data, seed)
+        budget = None if memory_gb is None else MemoryBudget(int(memory_gb * 1e9))
+        baselines = fit_baselines(data, seed, budget)
     counts = baselines.counts
     user_table, table = data.user_table.to(device), data.catalogue.table.to(device)
     recommendable = data.catalogue.recommendable
@@ -443,6 +447,9 @@ def evaluate_catalogue(
             **describe([*baselines.catalogue, *baselines.shelf]),
             **baselines.skipped,
         },
+        # Baselines left out because their dense arrays would not fit in memory: a report
+        # that names fewer anchors says why.
+        "skipped_baselines": dict(baselines.skipped),
         "per_user": per_user,
         "seconds_by_step": {step: round(v, 2) for step, v in clock.seconds.items()},
         "seconds": round(time.perf_counter() - started, 2),
@@ -727,6 +734,7 @@ def evaluate_checkpoint(
     sizes: Sequence[int] = C.SUPPORT_SIZES,
     max_users: int | None = None,
     onboarding: bool = True,
+    memory_gb: float | None = None,
 ) -> Report:
     """Evaluate a checkpoint and every baseline under both protocols.
 
@@ -769,7 +777,7 @@ def evaluate_checkpoint(
     if catalogue:
         result = evaluate_catalogue(
             data, learner, sizes=sizes, bootstrap=bootstrap, seed=seed, device=device,
-            max_users=max_users,
+            max_users=max_users, memory_gb=memory_gb,
         )  # fmt: skip
     catalogue_info = result.info
     onboarding_rows: list[OnboardingRow] = []
@@ -843,6 +851,7 @@ def evaluate_command(
     regression_epochs: int | None = None,
     max_users: int | None = None,
     seed: int = 0,
+    memory_gb: float | None = None,
 ) -> int:
     """``melu evaluate``: log the tables, write JSON and Markdown reports; 0 on success.
 
@@ -864,6 +873,7 @@ def evaluate_command(
         regression_epochs=regression_epochs,
         max_users=max_users,
         seed=seed,
+        memory_gb=memory_gb,
     )
     for line in report.text_table().splitlines():
         log.info("%s", line)
