@@ -113,10 +113,10 @@ _MISSING = {"", "N/A", "nan", "NaN", "None"}
 _TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
 
 
-def describe_codes(field: str) -> str:
-    """The MovieLens codes of user ``field`` (age, occupation) and what they mean, for
-    messages that refuse another value."""
-    return ", ".join(f"{code} ({meaning})" for code, meaning in CODE_MEANINGS[field].items())
+def describe_codes(meanings: dict[str, str]) -> str:
+    """Codes and what they mean (a field's part of :data:`CODE_MEANINGS`, or the codes of it
+    a model knows), for messages that refuse another value."""
+    return ", ".join(f"{code} ({meaning})" for code, meaning in meanings.items())
 
 
 def split_title_year(text: str) -> tuple[str, str]:

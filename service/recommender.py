@@ -68,8 +68,6 @@ CLOSED_USER_FIELDS: tuple[str, ...] = ("gender", "age", "occupation")
 MAX_ERRORS_PER_LIST = 20
 # Title searches remembered (the page's search-as-you-type repeats them).
 SEARCH_CACHE = 1024
-# The age vocabulary of MovieLens-1M (and of ML-100K, bucketed into it): a refused age is
-# answered with what each code means.
 
 
 class NonFiniteError(RuntimeError):
@@ -401,7 +399,9 @@ class Recommender:
                     if field in self.user_value_meanings:
                         # The codes alone do not say that 30 is "25" (25-34), nor which
                         # number is a programmer.
-                        allowed = f"MovieLens {field} codes {describe_codes(field)}"
+                        allowed = f"MovieLens {field} codes " + describe_codes(
+                            self.user_value_meanings[field]
+                        )
                     errors.append(
                         FieldError(
                             ("body", "user", field),
