@@ -93,13 +93,21 @@ PAPER_MAE = {"new_user": 0.785, "new_item": 0.928, "new_user_new_item": 0.924}
 # good for the steps. Also train the same architecture without steps"): the default preset's
 # taste model meta-trained with no local steps, its fast weights the meta-learned start.
 NO_STEPS = "default-no-steps"
+# The direction docs/results.md's validation-only probe found most promising: the step adapts
+# only the user vector (``melu train --fast-weights user``), the other fast weights keep their
+# meta-learned start.
+USER_STEP = "default-user-step"
 RUN_PRESETS: dict[str, Preset] = {
     **PRESETS,
     NO_STEPS: Preset(PRESETS["default"].model, replace(PRESETS["default"].meta, local_steps=0)),
+    USER_STEP: Preset(
+        PRESETS["default"].model, replace(PRESETS["default"].meta, fast_weights=("user",))
+    ),
 }
 PRESET_NAMES: dict[str, str] = {
     "default": "default (taste model)",
     NO_STEPS: "default, trained without local steps",
+    USER_STEP: "default, the step adapting the user vector only",
     "melu": "melu (MeLU's rating network)",
 }
 
@@ -534,17 +542,20 @@ def ablations(runs: list[dict[str, Any]], bootstrap: int) -> pd.DataFrame:
     """The local steps, measured two ways per seed, scenario and S (liked Recall@10): the
     default model adapted against the same checkpoint with zero local steps (the report's
     paired comparison), and against the same architecture trained without local steps
-    (``default-no-steps``: paired over the same users, who get the same supports)."""
+    (``default-no-steps``: paired over the same users, who get the same supports). Where
+    ``default-user-step`` ran, the same two for it (its rows named with a ``default-user-step:``
+    prefix) and its adapted lists against the default's."""
     by = {(r["preset"], r["seed"]): r["report"] for r in runs}
     rows = []
     for (preset, seed), report in by.items():
-        if preset != "default":
+        if preset not in ("default", USER_STEP):
             continue
+        label = "" if preset == "default" else f"{preset}: "
         for c in report["ranking_comparisons"]:
             if (c["relevance"], c["metric"], c["baseline"]) == ("liked", "recall@10", ZERO_STEPS):
                 rows.append(
                     {
-                        "comparison": "adapted - zero local steps (same checkpoint)",
+                        "comparison": f"{label}adapted - zero local steps (same checkpoint)",
                         "seed": seed,
                         "scenario": c["scenario"],
                         "support_size": c["support_size"],
@@ -553,26 +564,30 @@ def ablations(runs: list[dict[str, Any]], bootstrap: int) -> pd.DataFrame:
                         "ci_high": c["ci_high"],
                     }
                 )
-        other = by.get((NO_STEPS, seed))
-        if other is None:
-            continue
-        ours_users = report["info"]["catalogue"].get("per_user", {})
-        theirs_users = other["info"]["catalogue"].get("per_user", {})
-        for scenario, sizes in ours_users.items():
-            for size, ours in sizes.items():
-                theirs = theirs_users.get(scenario, {}).get(size)
-                if theirs is None or theirs["users"] != ours["users"]:
-                    raise RuntimeError(f"{scenario} S={size} seed {seed}: not the same users")
-                key = [seed, SCENARIO_KEYS.index(scenario), int(size), 7000]
-                rows.append(
-                    {
-                        "comparison": "adapted - trained without local steps",
-                        "seed": seed,
-                        "scenario": scenario,
-                        "support_size": int(size),
-                        **_paired(ours[MELU], theirs[MELU], bootstrap, key),
-                    }
-                )
+        others = [(NO_STEPS, f"{label}adapted - trained without local steps", 7000)]
+        if preset == USER_STEP:
+            others.append(("default", f"{label}adapted - default adapted", 7100))
+        for other_preset, comparison, stream in others:
+            other = by.get((other_preset, seed))
+            if other is None:
+                continue
+            ours_users = report["info"]["catalogue"].get("per_user", {})
+            theirs_users = other["info"]["catalogue"].get("per_user", {})
+            for scenario, sizes in ours_users.items():
+                for size, ours in sizes.items():
+                    theirs = theirs_users.get(scenario, {}).get(size)
+                    if theirs is None or theirs["users"] != ours["users"]:
+                        raise RuntimeError(f"{scenario} S={size} seed {seed}: not the same users")
+                    key = [seed, SCENARIO_KEYS.index(scenario), int(size), stream]
+                    rows.append(
+                        {
+                            "comparison": comparison,
+                            "seed": seed,
+                            "scenario": scenario,
+                            "support_size": int(size),
+                            **_paired(ours[MELU], theirs[MELU], bootstrap, key),
+                        }
+                    )
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
@@ -938,7 +953,13 @@ def _steps_markdown(steps: pd.DataFrame) -> list[str]:
         "without local steps (`default-no-steps`), on the same users and supports; mean over "
         "seeds, and *better*/*worse* only where the paired 95% interval excludes 0 in every "
         "seed (else *tied*). Removing the steps from a model trained with them favours the "
-        "steps; (b) is the fair test.",
+        "steps; (b) is the fair test."
+        + (
+            " Rows prefixed `default-user-step:` are the same for the model whose step adapts "
+            "the user vector only, with its lists against the default's."
+            if steps["comparison"].str.startswith(USER_STEP).any()
+            else ""
+        ),
         "",
     ]
     sizes = sorted(set(steps["support_size"]))
@@ -1046,7 +1067,13 @@ def markdown(
         "demographics given. `[default-no-steps]`: "
         + PRESET_NAMES[NO_STEPS]
         + " (its adapted and zero-step rows coincide); `[melu]`: MeLU's rating network (the "
-        "paper's model).",
+        "paper's model)"
+        + (
+            f"; `[{USER_STEP}]`: " + PRESET_NAMES[USER_STEP] + " (`melu train --fast-weights user`)"
+            if USER_STEP in result["presets"]
+            else ""
+        )
+        + ".",
         "",
         "## Goals ("
         + (
