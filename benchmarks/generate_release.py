@@ -23,7 +23,7 @@ Rows are written sorted by (userId, movieId), with LF line endings (CRLF with --
 so memory stays a few hundred MB at 25M ratings. Usage::
 
     python benchmarks/generate_release.py --ratings 25000095 --out /tmp/melu-scale/25m --genome
-    python benchmarks/generate_release.py --shape ml-32m --ratings 32000204 --out /tmp/32m --genome
+    python benchmarks/generate_release.py --shape ml-32m --ratings 32000204 --out /tmp/32m
 """
 
 from __future__ import annotations
@@ -41,10 +41,12 @@ log = logging.getLogger("generate_release")
 
 ML25M = {"ratings": 25_000_095, "users": 162_541, "movies": 62_423, "tags": 1_093_360,
          "genome_movies": 13_816, "genome_tags": 1_128}  # fmt: skip
-# The genome's size is ml-25m's, in proportion: GroupLens publish no genome counts for ml-32m.
+# ml-32m has no tag genome (its zip holds ratings, tags, movies and links): no genome counts.
 ML32M = {"ratings": 32_000_204, "users": 200_948, "movies": 87_585, "tags": 2_000_072,
-         "genome_movies": 17_685, "genome_tags": 1_128}  # fmt: skip
+         "genome_movies": 0, "genome_tags": 0}  # fmt: skip
 SHAPES: dict[str, dict[str, int]] = {"ml-25m": ML25M, "ml-32m": ML32M}
+# The releases that carry the tag genome: --genome writes one only for these.
+WITH_GENOME: tuple[str, ...] = ("ml-25m",)
 START, END = 789_652_009, 1_574_327_703  # ml-25m's first and last rating (1995-01-09, 2019-11-21)
 YEAR_S = 365.25 * 86_400
 HALF_STARS = np.array([0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0])
@@ -75,7 +77,7 @@ def scaled(n_ratings: int, shape: str = "ml-25m") -> dict[str, int]:
         "users": min(users, n_ratings // 20),
         "movies": max(100, round(full["movies"] * f)),
         "tags": max(10, round(full["tags"] * f)),
-        "genome_movies": max(10, round(full["genome_movies"] * f)),
+        "genome_movies": max(10, round(full["genome_movies"] * f)) if full["genome_movies"] else 0,
         "genome_tags": full["genome_tags"],
     }
 
@@ -186,7 +188,10 @@ def write_movies(rng: np.random.Generator, folder: Path, movies: dict[str, np.nd
 
 def generate(out: Path, n_ratings: int, seed: int = 0, genome: bool = False,
              newline: str = "\n", release: str = "ml-25m") -> dict[str, int]:  # fmt: skip
-    """Write the release into ``out`` in the shape of ``release``; returns its counts."""
+    """Write the release into ``out`` with the counts of ``release`` (ml-25m, ml-32m) scaled to
+    ``n_ratings``, and its genome where ``genome`` is asked for and that release has one;
+    returns its counts."""
+    genome = genome and release in WITH_GENOME
     rng = np.random.default_rng(seed)
     counts = scaled(n_ratings, release)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,6 +252,7 @@ def generate(out: Path, n_ratings: int, seed: int = 0, genome: bool = False,
 
     if genome:
         write_genome(rng, out, movies["ids"], weights, counts, newline)
+    # "release": whose counts these are; "shape": what the draws came to.
     info = {**counts, "seed": seed, "genome": genome, "release": release, "shape": shape}
     (out / "generated.json").write_text(json.dumps(info, indent=2) + "\n")
     return counts
@@ -279,7 +285,9 @@ def main() -> None:
     parser.add_argument("--ratings", type=int, required=True, help="number of ratings")
     parser.add_argument("--out", type=Path, required=True, help="folder to write")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--genome", action="store_true", help="also write the tag genome")
+    parser.add_argument(
+        "--genome", action="store_true", help="also write the tag genome (ml-25m's shape only)"
+    )
     parser.add_argument("--crlf", action="store_true", help="CRLF line endings")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="ml-25m",
                         help="the release whose counts are scaled (default ml-25m)")  # fmt: skip

@@ -1057,6 +1057,15 @@ def markdown(
         f"(at most {result['epochs']} epochs, early stopping patience {TrainConfig().patience}); "
         "the seed also picks the validation users, each user's query items and the catalogue "
         "protocol's support draws",
+        *(
+            [
+                "- **anchors left out for want of memory** in some run (their rows are missing; "
+                "a goal against every anchor counts only those fitted): "
+                + ", ".join(f"`{n}`" for n in result["skipped_baselines"])
+            ]
+            if result.get("skipped_baselines")
+            else []
+        ),
         f"- evaluation: `melu.evaluation.evaluate_checkpoint`, {result['bootstrap']} bootstrap "
         "resamples; values are the mean ± sample standard deviation over seeds of each seed's "
         "mean over users. Baselines' settings are chosen per number of ratings on validation "
@@ -1258,6 +1267,15 @@ def main(argv: list[str] | None = None) -> int:
         "git": revision,
         "seeds": args.seeds,
         "presets": args.presets,
+        # Anchors some run left out for want of memory (melu.evaluation.anchors.MemoryBudget):
+        # a goal against "every anchor" then counts only the fitted ones.
+        "skipped_baselines": sorted(
+            {
+                name
+                for r in runs
+                for name in r["report"]["info"].get("catalogue", {}).get("skipped_baselines", {})
+            }
+        ),
         "epochs": args.epochs,
         "bootstrap": args.bootstrap,
         "configs": {

@@ -370,7 +370,7 @@ def table(rows: list[dict[str, Any]], stage: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    parser.add_argument("--shape", choices=("ml-25m", "ml-32m"), default="ml-25m",
+    parser.add_argument("--shape", choices=("ml-25m", "ml-32m"), default="ml-25m",  # SHAPES
                         help="the release whose shape the generated ones take")  # fmt: skip
     parser.add_argument("--stages", nargs="+", choices=sorted(STAGES), default=sorted(STAGES))
     parser.add_argument("--work", type=Path, default=Path("/tmp/melu-scale"))
