@@ -166,6 +166,8 @@ def main() -> int:
     print("  first list:", "; ".join(result["first_recommendations"]))
     print("  left running after Ctrl-C:", result["left_running_after_ctrl_c"] or "nothing")
     if args.json:
+        # melu.checkpoint.atomic_write_text's steps by hand: this script imports nothing of
+        # melu (nor torch), whichever Python runs it.
         tmp = args.json.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1) + "\n")
         tmp.replace(args.json)

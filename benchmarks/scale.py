@@ -50,6 +50,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from melu import checkpoint as ckpt  # noqa: E402
 from melu.config import DataConfig  # noqa: E402
 from melu.data import ColdStartData, prepare_frames  # noqa: E402
 from melu.movielens_csv import read_release  # noqa: E402
@@ -409,7 +410,7 @@ def main() -> None:
         rows.append(row)
         if not args.keep:
             shutil.rmtree(release)
-    report = {
+    report: dict[str, Any] = {
         "sizes": rows,
         "growth": {stage: growth(rows, stage) for stage in args.stages},
         "targets": {"prepare_s_at_25m": TARGET_PREPARE_S, "peak_gb_at_25m": TARGET_PEAK_GB},
@@ -426,7 +427,7 @@ def main() -> None:
                   f"peak memory {fit['peak_rss_gb_slope']:.2f} (above the interpreter's "
                   f"{fit['peak_above_baseline_gb_slope']:.2f})")  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    ckpt.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")
 
 

@@ -60,6 +60,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     sys.path.insert(0, str(REPO))
+    from melu import checkpoint as ckpt
     from melu.ranking import top_k_row
     from melu.scoring import CatalogueScorer
 
@@ -153,9 +154,7 @@ def main() -> int:
     print(f"  largest difference of a score between the layouts: {largest_difference:.2e}")
     print(f"  load average {result['load_average'][0]:.1f}")
     if args.json:
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        tmp.replace(args.json)
+        ckpt.atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -55,7 +55,7 @@ def column_major(side: ItemSide) -> ItemSide:
     A user's logits ``user @ out.t()`` and their gradient ``g @ out`` are then both the
     matrix-vector product MKL runs at memory speed; with the rows stored contiguously, the
     first took 4.2 ms against 0.9 ms at 55k items on this machine's AMD EPYC (one thread,
-    ``benchmarks/serve_layout.py``), most of a ``/recommend``'s model work.
+    ``benchmarks/skip_step.py``), most of a ``/recommend``'s model work.
     """
     return side._replace(out=side.out.t().contiguous().t(), taste=side.taste.t().contiguous().t())
 
