@@ -165,6 +165,9 @@ class ModelConfig:
     # ratings 0.357/0.387/0.406/0.403 against 0.358/0.388/0.396/0.399, seed 0) and halves the
     # epoch (0.054 s against 0.122 s a meta-batch on one core); at 87k items "all" would not fit.
     cooccurrence_neighbours: int = 256
+    # EDLAE's fold-in blended into the list (melu.fold_in): neighbours kept per item, 0 for no
+    # fold-in. How much of it each support size takes is chosen on validation users.
+    fold_in_neighbours: int = 0
     # Ranking score = taste logit + this weight times the predicted rating.
     rank_rating_weight: float = 0.0
     # Rank items predicted below the user's own mean rating (shrunk towards the population's)
@@ -248,7 +251,11 @@ PRESETS: dict[str, Preset] = {
         # 3/5/10/20 ratings 0.358/0.389/0.405/0.400 at 0, 0.362/0.393/0.407/0.399 at 0.5,
         # 0.362/0.395/0.409/0.401 at 1.0.
         ModelConfig(
-            objective="taste", user_field_dropout=0.5, rank_rating_weight=0.5, rank_floor=True
+            objective="taste",
+            user_field_dropout=0.5,
+            rank_rating_weight=0.5,
+            rank_floor=True,
+            fold_in_neighbours=512,
         ),
         MetaConfig(local_steps=1, local_lr=0.5),
     ),

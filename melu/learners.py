@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from melu.config import MetaConfig, ModelConfig, RatingScale
 from melu.features import FeatureEncoder
@@ -46,6 +47,15 @@ def fit_to_training(
     co-occurrence (:mod:`melu.cooccurrence`). ``table``: the catalogue's feature ids."""
     if not isinstance(learner, TasteLearner):
         return
+    users, ids, _ = training_pairs(train_ratings, item_rows, table)
+    learner.net.cooccurrence_table.fit(users, ids)
+
+
+def training_pairs(
+    train_ratings: pd.DataFrame, item_rows: dict[int, int], table: np.ndarray | torch.Tensor
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The training ratings' user ids and item-id vocabulary indices, and the vocabulary's
+    size (the largest index plus one): what the taste model's item-item views are fitted on."""
     rows = train_ratings["item_id"].map(item_rows).to_numpy(dtype=np.int64)
-    ids = np.asarray(table)[rows, ITEM_ID_COLUMN]
-    learner.net.cooccurrence_table.fit(train_ratings["user_id"].to_numpy(), ids)
+    ids = np.asarray(table)[:, ITEM_ID_COLUMN]
+    return train_ratings["user_id"].to_numpy(), ids[rows], int(ids.max()) + 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -10,7 +13,7 @@ from melu.learners import Learner
 from melu.maml import MetaLearner, gather
 from melu.objectives import candidates, recommendable_rows, sample_episodes
 from melu.ranking import rank
-from melu.scoring import CatalogueScorer
+from melu.scoring import CatalogueScorer, Scores, State
 from melu.tasks import TaskSet
 from melu.taste_learner import TasteState
 
@@ -74,7 +77,67 @@ def query_mae(
     return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err**2).mean()))}
 
 
-@torch.no_grad()
+class ScoredBatch(NamedTuple):
+    """A batch of validation episodes scored by a :class:`CatalogueScorer`: every row's
+    scores, each user's candidates and relevant rows ``[B, R]``, and the adapted state."""
+
+    scores: Scores
+    allowed: torch.Tensor
+    relevant: torch.Tensor
+    state: State
+
+
+def score_episodes(
+    scorer: CatalogueScorer,
+    tasks: TaskSet,
+    user_table: torch.Tensor,
+    liked: float,
+    support: int = 5,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> Iterator[ScoredBatch]:
+    """Each task's list from ``support`` random ratings (seeded), scored as evaluation and the
+    service score it, a batch at a time; the rest rated ``liked`` or more are its relevant
+    rows. Candidates: the recommendable rows minus the support."""
+    learner = scorer.learner
+    was_training = learner.training
+    learner.eval()
+    table = scorer.table
+    generator = torch.Generator(device=table.device).manual_seed(seed)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(tasks), batch_size):
+                batch = tasks.batch(np.arange(start, min(start + batch_size, len(tasks))))
+                ep = sample_episodes(
+                    batch, user_table, table, (support, support), liked, generator=generator
+                )
+                state = scorer.adapt(ep.users, ep.rows_spt, ep.y_spt, ep.mask_spt)
+                allowed = candidates(scorer.recommendable, ep.rows_spt, ep.mask_spt)
+                relevant = torch.zeros_like(allowed)
+                relevant.scatter_(1, ep.targets, ep.liked > 0)
+                yield ScoredBatch(
+                    scorer.scores(state, ep.users), allowed, relevant & allowed, state
+                )
+    finally:
+        learner.train(was_training)
+
+
+def hits_at(
+    rank_scores: torch.Tensor,
+    allowed: torch.Tensor,
+    relevant: torch.Tensor,
+    above_floor: torch.Tensor | None = None,
+    k: int = 10,
+) -> torch.Tensor:
+    """Recall@k (hits / min(k, relevant)) of each user with a relevant row, the lists ordered
+    by :func:`melu.ranking.rank`."""
+    order, _ = rank(rank_scores, allowed, above_floor)
+    hits = relevant.gather(1, order[:, :k]).sum(1).to(rank_scores.dtype)
+    n_rel = relevant.sum(1)
+    keep = n_rel > 0
+    return hits[keep] / n_rel[keep].clamp(max=k).to(rank_scores.dtype)
+
+
 def catalogue_recall(
     scorer: CatalogueScorer,
     tasks: TaskSet,
@@ -85,37 +148,13 @@ def catalogue_recall(
     seed: int = 0,
     batch_size: int = 64,
 ) -> float:
-    """Recall@k of the scorer's lists from ``support`` random ratings of each task (seeded),
-    the rest rated ``liked`` or more being relevant: hits / min(k, relevant), over tasks with
-    any. Candidates: the recommendable rows minus the support, ranked by
-    :func:`melu.ranking.rank`, as evaluation and the service rank.
+    """Mean Recall@k of the scorer's lists from ``support`` random ratings of each task
+    (:func:`score_episodes`, :func:`hits_at`).
 
     A quick model-selection signal for training; ``melu.evaluation`` has the full protocol.
     """
-    learner = scorer.learner
-    was_training = learner.training
-    learner.eval()
-    table = scorer.table
-    generator = torch.Generator(device=table.device).manual_seed(seed)
-    try:
-        recalls = []
-        for start in range(0, len(tasks), batch_size):
-            batch = tasks.batch(np.arange(start, min(start + batch_size, len(tasks))))
-            ep = sample_episodes(
-                batch, user_table, table, (support, support), liked, generator=generator
-            )
-            state = scorer.adapt(ep.users, ep.rows_spt, ep.y_spt, ep.mask_spt)
-            scores = scorer.scores(state, ep.users)
-            allowed = candidates(scorer.recommendable, ep.rows_spt, ep.mask_spt)
-            order, _ = rank(scores.rank, allowed, scores.above_floor)
-            top = order[:, :k]
-            relevant = torch.zeros_like(allowed)
-            relevant.scatter_(1, ep.targets, ep.liked > 0)
-            relevant &= allowed
-            hits = relevant.gather(1, top).sum(1).to(scores.rank.dtype)
-            n_rel = relevant.sum(1)
-            keep = n_rel > 0
-            recalls.append(hits[keep] / n_rel[keep].clamp(max=k).to(scores.rank.dtype))
-    finally:
-        learner.train(was_training)
+    recalls = [
+        hits_at(found.scores.rank, found.allowed, found.relevant, found.scores.above_floor, k)
+        for found in score_episodes(scorer, tasks, user_table, liked, support, seed, batch_size)
+    ]
     return float(torch.cat(recalls).mean()) if recalls else 0.0

@@ -1,4 +1,6 @@
-"""How far the taste model's local steps go, per number of ratings, chosen on validation users.
+"""What the taste model settles on validation users once training ends, per number of ratings:
+how far its local steps go, and how much of EDLAE's fold-in its list takes
+(:func:`choose_fold_in`).
 
 The local steps' sizes are meta-learned on the training users' episodes, where they pay at
 every support size. On users the model never saw they pay only with enough ratings: on MeLU's
@@ -14,13 +16,16 @@ evaluation and the service adapt alike.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import numpy as np
 import torch
 
-from melu.predict import catalogue_recall
+from melu.fold_in import DROPOUTS, MAX_ITEMS, REGULARISERS, blend
+from melu.predict import ScoredBatch, catalogue_recall, hits_at, score_episodes
 from melu.scoring import CatalogueScorer
 from melu.tasks import TaskSet
-from melu.taste_learner import TasteLearner
+from melu.taste_learner import TasteLearner, TasteState
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +83,93 @@ def choose_step_schedule(
         tried,
     )  # fmt: skip
     return tried
+
+
+# The fold-in's weight in the blended list (melu.fold_in), per support-size bucket; 0 first:
+# a bucket takes the fold-in only where it does strictly better.
+FOLD_IN_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+@torch.no_grad()
+def choose_fold_in(
+    learner: TasteLearner,
+    table: torch.Tensor,
+    recommendable: torch.Tensor,
+    validation: TaskSet,
+    user_table: torch.Tensor,
+    ratings: tuple[np.ndarray, np.ndarray, int],
+    seed: int,
+) -> dict[str, Any]:
+    """Fit EDLAE's fold-in into ``learner.net.fold_in`` with the setting ``(p, lambda)``, and
+    weigh it per support-size bucket, that list best on validation users (mean Recall@10 over
+    :data:`BUCKET_SIZES` and :data:`DRAWS` support draws, each bucket at its best weight of
+    :data:`FOLD_IN_WEIGHTS`); the largest bucket takes the weight of the one below it.
+
+    ``ratings``: the training ratings' user ids and item-id vocabulary indices, and the
+    vocabulary's size. Returns what was tried; a catalogue of more than
+    :data:`melu.fold_in.MAX_ITEMS` rated items is left without a fold-in.
+    """
+    fold_in = learner.net.fold_in
+    assert fold_in is not None, "the model has no fold-in (ModelConfig.fold_in_neighbours)"
+    users, items, n_items = ratings
+    n_rated = len(np.unique(items))
+    if n_rated > MAX_ITEMS:
+        log.info("no fold-in: %d rated items, more than %d", n_rated, MAX_ITEMS)
+        return {"skipped": f"{n_rated} rated items, more than {MAX_ITEMS}"}
+    fold_in.weight.zero_()
+    scorer = CatalogueScorer(learner, table, recommendable)
+    liked = learner.net.cfg.liked_rating
+    # The model's lists do not depend on the fold-in's setting: scored once per draw.
+    draws = {
+        size: [
+            list(score_episodes(scorer, validation, user_table, liked, size, seed * 1000 + d))
+            for d in range(DRAWS)
+        ]
+        for size in BUCKET_SIZES
+    }
+    tried: dict[str, dict[str, list[float]]] = {}
+    best: tuple[float, tuple[float, float], list[float]] | None = None
+    for dropout in DROPOUTS:
+        for l2 in REGULARISERS:
+            fold_in.fit(users, items, n_items, dropout, l2)
+            values = {
+                str(size): [
+                    _blended_recall(scorer, draws[size], weight) for weight in FOLD_IN_WEIGHTS
+                ]
+                for size in BUCKET_SIZES
+            }
+            key = f"p={dropout:g}, lambda={l2:g}"
+            tried[key] = {size: [round(v, 5) for v in vs] for size, vs in values.items()}
+            chosen = [FOLD_IN_WEIGHTS[max(range(len(v)), key=lambda i: (v[i], -i))]
+                      for v in values.values()]  # fmt: skip
+            overall = sum(max(v) for v in values.values()) / len(values)
+            if best is None or overall > best[0]:
+                best = (overall, (dropout, l2), chosen)
+    assert best is not None
+    _, (dropout, l2), chosen = best
+    fold_in.fit(users, items, n_items, dropout, l2)
+    chosen.append(chosen[-1])
+    fold_in.weight.copy_(torch.tensor(chosen, dtype=fold_in.weight.dtype))
+    log.info(
+        "fold-in chosen on validation users: EDLAE p=%g, lambda=%g; weight per support size %s",
+        dropout, l2,
+        ", ".join(f"{s}: {w:g}" for s, w in zip(("1-3", "4-7", "8-15", "16-31", "32+"),
+                                                 chosen, strict=True)),
+    )  # fmt: skip
+    return {"dropout": dropout, "l2": l2, "weights": chosen, "recall@10": tried}
+
+
+def _blended_recall(
+    scorer: CatalogueScorer, draws: list[list[ScoredBatch]], weight: float
+) -> float:
+    """Mean validation Recall@10 of the lists with the fold-in at ``weight`` for everyone."""
+    recalls = []
+    for batches in draws:
+        for found in batches:
+            assert isinstance(found.state, TasteState)
+            rank = found.scores.rank
+            if weight:
+                folded = scorer.fold_in_scores(found.state)
+                rank = blend(rank, folded, found.allowed, rank.new_full(rank.shape[:1], weight))
+            recalls.append(hits_at(rank, found.allowed, found.relevant, found.scores.above_floor))
+    return float(torch.cat(recalls).mean()) if recalls else 0.0

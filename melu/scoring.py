@@ -26,11 +26,12 @@ from typing import NamedTuple
 import torch
 
 from melu import closed_form
+from melu.fold_in import blend
 from melu.learners import Learner
 from melu.maml import Adaptation, MetaLearner
 from melu.objectives import candidates
 from melu.ranking import batch_invariant
-from melu.taste import ItemSide
+from melu.taste import ItemSide, TasteNet
 from melu.taste_learner import CatalogueSide, TasteLearner, TasteState
 
 # Floats of [B, chunk, H1] activations per chunk: small enough to stay in cache.
@@ -257,6 +258,7 @@ class CatalogueScorer:
             rank = logits + weight * ratings if weight else logits
             # Rows not scored (every_row=False) rank -inf, not -inf + NaN.
             rank = torch.where(torch.isnan(ratings), logits, rank)
+            rank = self._fold_in(state, rank)
             above = None
             if learner.net.cfg.rank_floor:
                 # On the ranking grid, as the scores: a film within float noise of the user's
@@ -272,6 +274,28 @@ class CatalogueScorer:
         else:
             ratings = self._per_user_ratings(state, users)
         return Scores(ratings, ratings, None)
+
+    def fold_in_scores(self, state: TasteState) -> torch.Tensor:
+        """``[B, R]``: EDLAE's fold-in of each user's support for every catalogue row (0 for
+        rows without training ratings); the model must have a fitted fold-in."""
+        net = self.learner.net
+        assert isinstance(net, TasteNet) and net.fold_in is not None and self.side is not None
+        support = state.support
+        return net.fold_in.scores(support.side.ids, support.mask)[:, self.side.items.ids]
+
+    def allowed(self, state: TasteState) -> torch.Tensor:
+        """``[B, R]``: each user's candidates, the recommendable rows minus their support."""
+        support = state.support
+        return candidates(self.recommendable, self._kept[support.rows], support.mask)
+
+    def _fold_in(self, state: TasteState, rank: torch.Tensor) -> torch.Tensor:
+        """``rank`` blended with EDLAE's fold-in for the users whose support size takes it
+        (:mod:`melu.fold_in`); the others' unchanged."""
+        assert isinstance(self.learner, TasteLearner)
+        weight = self.learner.net.fold_in_weight(state.support.mask)
+        if not bool((weight != 0).any()):
+            return rank
+        return blend(rank, self.fold_in_scores(state), self.allowed(state), weight)
 
     def _per_user_ratings(self, state: Adaptation, users: torch.Tensor) -> torch.Tensor:
         """MeLU with an adapted encoder: items embed per user, in chunks."""

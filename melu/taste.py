@@ -40,6 +40,7 @@ from melu.config import FAST_WEIGHTS, MetaConfig, ModelConfig, RatingScale
 from melu.cooccurrence import Cooccurrence
 from melu.embeddings import FieldEmbedding
 from melu.features import FieldSpec
+from melu.fold_in import FoldIn
 
 # Fast weights whose step size is a vector (one per dimension); the others have one scalar.
 VECTOR_FAST_WEIGHTS: tuple[str, ...] = ("user", "rating_taste")
@@ -48,6 +49,13 @@ MASKED = -1e4
 # Support sizes at which the step schedule changes (buckets 1-3, 4-7, 8-15, 16-31, 32 and more):
 # how far the local steps go is chosen per bucket on validation users (choose_step_schedule).
 SCHEDULE_EDGES: tuple[int, ...] = (4, 8, 16, 32)
+
+
+def bucket(mask: torch.Tensor) -> torch.Tensor:
+    """``[B]``: each support's bucket of :data:`SCHEDULE_EDGES` by its size; ``mask [B, S]``."""
+    n = mask.sum(-1)
+    edges = torch.tensor(SCHEDULE_EDGES, device=n.device, dtype=n.dtype)
+    return torch.bucketize(n, edges, right=True)
 
 
 class ItemSide(NamedTuple):
@@ -161,6 +169,13 @@ class TasteNet(nn.Module):
         # without the step, 0.344 with it; from 20 ratings 0.399 and 0.411).
         self.register_buffer("step_schedule", torch.ones(len(SCHEDULE_EDGES) + 1))
         self.step_schedule: torch.Tensor
+        # EDLAE's fold-in, blended into the list per support-size bucket (melu.fold_in): fitted
+        # and weighed on validation users once training ends.
+        self.fold_in = (
+            FoldIn(len(SCHEDULE_EDGES) + 1, cfg.fold_in_neighbours)
+            if cfg.fold_in_neighbours > 0
+            else None
+        )
 
     # --- items ---------------------------------------------------------------------------------
 
@@ -327,9 +342,14 @@ class TasteNet(nn.Module):
     def how_far(self, mask: torch.Tensor) -> torch.Tensor:
         """``[B]``: the multiple of the learned step each user's support size gets
         (:attr:`step_schedule`, per bucket of :data:`SCHEDULE_EDGES`); ``mask [B, S]``."""
-        n = mask.sum(-1).to(self.step_schedule.dtype)
-        edges = torch.tensor(SCHEDULE_EDGES, device=n.device, dtype=n.dtype)
-        return self.step_schedule[torch.bucketize(n, edges, right=True)]
+        return self.step_schedule[bucket(mask)]
+
+    def fold_in_weight(self, mask: torch.Tensor) -> torch.Tensor:
+        """``[B]``: the weight of EDLAE's fold-in in each user's list (0: none), per bucket of
+        their support size; ``mask [B, S]``."""
+        if self.fold_in is None or not self.fold_in.fitted:
+            return mask.new_zeros(mask.shape[0], dtype=self.step_schedule.dtype)
+        return self.fold_in.weight[bucket(mask)]
 
     def steps(
         self,

@@ -21,11 +21,11 @@ from melu.config import FAST_WEIGHTS, MetaConfig, ModelConfig, TrainConfig
 from melu.data import ColdStartData
 from melu.distributed import World, init_from_env
 from melu.errors import MeluError
-from melu.learners import Learner, build_learner, fit_to_training
+from melu.learners import Learner, build_learner, fit_to_training, training_pairs
 from melu.maml import TaskFeatures, gather
 from melu.objectives import Episode, sample_episodes
 from melu.predict import catalogue_recall, query_mae
-from melu.schedule import choose_step_schedule
+from melu.schedule import choose_fold_in, choose_step_schedule
 from melu.scoring import CatalogueScorer
 from melu.tasks import TaskBatch
 from melu.taste_learner import TasteLearner
@@ -429,27 +429,38 @@ def train(
 
 def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed: int) -> None:
     """Once training has ended: choose how far the taste model's steps go per support size on
-    validation users (:mod:`melu.schedule`), into the kept weights. A run interrupted before
-    its end leaves this to the resumed run; a finished one has it already."""
+    validation users (:mod:`melu.schedule`), then its fold-in, into the kept weights. A run
+    interrupted before its end leaves this to the resumed run; a finished one has it already."""
     checkpoint = ckpt.load(path, map_location=device)
     finished = int(checkpoint.resume.get("epoch", 0)) >= checkpoint.train.epochs
-    if not finished or "step_schedule" in checkpoint.metrics:
+    steps_done = "step_schedule" in checkpoint.metrics
+    fold_in_done = checkpoint.model.fold_in_neighbours == 0 or "fold_in" in checkpoint.metrics
+    if not finished or (steps_done and fold_in_done):
         return
     learner = checkpoint.learner(device)
     assert isinstance(learner, TasteLearner)
-    tried = choose_step_schedule(
-        learner,
-        data.catalogue.table.to(device),
-        data.catalogue.recommendable.to(device),
-        data.tasks["validation"].to(device, next(learner.parameters()).dtype),
-        data.user_table.to(device),
-        seed,
-    )
-    schedule = learner.net.step_schedule.detach().cpu()
+    table = data.catalogue.table.to(device)
+    recommendable = data.catalogue.recommendable.to(device)
+    validation = data.tasks["validation"].to(device, next(learner.parameters()).dtype)
+    user_table = data.user_table.to(device)
     # In the dtype the run was trained in (the learner above is built in float32).
     trained = checkpoint.state["net.step_schedule"].dtype
-    checkpoint.state["net.step_schedule"] = schedule.to(trained, copy=True)
-    checkpoint.metrics["step_schedule"] = {"chosen": schedule.tolist(), "recall@10": tried}
+    if not steps_done:
+        tried = choose_step_schedule(learner, table, recommendable, validation, user_table, seed)
+        schedule = learner.net.step_schedule.detach().cpu()
+        checkpoint.state["net.step_schedule"] = schedule.to(trained, copy=True)
+        checkpoint.metrics["step_schedule"] = {"chosen": schedule.tolist(), "recall@10": tried}
+    if not fold_in_done:
+        assert learner.net.fold_in is not None
+        ratings = training_pairs(data.train_ratings, data.catalogue.rows, data.catalogue.table)
+        checkpoint.metrics["fold_in"] = choose_fold_in(
+            learner, table, recommendable, validation, user_table, ratings, seed
+        )
+        for name, value in learner.net.fold_in.state_dict().items():
+            value = value.detach().cpu()
+            checkpoint.state[f"net.fold_in.{name}"] = (
+                value.to(trained) if value.is_floating_point() else value
+            )
     ckpt.save(path, checkpoint)
 
 

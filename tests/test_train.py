@@ -20,11 +20,12 @@ from melu import checkpoint as ckpt
 from melu.config import PRESETS, MetaConfig, ModelConfig, Preset, TrainConfig
 from melu.data import ColdStartData
 from melu.errors import CheckpointError
+from melu.fold_in import DROPOUTS, REGULARISERS
 from melu.learners import Learner, build_learner, fit_to_training
 from melu.maml import MetaLearner, gather
 from melu.objectives import Episode, sample_episodes
 from melu.predict import catalogue_recall, predict_queries, query_mae
-from melu.schedule import BUCKET_SIZES, DRAWS, MULTIPLES
+from melu.schedule import BUCKET_SIZES, DRAWS, FOLD_IN_WEIGHTS, MULTIPLES
 from melu.scoring import CatalogueScorer
 from melu.tasks import TaskBatch
 from melu.train import SELECT_SUPPORT, train
@@ -265,11 +266,31 @@ def test_taste_checkpoint_round_trips_with_its_step_schedule(
     assert loaded.state["net.step_schedule"].tolist() == schedule["chosen"]
     assert set(schedule["chosen"]) <= set(MULTIPLES)
     assert list(schedule["recall@10"]) == [str(size) for size in BUCKET_SIZES]
-    # At 5 ratings (the bucket of 4-7) the stored schedule gives the Recall@10 it was chosen by.
+    # The fold-in, fitted and weighed after the schedule: at 5 ratings the stored fold-in
+    # gives the Recall@10 it was chosen by.
     net = learner.net
-    chosen = schedule["chosen"][1]
     val, liked = small_data.tasks["validation"], net.cfg.liked_rating
+    assert net.fold_in is not None and net.fold_in.fitted
+    fold_in = metrics["fold_in"]
+    assert net.fold_in.weight.tolist() == fold_in["weights"]
+    assert set(fold_in["weights"]) <= set(FOLD_IN_WEIGHTS)
+    setting = f"p={fold_in['dropout']:g}, lambda={fold_in['l2']:g}"
+    assert len(fold_in["recall@10"]) == len(DROPOUTS) * len(REGULARISERS)
+    weight = fold_in["weights"][1]
     scorer = scorer_of(learner, small_data)
+    draws = [
+        catalogue_recall(scorer, val, small_data.user_table, liked, 5, seed=SMALL.seed * 1000 + d)
+        for d in range(DRAWS)
+    ]
+    tried = fold_in["recall@10"][setting]["5"][FOLD_IN_WEIGHTS.index(weight)]
+    assert sum(draws) / DRAWS == pytest.approx(tried, abs=1e-5)
+    assert tried == max(fold_in["recall@10"][setting]["5"])
+
+    # At 5 ratings (the bucket of 4-7) the stored schedule gives the Recall@10 it was chosen by
+    # (without the fold-in, which was chosen after it).
+    with torch.no_grad():
+        net.fold_in.weight.zero_()
+    chosen = schedule["chosen"][1]
     draws = [
         catalogue_recall(scorer, val, small_data.user_table, liked, 5, seed=SMALL.seed * 1000 + d)
         for d in range(DRAWS)
