@@ -31,16 +31,17 @@ from torch import nn
 # EDLAE's grid, as the anchor of melu.evaluation tunes it (its dropout p and regulariser).
 DROPOUTS: tuple[float, ...] = (0.8, 0.9, 0.95)
 REGULARISERS: tuple[float, ...] = (100.0, 300.0, 1000.0)
-# Above this many rated items the dense inverse (8 x n^2 bytes, 3.2 GB at 20k) is not fitted:
-# ml-25m's 55k items would need 24 GB. The model then ranks without the fold-in.
-MAX_ITEMS = 20_000
+# Above this many rated items the dense inverse is not fitted (two [n, n] float64 arrays: 3.6
+# GB at 15k; ml-25m's 55k items would need 48 GB). The model then ranks without the fold-in.
+MAX_ITEMS = 15_000
 
 
 def edlae_weights(
     users: np.ndarray, items: np.ndarray, dropout: float, l2: float
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, torch.Tensor]:
     """EDLAE's ``B`` over the items that have ratings: ``(rated item indices [n], B [n, n])``
-    (zero diagonal) from the training (user, item-index) pairs."""
+    (zero diagonal) from the training (user, item-index) pairs. Two ``[n, n]`` arrays at most
+    are alive at once."""
     rated, item_index = np.unique(items, return_inverse=True)
     user_index = pd.factorize(users)[0]
     x = sparse.csr_matrix(
@@ -50,12 +51,15 @@ def edlae_weights(
     x.sum_duplicates()
     x.data[:] = 1.0
     gram = torch.from_numpy((x.T @ x).toarray())
-    diagonal = gram.diagonal().clone()
-    gram.diagonal().copy_(diagonal / (1.0 - dropout) + l2)
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram))
-    weights = -inverse / inverse.diagonal().unsqueeze(0)
+    diagonal = gram.diagonal()
+    diagonal.copy_(diagonal / (1.0 - dropout) + l2)
+    factor = torch.linalg.cholesky(gram)
+    del gram, diagonal
+    weights = torch.cholesky_inverse(factor)
+    del factor
+    weights.div_(-weights.diagonal().clone().unsqueeze(0))
     weights.fill_diagonal_(0.0)
-    return rated, weights.numpy()
+    return rated, weights
 
 
 class FoldIn(nn.Module):
@@ -92,15 +96,20 @@ class FoldIn(nn.Module):
         item-id vocabulary indices ``0..n_items-1`` (0, the unknown item, has none)."""
         rated, weights = edlae_weights(users, items, dropout, l2)
         width = min(self.neighbours, max(len(rated) - 1, 1))
-        top = np.argpartition(-np.abs(weights), width - 1, axis=1)[:, :width]
-        index = np.zeros((n_items, width), dtype=np.int64)
-        value = np.zeros((n_items, width), dtype=np.float32)
-        index[rated] = rated[top]
-        value[rated] = np.take_along_axis(weights, top, axis=1)
-        value[0] = 0.0
+        index = torch.zeros(n_items, width, dtype=torch.long)
+        value = torch.zeros(n_items, width)
+        targets = torch.from_numpy(rated)
+        # Rows a block at a time: the magnitudes of the whole matrix would be a third copy.
+        for start in range(0, len(rated), 1024):
+            block = weights[start : start + 1024]
+            top = block.abs().topk(width, dim=1).indices
+            rows = targets[start : start + 1024]
+            index[rows] = targets[top]
+            value[rows] = block.gather(1, top).to(value.dtype)
+        index[0], value[0] = 0, 0.0
         device = self.weight.device
-        self.index = torch.from_numpy(index).to(device)
-        self.value = torch.from_numpy(value).to(device, self.weight.dtype)
+        self.index = index.to(device)
+        self.value = value.to(device, self.weight.dtype)
 
     def scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[B, V]``: ``x B`` for supports ``ids [B, S]`` (vocabulary indices; ``mask``

@@ -226,7 +226,11 @@ class ScoredItem(CatalogueItem):
         allow_inf_nan=False,
         description="the ranking score: higher ranks first. For the taste model (the default "
         "preset), log P(the user watches and likes it) up to a per-user constant, plus "
-        "rank_rating_weight (GET /model) times the predicted rating; for MeLU's rating "
+        "rank_rating_weight (GET /model) times the predicted rating; where its fold-in takes "
+        "a weight for this many ratings (GET /model: metrics.fold_in.weights, by support "
+        "size 1-3, 4-7, 8-15, 16-31, 32+), that score standardised over the user's "
+        "candidates plus the weight times EDLAE's fold-in of the ratings, standardised alike; "
+        "for MeLU's rating "
         "network (the 'melu' preset), the predicted rating. Rounded to 2^-12, so batching "
         "never reorders near ties; ties go to the smaller item id. Where the model keeps the "
         "floor (GET /model: rank_floor), items predicted below the user's own mean rating "

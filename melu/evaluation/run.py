@@ -71,7 +71,8 @@ EVAL_SCENARIOS: tuple[str, ...] = ("validation", "new_user", "new_item", "new_us
 # test gives 8).
 GENRE_TEST_SIZE = 10
 MODEL_METHODS: dict[str, str] = {
-    MELU: "the checkpoint adapted on the S ratings (its local steps), ranked as /recommend ranks",
+    MELU: "the checkpoint adapted on the S ratings (its local steps), ranked as /recommend ranks "
+    "(with its fold-in of EDLAE, where it has one)",
     ZERO_STEPS: "melu, zero local steps: the meta-learned start (the same checkpoint, its fast "
     "weights where the local steps would start; not a model trained without steps)",
     NO_DEMOGRAPHICS: "melu adapted on the same S ratings with no demographics given "
@@ -696,6 +697,7 @@ def fine_tuning(ck: ckpt.Checkpoint) -> list[str]:
             "Everything else (item embeddings, item popularity and rating biases, the "
             "co-occurrence table, the shrinkage) is shared by all users and never changes at "
             "request time.",
+            fold_in_line(ck.metrics.get("fold_in")),
         ]
     else:
         lines = [
@@ -716,6 +718,23 @@ def fine_tuning(ck: ckpt.Checkpoint) -> list[str]:
             "This checkpoint takes no local steps, so its adapted and zero-step rows coincide."
         )
     return lines
+
+
+def fold_in_line(chosen: dict[str, Any] | None) -> str:
+    """The report's words for the checkpoint's fold-in (``metrics["fold_in"]``)."""
+    if not chosen:
+        return "The list takes no fold-in of a closed-form recommender."
+    if "skipped" in chosen:
+        return f"The list takes no fold-in: EDLAE was not fitted ({chosen['skipped']})."
+    buckets = ("1-3", "4-7", "8-15", "16-31", "32+")
+    weights = ", ".join(f"{b}: {w:g}" for b, w in zip(buckets, chosen["weights"], strict=False))
+    return (
+        "The list (not the predicted ratings) blends in EDLAE's fold-in of the same support "
+        f"(dropout {chosen['dropout']:g}, lambda {chosen['l2']:g}): each user's ranking "
+        "scores and EDLAE's, standardised over their candidates, added with a weight per "
+        f"support size chosen on validation users once training ended ({weights}; 0: the "
+        "taste model's scores alone). The zero-step row takes the same blend."
+    )
 
 
 def evaluate_checkpoint(
