@@ -231,8 +231,13 @@ class CatalogueScorer:
         self._last = (state, logits, predicted)
         return state
 
-    def scores(self, state: State, users: torch.Tensor, every_row: bool = True) -> Scores:
+    def scores(
+        self, state: State, users: torch.Tensor, every_row: bool = True, fold_in: bool = True
+    ) -> Scores:
         """:class:`Scores` of every catalogue row for the adapted users.
+
+        ``fold_in=False`` (the taste model): the list's scores without the model's fold-in
+        (the evaluation's ablation); the same where the model has none.
 
         ``every_row=False`` (the taste model): the recommendable rows only, what a list drawn
         from them needs; the other rows get rank ``-inf`` and rating NaN (and are not above
@@ -258,7 +263,8 @@ class CatalogueScorer:
             rank = logits + weight * ratings if weight else logits
             # Rows not scored (every_row=False) rank -inf, not -inf + NaN.
             rank = torch.where(torch.isnan(ratings), logits, rank)
-            rank = self._fold_in(state, rank)
+            if fold_in:
+                rank = self._fold_in(state, rank)
             above = None
             if learner.net.cfg.rank_floor:
                 # On the ranking grid, as the scores: a film within float noise of the user's
@@ -274,6 +280,14 @@ class CatalogueScorer:
         else:
             ratings = self._per_user_ratings(state, users)
         return Scores(ratings, ratings, None)
+
+    @property
+    def blends(self) -> bool:
+        """Whether some support size's list takes the model's fold-in (:mod:`melu.fold_in`)."""
+        net = getattr(self.learner, "net", None)
+        if not isinstance(net, TasteNet) or net.fold_in is None or not net.fold_in.fitted:
+            return False
+        return bool((net.fold_in.weight != 0).any())
 
     def fold_in_scores(self, state: TasteState) -> torch.Tensor:
         """``[B, R]``: EDLAE's fold-in of each user's support for every catalogue row (0 for

@@ -222,9 +222,11 @@ def model_scores(
     supports: Supports,
     steps: int | None = None,
     batch_size: int = 256,
+    fold_in: bool = True,
 ) -> ModelLists:
     """Scores after adapting on each support, exactly as ``/recommend`` computes them
-    (:class:`melu.scoring.CatalogueScorer`), rounded to the ranking grid."""
+    (:class:`melu.scoring.CatalogueScorer`), rounded to the ranking grid; ``fold_in=False``:
+    without the model's fold-in."""
     device = scorer.table.device
     dtype = next(scorer.learner.parameters()).dtype
     n, width = len(users), scorer.table.shape[0]
@@ -236,7 +238,7 @@ def model_scores(
         u = user_table[torch.as_tensor(users[sl], device=device)]
         given = torch.as_tensor(supports.ratings[sl], dtype=dtype, device=device)
         state = scorer.adapt(u, rows, given, rows > 0, steps)
-        out = scorer.scores(state, u)
+        out = scorer.scores(state, u, fold_in=fold_in)
         scores[sl] = batch_invariant(out.rank.cpu()).double().numpy()
         ratings[sl] = out.rating.cpu().double().numpy()
         if above is not None and out.above_floor is not None:

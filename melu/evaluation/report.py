@@ -22,10 +22,12 @@ from melu.evaluation.metrics import ALL_SUPPORT, METRICS, RANKING_METRICS, SUPPO
 
 MELU = "melu"
 # The model's other rows: the same checkpoint with zero local steps (its fast weights at the
-# meta-learned start), and adapted on the same ratings with no demographics given.
+# meta-learned start), adapted on the same ratings with no demographics given, and adapted
+# with its list not blended with EDLAE's fold-in (melu.fold_in; only where it has one).
 ZERO_STEPS = "melu (zero local steps)"
 NO_DEMOGRAPHICS = "melu (no demographics)"
-MODEL_VARIANTS: tuple[str, ...] = (ZERO_STEPS, NO_DEMOGRAPHICS)
+NO_FOLD_IN = "melu (no fold-in)"
+MODEL_VARIANTS: tuple[str, ...] = (ZERO_STEPS, NO_DEMOGRAPHICS, NO_FOLD_IN)
 
 
 @dataclass(frozen=True)
@@ -308,6 +310,7 @@ class Report:
                 (ZERO_STEPS, "the local steps add (melu minus the same checkpoint with zero "
                  "local steps)"),
                 (NO_DEMOGRAPHICS, "demographics add (melu minus the same ratings without them)"),
+                (NO_FOLD_IN, "EDLAE's fold-in adds (melu minus its list without the blend)"),
             ):  # fmt: skip
                 parts = [
                     f"S={size} {c.diff:+.4f} ({c.verdict})"
@@ -415,7 +418,8 @@ class Report:
             f"- `{MELU}`: the checkpoint adapted on the S ratings (its local steps); "
             f"`{ZERO_STEPS}`: the same checkpoint with zero local steps, the meta-learned "
             f"start (not a model trained without steps); `{NO_DEMOGRAPHICS}`: adapted on the "
-            "same ratings with no demographics given (user-table row 0).",
+            f"same ratings with no demographics given (user-table row 0); `{NO_FOLD_IN}`: "
+            "adapted, its list not blended with EDLAE's fold-in (where the model has one).",
             "- *predicted ratings* (catalogue protocol): the model's rating of each held-out "
             "item, clipped to the data's scale: MAE per user, and the calibration error (the "
             "predictions binned to half stars, each bin's |mean predicted - mean actual| "

@@ -47,6 +47,7 @@ from melu.evaluation.rankers import Ranker, Setting, Supports, TrainingData, des
 from melu.evaluation.report import (
     MELU,
     NO_DEMOGRAPHICS,
+    NO_FOLD_IN,
     ZERO_STEPS,
     Comparison,
     GenreRow,
@@ -77,6 +78,8 @@ MODEL_METHODS: dict[str, str] = {
     "weights where the local steps would start; not a model trained without steps)",
     NO_DEMOGRAPHICS: "melu adapted on the same S ratings with no demographics given "
     "(user-table row 0), as a request without them is served",
+    NO_FOLD_IN: "melu adapted on the same S ratings, its list the taste model's scores alone "
+    "(not blended with EDLAE's fold-in)",
 }
 
 
@@ -180,7 +183,9 @@ class CatalogueEvaluation(NamedTuple):
     info: dict[str, Any]
 
 
-ModelScorer = Callable[[np.ndarray, Supports, int | None], C.ModelLists]
+# (user-table rows, supports, local steps or None: the model's, whether the list takes the
+# model's fold-in).
+ModelScorer = Callable[[np.ndarray, Supports, int | None, bool], C.ModelLists]
 
 
 class Stopwatch:
@@ -201,8 +206,10 @@ class Stopwatch:
 def model_scorer_for(scorer: CatalogueScorer, user_table: torch.Tensor) -> ModelScorer:
     """The model's lists for (user-table rows, supports, local steps or None: the model's)."""
 
-    def scores(users: np.ndarray, supports: Supports, steps: int | None) -> C.ModelLists:
-        return C.model_scores(scorer, user_table, users, supports, steps)
+    def scores(
+        users: np.ndarray, supports: Supports, steps: int | None, fold_in: bool = True
+    ) -> C.ModelLists:
+        return C.model_scores(scorer, user_table, users, supports, steps, fold_in=fold_in)
 
     return scores
 
@@ -220,17 +227,20 @@ def fit_baselines(data: ColdStartData, seed: int, budget: MemoryBudget | None = 
 
 
 def model_lists(
-    scores: ModelScorer, cases: C.Cases, demographics: bool = True
+    scores: ModelScorer, cases: C.Cases, demographics: bool = True, fold_in: bool = False
 ) -> dict[str, C.ModelLists]:
-    """The model's rows for ``cases``: adapted, with zero local steps and, when the data has
-    demographics (``demographics``), adapted without them."""
+    """The model's rows for ``cases``: adapted, with zero local steps, when the data has
+    demographics (``demographics``) adapted without them, and when the model blends a fold-in
+    into its lists (``fold_in``) adapted without the blend."""
     out = {
-        MELU: scores(cases.user_rows, cases.supports, None),
-        ZERO_STEPS: scores(cases.user_rows, cases.supports, 0),
+        MELU: scores(cases.user_rows, cases.supports, None, True),
+        ZERO_STEPS: scores(cases.user_rows, cases.supports, 0, True),
     }
     if demographics:
         none = np.zeros_like(cases.user_rows)
-        out[NO_DEMOGRAPHICS] = scores(none, cases.supports, None)
+        out[NO_DEMOGRAPHICS] = scores(none, cases.supports, None, True)
+    if fold_in:
+        out[NO_FOLD_IN] = scores(cases.user_rows, cases.supports, None, False)
     return out
 
 
@@ -374,7 +384,8 @@ def evaluate_catalogue(
     counts = baselines.counts
     user_table, table = data.user_table.to(device), data.catalogue.table.to(device)
     recommendable = data.catalogue.recommendable
-    scores = model_scorer_for(CatalogueScorer(learner.eval(), table, recommendable), user_table)
+    scorer = CatalogueScorer(learner.eval(), table, recommendable)
+    scores = model_scorer_for(scorer, user_table)
     # New releases are not in the recommendable set (no training ratings), so the model never
     # scores them for the main list; the shelf offers them as a request's explicit candidates:
     # the recommendable items plus the new ones.
@@ -418,7 +429,10 @@ def evaluate_catalogue(
             log.info("catalogue: %s (%s), S=%d, %d users", scenario, protocol, size, len(cases))
             with clock("adapt and score the model"):
                 models = model_lists(
-                    scores if catalogue else shelf_scores, cases, demographics and catalogue
+                    scores if catalogue else shelf_scores,
+                    cases,
+                    demographics and catalogue,
+                    fold_in=catalogue and scorer.blends,
                 )
             with clock("rank and judge every list"):
                 results, settings = score_cases(cases, models, rankers, chosen, counts)
@@ -528,7 +542,7 @@ def loved_genre_test(
 
     def model(steps: int | None) -> Callable[[Supports], C.Lists]:
         def score(supports: Supports) -> C.Lists:
-            lists = scores(no_demographics(supports), supports, steps)
+            lists = scores(no_demographics(supports), supports, steps, True)
             return lists.scores, lists.above_floor
 
         return score
