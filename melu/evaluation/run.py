@@ -446,7 +446,9 @@ def evaluate_catalogue(
     predictions.sort(key=lambda r: (C.CATALOGUE_SCENARIOS.index(r.scenario), r.support_size))
 
     with clock("loved-genre test"):
-        genre_rows = loved_genre_test(data, scores, baselines.catalogue, chosen, counts, sizes)
+        genre_rows = loved_genre_test(
+            data, scores, baselines.catalogue, chosen, counts, sizes, fold_in=scorer.blends
+        )
     methods = {
         name: text
         for name, text in MODEL_METHODS.items()
@@ -535,19 +537,23 @@ def loved_genre_test(
     chosen: dict[str, dict[int, Setting]],
     counts: np.ndarray,
     sizes: Sequence[int],
+    fold_in: bool = False,
 ) -> list[GenreRow]:
     """Every method's loved-genre share (:func:`melu.evaluation.catalogue.genre_cases`); the
-    synthetic users give no demographics, and the model's lists keep its floor."""
+    synthetic users give no demographics, and the model's lists keep its floor. ``fold_in``:
+    the model blends a fold-in into its lists, and its lists without it are a row too."""
     size = min(sizes, key=lambda s: abs(s - GENRE_TEST_SIZE))
 
-    def model(steps: int | None) -> Callable[[Supports], C.Lists]:
+    def model(steps: int | None, blend: bool = True) -> Callable[[Supports], C.Lists]:
         def score(supports: Supports) -> C.Lists:
-            lists = scores(no_demographics(supports), supports, steps, True)
+            lists = scores(no_demographics(supports), supports, steps, blend)
             return lists.scores, lists.above_floor
 
         return score
 
     scorers: dict[str, Callable[[Supports], C.Lists]] = {MELU: model(None), ZERO_STEPS: model(0)}
+    if fold_in:
+        scorers[NO_FOLD_IN] = model(None, blend=False)
     for ranker in rankers:
         setting = chosen.get(ranker.name, {}).get(size, ranker.grid()[0])
         scorers[ranker.name] = baseline_lists(ranker, setting)
