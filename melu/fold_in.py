@@ -3,24 +3,28 @@
 The strongest closed-form anchor on MeLU's cold-start users is EDLAE (Steck, NeurIPS 2020:
 ``B = I - P diag(1 / diag P)``, ``P = (X^T X + Lambda)^-1``, ``Lambda = p / (1 - p) diag(X^T X)
 + lambda I``, ``X`` the training users' binary ratings). Its scores ``x B`` for a support ``x``
-and the taste model's ranking scores make different mistakes: on MeLU's validation users
-(seed 0, half of them choosing the weight, the other half judging it) the blend
-``z(rank) + alpha z(x B)`` (``z``: standardised over the user's candidates) listed better than
-either alone from 3 and 5 ratings (Recall@10 0.363 / 0.392 against the model's 0.355 / 0.390
-and EDLAE's 0.342 / 0.379) and tied them from 10 and 20.
+and the taste model's ranking scores make different mistakes, so a blend of the two lists
+better than either: ``z(rank) + alpha z(x B)`` (``z``: standardised over the recommendable
+items the user has not rated). On MeLU's validation users the default preset's three runs
+gained 0.008-0.014 Recall@10 from 3 ratings and 0.004-0.007 from 10 and 20 at ``alpha =
+0.25`` (the weight their choice took at every size; ``metrics.fold_in`` of each checkpoint:
+in-sample, the same draws chose the weight), and new users' lists gained +0.013 / +0.009 /
++0.010 / +0.005 from 3 / 5 / 10 / 20 ratings (docs/results.md).
 
 :class:`FoldIn` keeps ``B`` as neighbour lists over the item-id vocabulary (each item's
-``k`` entries of largest magnitude: EDLAE's negative weights matter; 512 of MeLU's 2,648
-rated items ranked within 0.001 of the dense matrix on validation users, 256 lost up to
-0.005) and ``alpha`` per support-size bucket (:data:`melu.taste.SCHEDULE_EDGES`), chosen with
-the setting ``(p, lambda)`` on validation users once training ends (:mod:`melu.schedule`).
+``k`` entries of largest magnitude: EDLAE's negative weights matter. Of MeLU's 2,648 rated
+items, 512 ranked validation users' lists within 0.0012 of the dense matrix in 11 of 12
+seeds and sizes and 0.004 below it in the twelfth; 256 up to 0.006 below;
+``benchmarks/blend_probe.py``) and ``alpha`` per support-size bucket
+(:data:`melu.taste.SCHEDULE_EDGES`), chosen with the setting ``(p, lambda)`` on validation
+users once training ends (:mod:`melu.schedule`).
 ``alpha = 0`` leaves a user's scores exactly as the taste model gives them. The buffers are
 sized when fitted or loaded, so a model without a fold-in carries none.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -31,17 +35,23 @@ from torch import nn
 # EDLAE's grid, as the anchor of melu.evaluation tunes it (its dropout p and regulariser).
 DROPOUTS: tuple[float, ...] = (0.8, 0.9, 0.95)
 REGULARISERS: tuple[float, ...] = (100.0, 300.0, 1000.0)
-# Above this many rated items the dense inverse is not fitted (two [n, n] float64 arrays: 3.6
-# GB at 15k; ml-25m's 55k items would need 48 GB). The model then ranks without the fold-in.
+# Above this many rated items the dense inverse is not fitted (three [n, n] float64 arrays
+# alive at once: 5.4 GB at 15k; ml-25m's 55k items would need 73 GB). The model then ranks
+# without the fold-in.
 MAX_ITEMS = 15_000
 
 
-def edlae_weights(
-    users: np.ndarray, items: np.ndarray, dropout: float, l2: float
-) -> tuple[np.ndarray, torch.Tensor]:
-    """EDLAE's ``B`` over the items that have ratings: ``(rated item indices [n], B [n, n])``
-    (zero diagonal) from the training (user, item-index) pairs. Two ``[n, n]`` arrays at most
-    are alive at once."""
+class Gram(NamedTuple):
+    """``X^T X`` of the training users' binary ratings over the items that have any
+    (``rated``: their item indices), dense: what every EDLAE setting starts from."""
+
+    rated: np.ndarray
+    matrix: torch.Tensor
+
+
+def edlae_gram(users: np.ndarray, items: np.ndarray) -> Gram:
+    """:class:`Gram` from the training (user, item-index) pairs (a rating given twice counts
+    once)."""
     rated, item_index = np.unique(items, return_inverse=True)
     user_index = pd.factorize(users)[0]
     x = sparse.csr_matrix(
@@ -50,16 +60,22 @@ def edlae_weights(
     )
     x.sum_duplicates()
     x.data[:] = 1.0
-    gram = torch.from_numpy((x.T @ x).toarray())
-    diagonal = gram.diagonal()
+    return Gram(rated, torch.from_numpy((x.T @ x).toarray()))
+
+
+def edlae_weights(gram: Gram, dropout: float, l2: float) -> torch.Tensor:
+    """EDLAE's ``B [n, n]`` (zero diagonal) over ``gram.rated``, with dropout ``p`` and
+    regulariser ``l2``; ``gram`` is left as it was."""
+    regularised = gram.matrix.clone()
+    diagonal = regularised.diagonal()
     diagonal.copy_(diagonal / (1.0 - dropout) + l2)
-    factor = torch.linalg.cholesky(gram)
-    del gram, diagonal
+    factor = torch.linalg.cholesky(regularised)
+    del regularised, diagonal
     weights = torch.cholesky_inverse(factor)
     del factor
     weights.div_(-weights.diagonal().clone().unsqueeze(0))
     weights.fill_diagonal_(0.0)
-    return rated, weights
+    return weights
 
 
 class FoldIn(nn.Module):
@@ -79,10 +95,13 @@ class FoldIn(nn.Module):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        # The lists' shape is the fitted catalogue's: take it from the checkpoint.
+        # The lists' shape is the fitted catalogue's: take it from the checkpoint (their dtype
+        # and device stay this module's).
         for name in ("index", "value"):
             if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+                mine = getattr(self, name)
+                shape = state_dict[prefix + name].shape
+                setattr(self, name, torch.empty(shape, dtype=mine.dtype, device=mine.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
@@ -90,11 +109,11 @@ class FoldIn(nn.Module):
         return self.index.numel() > 0
 
     @torch.no_grad()
-    def fit(self, users: np.ndarray, items: np.ndarray, n_items: int, dropout: float,
-            l2: float) -> None:  # fmt: skip
+    def fit(self, gram: Gram, n_items: int, dropout: float, l2: float) -> None:
         """Neighbour lists of EDLAE's ``B`` with dropout ``p`` and regulariser ``l2`` over
         item-id vocabulary indices ``0..n_items-1`` (0, the unknown item, has none)."""
-        rated, weights = edlae_weights(users, items, dropout, l2)
+        rated = gram.rated
+        weights = edlae_weights(gram, dropout, l2)
         width = min(self.neighbours, max(len(rated) - 1, 1))
         index = torch.zeros(n_items, width, dtype=torch.long)
         value = torch.zeros(n_items, width)
@@ -107,9 +126,9 @@ class FoldIn(nn.Module):
             index[rows] = targets[top]
             value[rows] = block.gather(1, top).to(value.dtype)
         index[0], value[0] = 0, 0.0
-        device = self.weight.device
-        self.index = index.to(device)
-        self.value = value.to(device, self.weight.dtype)
+        # Float32 whatever the run's dtype: the lists are data, not weights that train.
+        self.index = index.to(self.weight.device)
+        self.value = value.to(self.weight.device)
 
     def scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[B, V]``: ``x B`` for supports ``ids [B, S]`` (vocabulary indices; ``mask``

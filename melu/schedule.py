@@ -16,15 +16,16 @@ evaluation and the service adapt alike.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from melu.fold_in import DROPOUTS, MAX_ITEMS, REGULARISERS, blend
-from melu.predict import ScoredBatch, catalogue_recall, hits_at, score_episodes
+from melu.fold_in import DROPOUTS, MAX_ITEMS, REGULARISERS, edlae_gram, standardised
+from melu.predict import catalogue_recall, hits_at, score_episodes
 from melu.scoring import CatalogueScorer
 from melu.tasks import TaskSet
+from melu.taste import Support
 from melu.taste_learner import TasteLearner, TasteState
 
 log = logging.getLogger(__name__)
@@ -117,13 +118,25 @@ def choose_fold_in(
         log.info("no fold-in: %d rated items, more than %d", n_rated, MAX_ITEMS)
         return {"skipped": f"{n_rated} rated items, more than {MAX_ITEMS}"}
     fold_in.weight.zero_()
+    gram = edlae_gram(users, items)
     scorer = CatalogueScorer(learner, table, recommendable)
     liked = learner.net.cfg.liked_rating
-    # The model's lists do not depend on the fold-in's setting: scored once per draw.
+    # The model's lists do not depend on the fold-in's setting: scored once per draw, and kept
+    # as what the blend needs (not the adapted states, whose co-occurrence is [B, V]).
     draws = {
         size: [
-            list(score_episodes(scorer, validation, user_table, liked, size, seed * 1000 + d))
+            _Lists(
+                standardised(found.scores.rank, found.allowed),
+                found.scores.above_floor,
+                found.allowed,
+                found.relevant,
+                found.state.support,
+            )
             for d in range(DRAWS)
+            for found in score_episodes(
+                scorer, validation, user_table, liked, size, seed * 1000 + d
+            )
+            if isinstance(found.state, TasteState)
         ]
         for size in BUCKET_SIZES
     }
@@ -131,13 +144,8 @@ def choose_fold_in(
     best: tuple[float, tuple[float, float], list[float]] | None = None
     for dropout in DROPOUTS:
         for l2 in REGULARISERS:
-            fold_in.fit(users, items, n_items, dropout, l2)
-            values = {
-                str(size): [
-                    _blended_recall(scorer, draws[size], weight) for weight in FOLD_IN_WEIGHTS
-                ]
-                for size in BUCKET_SIZES
-            }
+            fold_in.fit(gram, n_items, dropout, l2)
+            values = {str(size): _blended_recalls(scorer, draws[size]) for size in BUCKET_SIZES}
             key = f"p={dropout:g}, lambda={l2:g}"
             tried[key] = {size: [round(v, 5) for v in vs] for size, vs in values.items()}
             chosen = [FOLD_IN_WEIGHTS[max(range(len(v)), key=lambda i: (v[i], -i))]
@@ -147,7 +155,7 @@ def choose_fold_in(
                 best = (overall, (dropout, l2), chosen)
     assert best is not None
     _, (dropout, l2), chosen = best
-    fold_in.fit(users, items, n_items, dropout, l2)
+    fold_in.fit(gram, n_items, dropout, l2)
     chosen.append(chosen[-1])
     fold_in.weight.copy_(torch.tensor(chosen, dtype=fold_in.weight.dtype))
     log.info(
@@ -159,17 +167,26 @@ def choose_fold_in(
     return {"dropout": dropout, "l2": l2, "weights": chosen, "recall@10": tried}
 
 
-def _blended_recall(
-    scorer: CatalogueScorer, draws: list[list[ScoredBatch]], weight: float
-) -> float:
-    """Mean validation Recall@10 of the lists with the fold-in at ``weight`` for everyone."""
-    recalls = []
-    for batches in draws:
-        for found in batches:
-            assert isinstance(found.state, TasteState)
-            rank = found.scores.rank
-            if weight:
-                folded = scorer.fold_in_scores(found.state)
-                rank = blend(rank, folded, found.allowed, rank.new_full(rank.shape[:1], weight))
-            recalls.append(hits_at(rank, found.allowed, found.relevant, found.scores.above_floor))
-    return float(torch.cat(recalls).mean()) if recalls else 0.0
+class _Lists(NamedTuple):
+    """A batch of validation lists as the fold-in's choice needs them: the model's scores
+    standardised over each user's candidates (the recommendable rows minus the support), its
+    floor, the candidates, the relevant rows and the supports."""
+
+    z_rank: torch.Tensor
+    above_floor: torch.Tensor | None
+    allowed: torch.Tensor
+    relevant: torch.Tensor
+    support: Support
+
+
+def _blended_recalls(scorer: CatalogueScorer, lists: list[_Lists]) -> list[float]:
+    """Mean validation Recall@10 of ``lists`` blended with the fold-in at each weight of
+    :data:`FOLD_IN_WEIGHTS`, as :func:`melu.fold_in.blend` blends them (at 0: the model's
+    order, which standardising does not change)."""
+    recalls: list[list[torch.Tensor]] = [[] for _ in FOLD_IN_WEIGHTS]
+    for found in lists:
+        z_fold = standardised(scorer.fold_in_scores(found.support), found.allowed)
+        for i, weight in enumerate(FOLD_IN_WEIGHTS):
+            rank = found.z_rank + weight * z_fold if weight else found.z_rank
+            recalls[i].append(hits_at(rank, found.allowed, found.relevant, found.above_floor))
+    return [float(torch.cat(r).mean()) if r else 0.0 for r in recalls]

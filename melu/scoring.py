@@ -31,7 +31,7 @@ from melu.learners import Learner
 from melu.maml import Adaptation, MetaLearner
 from melu.objectives import candidates
 from melu.ranking import batch_invariant
-from melu.taste import ItemSide, TasteNet
+from melu.taste import ItemSide, Support, TasteNet
 from melu.taste_learner import CatalogueSide, TasteLearner, TasteState
 
 # Floats of [B, chunk, H1] activations per chunk: small enough to stay in cache.
@@ -289,12 +289,12 @@ class CatalogueScorer:
             return False
         return bool((net.fold_in.weight != 0).any())
 
-    def fold_in_scores(self, state: TasteState) -> torch.Tensor:
-        """``[B, R]``: EDLAE's fold-in of each user's support for every catalogue row (0 for
-        rows without training ratings); the model must have a fitted fold-in."""
+    def fold_in_scores(self, support: Support) -> torch.Tensor:
+        """``[B, R]``: EDLAE's fold-in of each user's support (:attr:`TasteState.support`) for
+        every catalogue row (0 for rows without training ratings); the model must have a
+        fitted fold-in."""
         net = self.learner.net
         assert isinstance(net, TasteNet) and net.fold_in is not None and self.side is not None
-        support = state.support
         return net.fold_in.scores(support.side.ids, support.mask)[:, self.side.items.ids]
 
     def allowed(self, state: TasteState) -> torch.Tensor:
@@ -309,7 +309,7 @@ class CatalogueScorer:
         weight = self.learner.net.fold_in_weight(state.support.mask)
         if not bool((weight != 0).any()):
             return rank
-        return blend(rank, self.fold_in_scores(state), self.allowed(state), weight)
+        return blend(rank, self.fold_in_scores(state.support), self.allowed(state), weight)
 
     def _per_user_ratings(self, state: Adaptation, users: torch.Tensor) -> torch.Tensor:
         """MeLU with an adapted encoder: items embed per user, in chunks."""

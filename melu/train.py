@@ -457,9 +457,10 @@ def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed:
             learner, table, recommendable, validation, user_table, ratings, seed
         )
         for name, value in learner.net.fold_in.state_dict().items():
+            # The weights in the run's dtype, as the schedule; the lists stay float32.
             value = value.detach().cpu()
             checkpoint.state[f"net.fold_in.{name}"] = (
-                value.to(trained) if value.is_floating_point() else value
+                value.to(trained) if name == "weight" else value
             )
     ckpt.save(path, checkpoint)
 

@@ -13,7 +13,7 @@ from melu.data import ColdStartData
 from melu.evaluation import catalogue as C
 from melu.evaluation.anchors import Edlae
 from melu.evaluation.run import training_data
-from melu.fold_in import FoldIn, blend, edlae_weights, standardised
+from melu.fold_in import FoldIn, blend, edlae_gram, edlae_weights, standardised
 from melu.ranking import rank_top
 from melu.scoring import CatalogueScorer
 from melu.taste_learner import TasteLearner
@@ -43,9 +43,14 @@ def _edlae(users: np.ndarray, items: np.ndarray, n: int, dropout: float, l2: flo
 
 def test_weights_are_edlae() -> None:
     users, items = _ratings()
-    rated, weights = edlae_weights(users, items, 0.9, 3.0)
+    gram = edlae_gram(users, items)
+    before = gram.matrix.clone()
+    weights = edlae_weights(gram, 0.9, 3.0)
     expected = _edlae(users, items, 26, 0.9, 3.0)
+    rated = gram.rated
     assert np.array_equal(rated, np.unique(items))
+    # The gram serves every setting: left as it was.
+    assert torch.equal(gram.matrix, before)
     np.testing.assert_allclose(weights.numpy(), expected[np.ix_(rated, rated)], atol=1e-10)
     assert np.all(np.diag(weights) == 0)
 
@@ -55,7 +60,7 @@ def test_scores_are_the_support_times_b() -> None:
     unknown item add nothing)."""
     users, items = _ratings(1)
     fold_in = FoldIn(5, neighbours=100)
-    fold_in.fit(users, items, 30, 0.8, 10.0)
+    fold_in.fit(edlae_gram(users, items), 30, 0.8, 10.0)
     b = _edlae(users, items, 30, 0.8, 10.0)
     ids = torch.tensor([[3, 7, 0, 0], [12, 0, 5, 9]])
     mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
@@ -70,7 +75,7 @@ def test_neighbour_lists_keep_the_largest_magnitudes() -> None:
     users, items = _ratings(2)
     k = 6
     fold_in = FoldIn(5, neighbours=k)
-    fold_in.fit(users, items, 26, 0.9, 3.0)
+    fold_in.fit(edlae_gram(users, items), 26, 0.9, 3.0)
     b = _edlae(users, items, 26, 0.9, 3.0)
     for item in np.unique(items):
         kept = set(fold_in.index[item].tolist())
@@ -104,7 +109,7 @@ def test_a_fitted_fold_in_loads_into_an_empty_one() -> None:
     the saved state."""
     users, items = _ratings(3)
     fitted = FoldIn(5, neighbours=8)
-    fitted.fit(users, items, 26, 0.95, 1.0)
+    fitted.fit(edlae_gram(users, items), 26, 0.95, 1.0)
     fitted.weight.fill_(0.5)
     fresh = FoldIn(5, neighbours=8)
     assert not fresh.fitted
@@ -112,6 +117,11 @@ def test_a_fitted_fold_in_loads_into_an_empty_one() -> None:
     assert fresh.fitted
     for name, value in fitted.state_dict().items():
         assert torch.equal(fresh.state_dict()[name], value), name
+    # A float64 model keeps its dtype: the saved float32 lists are copied into it.
+    wide = FoldIn(5, neighbours=8).double()
+    wide.load_state_dict(fitted.state_dict())
+    assert wide.value.dtype == torch.float64 and wide.index.dtype == torch.long
+    assert torch.equal(wide.value.float(), fitted.value)
 
 
 def test_a_heavy_fold_in_lists_what_the_edlae_anchor_lists(

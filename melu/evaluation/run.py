@@ -452,7 +452,7 @@ def evaluate_catalogue(
     methods = {
         name: text
         for name, text in MODEL_METHODS.items()
-        if demographics or name != NO_DEMOGRAPHICS
+        if (demographics or name != NO_DEMOGRAPHICS) and (scorer.blends or name != NO_FOLD_IN)
     }
     info = {
         "sizes": list(sizes),
@@ -751,7 +751,8 @@ def fold_in_line(chosen: dict[str, Any] | None) -> str:
     return (
         "The list (not the predicted ratings) blends in EDLAE's fold-in of the same support "
         f"(dropout {chosen['dropout']:g}, lambda {chosen['l2']:g}): each user's ranking "
-        "scores and EDLAE's, standardised over their candidates, added with a weight per "
+        "scores and EDLAE's, standardised over the recommendable items they did not rate, "
+        "added with a weight per "
         f"support size chosen on validation users once training ended ({weights}; 0: the "
         "taste model's scores alone). The zero-step row takes the same blend."
     )
