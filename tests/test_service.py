@@ -31,6 +31,7 @@ from melu.checkpoint import Checkpoint, load, save
 from melu.config import PRESETS
 from melu.data import ColdStartData
 from melu.errors import CheckpointError
+from melu.fold_in import blend
 from melu.objectives import candidates
 from melu.ranking import RANK_GRID, batch_invariant, rank
 from melu.scoring import CatalogueScorer
@@ -1163,8 +1164,13 @@ def test_scorer_shortcuts_change_nothing(ckpt: Checkpoint) -> None:
     """What melu.scoring does to save work per request gives the learner's own numbers: the
     local update over the recommendable rows alone, the loss after the steps from the list's
     logits (the learner's report pass computes it over the catalogue), and lists from the
-    recommendable rows alone (every_row=False) score those rows exactly as every_row=True."""
+    recommendable rows alone (every_row=False) score those rows exactly as every_row=True.
+    The fold-in (melu.fold_in) is the learner's scores blended with EDLAE's, per support size."""
     learner = ckpt.learner("cpu")
+    fold_in = learner.net.fold_in
+    assert fold_in is not None and fold_in.fitted
+    with torch.no_grad():
+        fold_in.weight.fill_(0.5)  # at every size, whatever validation chose
     table, recommendable = ckpt.catalogue.table, ckpt.catalogue.recommendable
     scorer = CatalogueScorer(learner, table, recommendable)
     rng = np.random.default_rng(4)
@@ -1178,7 +1184,9 @@ def test_scorer_shortcuts_change_nothing(ckpt: Checkpoint) -> None:
         with torch.no_grad():
             state = scorer.adapt(users, rows, ratings, mask, steps)
             own = learner.adapt(users, rows, table[rows], ratings, mask, side, steps)
-            every, listed = scorer.scores(state, users), scorer.scores(state, users, False)
+            every = scorer.scores(state, users, fold_in=False)
+            listed = scorer.scores(state, users, False, fold_in=False)
+            blended = scorer.scores(state, users)
         torch.testing.assert_close(state.loss_before, own.loss_before, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(state.loss_after, own.loss_after, atol=1e-5, rtol=1e-5)
         logits, predicted = learner.scores(own, side)
@@ -1186,6 +1194,13 @@ def test_scorer_shortcuts_change_nothing(ckpt: Checkpoint) -> None:
         keep, new = recommendable, ~recommendable
         new[0] = False  # padding
         torch.testing.assert_close(every.rank[:, keep], expected[:, keep], atol=1e-5, rtol=1e-5)
+        weight = learner.net.fold_in_weight(mask)
+        with torch.no_grad():
+            mixed = blend(
+                expected, scorer.fold_in_scores(state.support), scorer.allowed(state), weight
+            )
+        torch.testing.assert_close(blended.rank[:, keep], mixed[:, keep], atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(blended.rank[:, keep], every.rank[:, keep])
         assert torch.equal(every.rank[:, keep], listed.rank[:, keep])
         assert listed.above_floor is not None
         assert torch.isinf(listed.rank[:, new]).all() and not listed.above_floor[:, new].any()
@@ -1214,7 +1229,7 @@ def test_one_user_is_scored_from_the_catalogue_column_by_column(ckpt: Checkpoint
     with torch.no_grad():
         state = scorer.adapt(users, rows, ratings, mask, 1)
         own = learner.adapt(users, rows, table[rows], ratings, mask, side, 1)
-        scores = scorer.scores(state, users, every_row=False)
+        scores = scorer.scores(state, users, every_row=False, fold_in=False)
         logits, predicted = learner.scores(own, side)
         start = learner.adapt(users, rows, table[rows], ratings, mask, side, 0)
     assert not torch.allclose(state.fast.user, start.fast.user)
