@@ -56,6 +56,7 @@ from melu.data import prepare
 from melu.evaluation import ALL_SUPPORT, MELU, METRICS, Report, evaluate_checkpoint
 from melu.evaluation import metrics as M
 from melu.evaluation.report import NO_DEMOGRAPHICS, NO_FOLD_IN, ZERO_STEPS
+from melu.taste import BUCKET_LABELS
 from melu.train import CHECKPOINT_NAME, resolve_device, train
 
 log = logging.getLogger("quality")
@@ -304,7 +305,7 @@ def schedule_text(ck: ckpt.Checkpoint) -> str:
         return f"{ck.meta.local_steps} steps at every size"
     if ck.meta.local_steps == 0:
         return "none (no local steps)"
-    buckets = ("1-3", "4-7", "8-15", "16-31", "32+")
+    buckets = BUCKET_LABELS
     return ", ".join(f"{b} x{m:g}" for b, m in zip(buckets, chosen, strict=False))
 
 

@@ -63,16 +63,27 @@ def edlae_gram(users: np.ndarray, items: np.ndarray) -> Gram:
     return Gram(rated, torch.from_numpy((x.T @ x).toarray()))
 
 
+def edlae_inverse(
+    gram: torch.Tensor, dropout: float, l2: float, name: str = "edlae"
+) -> torch.Tensor:
+    """``P = (X^T X + Lambda)^-1``, ``Lambda = p / (1 - p) diag(X^T X) + l2 I`` (``p = 0``:
+    EASE), from ``gram = X^T X`` (float64, left as it was) by one Cholesky factorisation;
+    shared by the fold-in and the evaluation's EASE and EDLAE anchors. ``name`` says whose
+    matrix is not invertible."""
+    regularised = gram.clone()
+    diagonal = regularised.diagonal()
+    diagonal.copy_(diagonal / (1.0 - dropout) + l2)
+    factor, info = torch.linalg.cholesky_ex(regularised)
+    del regularised, diagonal
+    if int(info) != 0:
+        raise np.linalg.LinAlgError(f"{name}: X^T X + Lambda is not invertible")
+    return torch.cholesky_inverse(factor)
+
+
 def edlae_weights(gram: Gram, dropout: float, l2: float) -> torch.Tensor:
     """EDLAE's ``B [n, n]`` (zero diagonal) over ``gram.rated``, with dropout ``p`` and
     regulariser ``l2``; ``gram`` is left as it was."""
-    regularised = gram.matrix.clone()
-    diagonal = regularised.diagonal()
-    diagonal.copy_(diagonal / (1.0 - dropout) + l2)
-    factor = torch.linalg.cholesky(regularised)
-    del regularised, diagonal
-    weights = torch.cholesky_inverse(factor)
-    del factor
+    weights = edlae_inverse(gram.matrix, dropout, l2)
     weights.div_(-weights.diagonal().clone().unsqueeze(0))
     weights.fill_diagonal_(0.0)
     return weights

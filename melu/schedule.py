@@ -25,7 +25,7 @@ from melu.fold_in import DROPOUTS, MAX_ITEMS, REGULARISERS, edlae_gram, standard
 from melu.predict import catalogue_recall, hits_at, score_episodes
 from melu.scoring import CatalogueScorer
 from melu.tasks import TaskSet
-from melu.taste import Support
+from melu.taste import BUCKET_LABELS, Support
 from melu.taste_learner import TasteLearner, TasteState
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def choose_step_schedule(
     log.info(
         "local steps per support size, chosen on validation users: %s (multiples of the "
         "learned step; Recall@10 tried: %s)",
-        ", ".join(f"{s}: x{m:g}" for s, m in zip(("1-3", "4-7", "8-15", "16-31", "32+"),
+        ", ".join(f"{s}: x{m:g}" for s, m in zip(BUCKET_LABELS,
                                                   chosen, strict=True)),
         tried,
     )  # fmt: skip
@@ -161,7 +161,7 @@ def choose_fold_in(
     log.info(
         "fold-in chosen on validation users: EDLAE p=%g, lambda=%g; weight per support size %s",
         dropout, l2,
-        ", ".join(f"{s}: {w:g}" for s, w in zip(("1-3", "4-7", "8-15", "16-31", "32+"),
+        ", ".join(f"{s}: {w:g}" for s, w in zip(BUCKET_LABELS,
                                                  chosen, strict=True)),
     )  # fmt: skip
     return {"dropout": dropout, "l2": l2, "weights": chosen, "recall@10": tried}

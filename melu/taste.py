@@ -49,6 +49,8 @@ MASKED = -1e4
 # Support sizes at which the step schedule changes (buckets 1-3, 4-7, 8-15, 16-31, 32 and more):
 # how far the local steps go is chosen per bucket on validation users (choose_step_schedule).
 SCHEDULE_EDGES: tuple[int, ...] = (4, 8, 16, 32)
+# The buckets' names, for logs and reports.
+BUCKET_LABELS: tuple[str, ...] = ("1-3", "4-7", "8-15", "16-31", "32+")
 
 
 def bucket(mask: torch.Tensor) -> torch.Tensor:

@@ -31,12 +31,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import sparse
-from scipy.linalg import lapack
 from sklearn.preprocessing import normalize
 from threadpoolctl import threadpool_limits
 
 from melu.features import GenomeBlock, content_vectors
+from melu.fold_in import edlae_inverse
 
 log = logging.getLogger(__name__)
 
@@ -192,12 +193,12 @@ class ItemMean:
 class Ease:
     """EASE (Steck 2019): ``B = I - P diag(1 / diag P)``, ``P = (X^T X + lambda I)^-1``.
 
-    ``P`` comes from a Cholesky factorisation per regulariser (LAPACK ``potrf`` + ``potri``),
-    and a score ``x B = x - (x P) / diag P`` then only adds up the support items' rows of
-    ``P``. One eigendecomposition serving every regulariser cost more on MeLU's 2,648 rated
-    items: EASE's and EDLAE's four took 50 s of a profiled evaluation on a loaded core and
-    their dense scores another 25 s, where the factorisations take 14 s and the scores next
-    to nothing.
+    ``P`` comes from a Cholesky factorisation per regulariser
+    (:func:`melu.fold_in.edlae_inverse`, the fold-in's own), and a score ``x B = x - (x P) /
+    diag P`` then only adds up the support items' rows of ``P``. One eigendecomposition
+    serving every regulariser cost more on MeLU's 2,648 rated items: EASE's and EDLAE's four
+    took 50 s of a profiled evaluation on a loaded core and their dense scores another 25 s,
+    where the factorisations take 14 s and the scores next to nothing.
     """
 
     name = "ease"
@@ -225,13 +226,7 @@ class Ease:
         if key not in self._inverses:
             if len(self._inverses) >= self.KEPT:
                 self._inverses.pop(next(iter(self._inverses)))  # the oldest
-            diagonal = (1.0 + p / (1.0 - p)) * np.diag(self.gram) + l2
-            factor, info = lapack.dpotrf(self.gram + np.diag(diagonal - np.diag(self.gram)))
-            if info == 0:
-                inverse, info = lapack.dpotri(factor)
-            if info != 0:
-                raise np.linalg.LinAlgError(f"{self.name}: X^T X + Lambda is not invertible")
-            inverse = np.triu(inverse) + np.triu(inverse, 1).T  # potri fills one triangle
+            inverse = edlae_inverse(torch.from_numpy(self.gram), p, l2, self.name).numpy()
             self._inverses[key] = (inverse, np.diag(inverse).copy())
         return self._inverses[key]
 

@@ -63,6 +63,7 @@ from melu.features import content_matrix
 from melu.learners import Learner
 from melu.scoring import CatalogueScorer
 from melu.tasks import SCENARIOS
+from melu.taste import BUCKET_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -694,7 +695,7 @@ def fine_tuning(ck: ckpt.Checkpoint) -> list[str]:
     steps = meta.local_steps
     if model.objective == "taste":
         chosen = ck.metrics.get("step_schedule", {}).get("chosen")
-        buckets = ("1-3", "4-7", "8-15", "16-31", "32+")
+        buckets = BUCKET_LABELS
         schedule = (
             ", ".join(f"{b}: x{m:g}" for b, m in zip(buckets, chosen, strict=False))
             if chosen
@@ -746,7 +747,7 @@ def fold_in_line(chosen: dict[str, Any] | None) -> str:
         return "The list takes no fold-in of a closed-form recommender."
     if "skipped" in chosen:
         return f"The list takes no fold-in: EDLAE was not fitted ({chosen['skipped']})."
-    buckets = ("1-3", "4-7", "8-15", "16-31", "32+")
+    buckets = BUCKET_LABELS
     weights = ", ".join(f"{b}: {w:g}" for b, w in zip(buckets, chosen["weights"], strict=False))
     return (
         "The list (not the predicted ratings) blends in EDLAE's fold-in of the same support "
