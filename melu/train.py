@@ -450,6 +450,9 @@ def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed:
         schedule = learner.net.step_schedule.detach().cpu()
         checkpoint.state["net.step_schedule"] = schedule.to(trained, copy=True)
         checkpoint.metrics["step_schedule"] = {"chosen": schedule.tolist(), "recall@10": tried}
+        # Kept before the fold-in's choice, which takes minutes and may fail: a resumed run
+        # then chooses only the fold-in.
+        ckpt.save(path, checkpoint)
     if not fold_in_done:
         assert learner.net.fold_in is not None
         ratings = training_pairs(data.train_ratings, data.catalogue.rows, data.catalogue.table)
@@ -462,7 +465,7 @@ def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed:
             checkpoint.state[f"net.fold_in.{name}"] = (
                 value.to(trained) if name == "weight" else value
             )
-    ckpt.save(path, checkpoint)
+        ckpt.save(path, checkpoint)
 
 
 def _cpu_state(learner: Learner, frozen: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from melu import checkpoint as ckpt
+from melu import train as train_module
 from melu.config import PRESETS, MetaConfig, ModelConfig, Preset, TrainConfig
 from melu.data import ColdStartData
 from melu.errors import CheckpointError
@@ -413,6 +414,50 @@ def test_resumed_taste_run_equals_uninterrupted_run_and_chooses_its_schedule_onc
     again = train(small_data, out, TASTE.model, TASTE.meta, SMALL, resume=True, progress=False)
     assert (out / "checkpoint.pt").stat().st_mtime_ns == written
     assert again.metrics == resumed.metrics
+
+
+def test_a_failed_fold_in_choice_keeps_the_step_schedule(
+    small_data: ColdStartData, taste_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end of training chooses the step schedule, then the fold-in. When the fold-in's
+    choice fails, the schedule is on disk already, and the resumed end chooses only the
+    fold-in: the uninterrupted run's."""
+    full = ckpt.load(taste_run)
+    # The finished run as it stood before either choice.
+    state = dict(full.state)
+    state["net.step_schedule"] = torch.ones_like(state["net.step_schedule"])
+    state["net.fold_in.index"] = torch.zeros(0, 0, dtype=torch.long)
+    state["net.fold_in.value"] = torch.zeros(0, 0)
+    state["net.fold_in.weight"] = torch.zeros_like(state["net.fold_in.weight"])
+    metrics = {k: v for k, v in full.metrics.items() if k not in ("step_schedule", "fold_in")}
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save(path, dataclasses.replace(full, state=state, metrics=metrics))
+
+    def fails(*args: object, **kwargs: object) -> dict[str, object]:
+        raise MemoryError("the fold-in's gram")
+
+    monkeypatch.setattr(train_module, "choose_fold_in", fails)
+    with pytest.raises(MemoryError):
+        train_module._schedule_steps(path, small_data, torch.device("cpu"), SMALL.seed)
+    kept = ckpt.load(path)
+    assert kept.metrics["step_schedule"] == full.metrics["step_schedule"]
+    assert "fold_in" not in kept.metrics
+    monkeypatch.undo()
+
+    chosen: list[object] = []
+    real = train_module.choose_step_schedule
+
+    def counted(*args: object, **kwargs: object) -> object:
+        chosen.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "choose_step_schedule", counted)
+    train_module._schedule_steps(path, small_data, torch.device("cpu"), SMALL.seed)
+    resumed = ckpt.load(path)
+    assert not chosen
+    assert resumed.metrics["fold_in"] == full.metrics["fold_in"]
+    for name in ("index", "value", "weight"):
+        assert torch.equal(resumed.state[f"net.fold_in.{name}"], full.state[f"net.fold_in.{name}"])
 
 
 # --- early stopping -----------------------------------------------------------------------------
