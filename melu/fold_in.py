@@ -151,16 +151,31 @@ class FoldIn(nn.Module):
         out = values.new_zeros(batch, self.index.shape[0])
         return out.scatter_add(1, neighbours.reshape(batch, -1), values.reshape(batch, -1))
 
+    def parts(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``[S, K]``: each support item's part of :meth:`scores` for ``targets [K]``
+        (vocabulary indices): ``B[support, target]`` where ``target`` is among the support
+        item's neighbours, else 0. ``ids [S]``: one user's support (0: padding, no part)."""
+        single = self.value.new_zeros(ids.shape[0], self.index.shape[0])
+        single.scatter_(1, self.index[ids], self.value[ids])
+        return single[:, targets] * (ids > 0).unsqueeze(-1).to(single.dtype)
+
 
 def standardised(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """Each row of ``scores [B, N]`` minus its mean, over its standard deviation, both taken
     over the ``allowed`` entries (the user's candidates)."""
+    mean, spread = moments(scores, allowed)
+    return (scores - mean) / spread
+
+
+def moments(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's mean and standard deviation (``[B, 1]`` each; at least 1e-9) over its
+    ``allowed`` entries: what :func:`standardised` takes away and divides by."""
     kept = allowed.to(scores.dtype)
     count = kept.sum(-1, keepdim=True).clamp(min=1.0)
     values = torch.where(allowed, scores, torch.zeros_like(scores))
     mean = values.sum(-1, keepdim=True) / count
     spread = (((values - mean) * kept) ** 2).sum(-1, keepdim=True) / count
-    return (scores - mean) / spread.sqrt().clamp(min=1e-9)
+    return mean, spread.sqrt().clamp(min=1e-9)
 
 
 def blend(

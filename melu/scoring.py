@@ -9,7 +9,8 @@ batch of supports into
 - ``scores``: the ranking score and the predicted rating of every catalogue row, and, where the
   model holds lists above the user's own mean (``ModelConfig.rank_floor``), which rows clear
   it (:func:`melu.ranking.rank` puts the others last);
-- ``explain``: for the taste model, the loved support item each listed row follows most.
+- ``explain``: for the taste model, the loved support item each listed row follows most (in
+  the blended list, by its part of both terms of the blend).
 
 The catalogue protocol (:mod:`melu.evaluation.catalogue`), training's model selection
 (:mod:`melu.predict`) and the service (:mod:`service.recommender`) all score through it. Every
@@ -26,7 +27,7 @@ from typing import NamedTuple
 import torch
 
 from melu import closed_form
-from melu.fold_in import blend
+from melu.fold_in import blend, moments
 from melu.learners import Learner
 from melu.maml import Adaptation, MetaLearner
 from melu.objectives import candidates
@@ -116,6 +117,16 @@ class CachedItemSide:
         return torch.cat(parts, dim=1) + adaptation.offset.unsqueeze(-1)
 
 
+class _Blend(NamedTuple):
+    """A blended batch: its state, each user's fold-in weight and the spreads (``[B]``) of the
+    model's and the fold-in's scores over their candidates."""
+
+    state: TasteState
+    weight: torch.Tensor
+    rank_spread: torch.Tensor
+    fold_in_spread: torch.Tensor
+
+
 class CatalogueScorer:
     """A learner (in eval mode) over one catalogue: the per-catalogue work done once, here.
 
@@ -135,6 +146,9 @@ class CatalogueScorer:
         # The last adapted batch and its recommendable rows' logits and ratings, which the
         # loss after the steps needed (adapt) and the list needs (scores): computed once.
         self._last: tuple[TasteState, torch.Tensor, torch.Tensor] | None = None
+        # The last blended batch (:meth:`_fold_in`): what ``explain`` needs to split the blend
+        # by support item.
+        self._blended: _Blend | None = None
         with torch.no_grad():
             if isinstance(learner, TasteLearner):
                 # Every row's item side, not only the recommendable rows': a new item (no
@@ -309,7 +323,11 @@ class CatalogueScorer:
         weight = self.learner.net.fold_in_weight(state.support.mask)
         if not bool((weight != 0).any()):
             return rank
-        return blend(rank, self.fold_in_scores(state.support), self.allowed(state), weight)
+        fold_in, allowed = self.fold_in_scores(state.support), self.allowed(state)
+        self._blended = _Blend(
+            state, weight, moments(rank, allowed)[1][:, 0], moments(fold_in, allowed)[1][:, 0]
+        )
+        return blend(rank, fold_in, allowed, weight)
 
     def _per_user_ratings(self, state: Adaptation, users: torch.Tensor) -> torch.Tensor:
         """MeLU with an adapted encoder: items embed per user, in chunks."""
@@ -347,13 +365,29 @@ class CatalogueScorer:
     ) -> list[int | None]:
         """For user ``index`` of the batch and each listed catalogue row: the support row
         rated at least ``loved`` whose part of the ranking logit is largest, or None (a row
-        the user rated, none loved, or a model that cannot say: MeLU's)."""
+        the user rated, none loved, or a model that cannot say: MeLU's). Where the user's list
+        was blended with the fold-in (:meth:`scores` last scored this batch), a support item's
+        part is its part of the blend: of the logit over the logits' spread, plus the weight
+        times its part of ``x B`` over that spread."""
         if not isinstance(self.learner, TasteLearner) or not rows or not support_rows:
             return [None] * len(rows)
         assert isinstance(state, TasteState) and self.side is not None
-        parts = self.learner.support_parts(state, index, self.side, torch.tensor(rows))
+        listed = torch.tensor(rows)
+        parts = self.learner.support_parts(state, index, self.side, listed)
         width = len(support_rows)
         parts = parts[:width]  # [S, K]; the batch may pad the support further
+        mixed = self._blended
+        if mixed is not None and mixed.state is state and bool(mixed.weight[index] != 0):
+            net = self.learner.net
+            assert net.fold_in is not None
+            support = state.support
+            ids = (support.side.ids[index] * support.mask[index])[:width]
+            targets = self.side.items.ids[listed.to(self.side.items.ids.device)]
+            fold_in = net.fold_in.parts(ids, targets).to(parts.dtype)
+            parts = (
+                parts / mixed.rank_spread[index]
+                + mixed.weight[index] * fold_in / mixed.fold_in_spread[index]
+            )
         ok = torch.tensor([r >= loved for r in support_ratings], device=parts.device)
         parts = parts.masked_fill(~ok.unsqueeze(1), -math.inf)
         best = parts.argmax(0).tolist()

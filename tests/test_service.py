@@ -33,7 +33,7 @@ from melu.data import ColdStartData
 from melu.errors import CheckpointError
 from melu.fold_in import blend
 from melu.objectives import candidates
-from melu.ranking import RANK_GRID, batch_invariant, rank
+from melu.ranking import RANK_GRID, batch_invariant, rank, rank_top
 from melu.scoring import CatalogueScorer
 from service.batcher import MicroBatcher, QueueFullError
 from service.main import STATIC_DIR, create_app, example_curl
@@ -1205,6 +1205,62 @@ def test_scorer_shortcuts_change_nothing(ckpt: Checkpoint) -> None:
         assert listed.above_floor is not None
         assert torch.isinf(listed.rank[:, new]).all() and not listed.above_floor[:, new].any()
         assert torch.isfinite(every.rank).all()
+
+
+def test_because_follows_the_blended_list(ckpt: Checkpoint) -> None:
+    """Where the list is blended with EDLAE's fold-in, "because you loved X" names the loved
+    support item with the largest part of the blend. With the fold-in off, the taste model's
+    logit decides. With an overwhelming weight, EDLAE's ``B[X, item]`` decides, wherever some
+    support item's ``B`` entry for the listed item is nonzero (read from the neighbour lists
+    here, not by ``FoldIn.parts``)."""
+    learner = ckpt.learner("cpu")
+    fold_in = learner.net.fold_in
+    assert fold_in is not None and fold_in.fitted
+    table, recommendable = ckpt.catalogue.table, ckpt.catalogue.recommendable
+    scorer = CatalogueScorer(learner, table, recommendable)
+    assert scorer.side is not None
+    rng = np.random.default_rng(7)
+    rated = np.flatnonzero(recommendable.numpy())
+    support = [int(r) for r in rng.choice(rated[rated > 0], 8, replace=False)]
+    ratings = [5.0, 5.0, 4.0, 5.0, 2.0, 5.0, 4.0, 1.0]
+    rows = torch.tensor([support])
+    users = torch.zeros(1, len(ckpt.encoder.user_fields), dtype=torch.long)
+    named: dict[float, list[int | None]] = {}
+    for weight in (0.0, 1e4):
+        with torch.no_grad():
+            fold_in.weight.fill_(weight)
+            state = scorer.adapt(
+                users, rows, torch.tensor([ratings]), torch.ones(1, 8, dtype=torch.bool), 1
+            )
+            scores = scorer.scores(state, users)
+            allowed = scorer.allowed(state)
+            listed = rank_top(scores.rank, allowed, 20, scores.above_floor)[0].tolist()
+            named[weight] = scorer.explain(state, 0, listed, support, ratings, 4.0)
+        assert all(named[weight][k] in support for k in range(20))
+        assert all(ratings[support.index(r)] >= 4.0 for r in named[weight] if r is not None)
+    ids = scorer.side.items.ids
+    loved = [j for j, r in enumerate(ratings) if r >= 4.0]
+    checked = 0
+    for k, row in enumerate(listed):
+        target = int(ids[row])
+        entries = []
+        for j in loved:
+            neighbours = fold_in.index[int(ids[support[j]])]
+            entries.append(float(fold_in.value[int(ids[support[j]])][neighbours == target].sum()))
+        best = max(entries)
+        if best > 0 and entries.count(best) == 1:
+            assert named[1e4][k] == support[loved[entries.index(best)]], (k, entries)
+            checked += 1
+    assert checked >= 10
+    # The two terms of the blend do not always agree on what the list follows.
+    with torch.no_grad():
+        fold_in.weight.fill_(0.0)
+        state = scorer.adapt(
+            users, rows, torch.tensor([ratings]), torch.ones(1, 8, dtype=torch.bool), 1
+        )
+        scorer.scores(state, users)
+        by_logit = scorer.explain(state, 0, listed, support, ratings, 4.0)
+    assert by_logit != named[1e4]
 
 
 def test_one_user_is_scored_from_the_catalogue_column_by_column(ckpt: Checkpoint) -> None:
