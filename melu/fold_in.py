@@ -6,10 +6,10 @@ The strongest closed-form anchor on MeLU's cold-start users is EDLAE (Steck, Neu
 and the taste model's ranking scores make different mistakes, so a blend of the two lists
 better than either: ``z(rank) + alpha z(x B)`` (``z``: standardised over the recommendable
 items the user has not rated). On MeLU's validation users the default preset's three runs
-gained 0.008-0.014 Recall@10 from 3 ratings and 0.004-0.007 from 10 and 20 at ``alpha =
-0.25`` (the weight their choice took at every size; ``metrics.fold_in`` of each checkpoint:
-in-sample, the same draws chose the weight), and new users' lists gained +0.013 / +0.009 /
-+0.010 / +0.005 from 3 / 5 / 10 / 20 ratings (docs/results.md).
+chose ``alpha`` from 1/16 to 3/16 (``metrics.fold_in`` of each checkpoint), and new users'
+lists gained +0.013 / +0.010 / +0.009 / +0.006 Recall@10 from 3 / 5 / 10 / 20 ratings
+(docs/results.md). ``x`` is binary, every rated film a positive, as EDLAE folds a user in:
+weighing the films rated below 4 less, or negatively, listed worse on validation users.
 
 :class:`FoldIn` keeps ``B`` as neighbour lists over the item-id vocabulary (each item's
 ``k`` entries of largest magnitude: EDLAE's negative weights matter. Of MeLU's 2,648 rated
