@@ -277,6 +277,8 @@ class CatalogueScorer:
             rank = logits + weight * ratings if weight else logits
             # Rows not scored (every_row=False) rank -inf, not -inf + NaN.
             rank = torch.where(torch.isnan(ratings), logits, rank)
+            # What explain splits is the list these scores give: blended or not.
+            self._blended = None
             if fold_in:
                 rank = self._fold_in(state, rank)
             above = None
