@@ -5,11 +5,12 @@ The strongest closed-form anchor on MeLU's cold-start users is EDLAE (Steck, Neu
 + lambda I``, ``X`` the training users' binary ratings). Its scores ``x B`` for a support ``x``
 and the taste model's ranking scores make different mistakes, so a blend of the two lists
 better than either: ``z(rank) + alpha z(x B)`` (``z``: standardised over the recommendable
-items the user has not rated). On MeLU's validation users the default preset's three runs
-chose ``alpha`` from 1/16 to 3/16 (``metrics.fold_in`` of each checkpoint), and new users'
-lists gained +0.013 / +0.010 / +0.009 / +0.006 Recall@10 from 3 / 5 / 10 / 20 ratings
-(docs/results.md). ``x`` is binary, every rated film a positive, as EDLAE folds a user in:
-weighing the films rated below 4 less, or negatively, listed worse on validation users.
+items the user has not rated; :func:`blend` computes the same order in the rank's units).
+On MeLU's validation users the default preset's three runs chose ``alpha`` from 1/16 to
+3/16 (``metrics.fold_in`` of each checkpoint), and new users' lists gained +0.013 / +0.010 /
++0.009 / +0.006 Recall@10 from 3 / 5 / 10 / 20 ratings (docs/results.md). ``x`` is binary,
+every rated film a positive, as EDLAE folds a user in: weighing the films rated below 4
+less, or negatively, listed worse on validation users.
 
 :class:`FoldIn` keeps ``B`` as neighbour lists over the item-id vocabulary (each item's
 ``k`` entries of largest magnitude: EDLAE's negative weights matter. Of MeLU's 2,648 rated
@@ -181,10 +182,18 @@ def moments(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, 
 def blend(
     rank: torch.Tensor, fold_in: torch.Tensor, allowed: torch.Tensor, weight: torch.Tensor
 ) -> torch.Tensor:
-    """``z(rank) + weight z(fold_in)`` for the users whose ``weight [B]`` is not 0 (``z``:
-    :func:`standardised` over ``allowed``); the other users' ``rank`` unchanged."""
+    """For the users whose ``weight [B]`` is not 0, ``rank + weight s z(fold_in)`` (``z``:
+    :func:`standardised` over ``allowed``; ``s``: the spread of ``rank`` there), which orders
+    each user's candidates as ``z(rank) + weight z(fold_in)`` does; the other users' ``rank``
+    unchanged.
+
+    In the rank's own units, not in ``z``'s: the rank differs by float noise (~1e-7) between
+    batch shapes, and dividing it by a spread below 1 would magnify that noise across the
+    ranking grid (:func:`melu.ranking.batch_invariant`); the fold-in's scores do not depend
+    on the batch."""
     on = weight != 0
     if not bool(on.any()):
         return rank
-    mixed = standardised(rank, allowed) + weight.unsqueeze(-1) * standardised(fold_in, allowed)
+    spread = moments(rank, allowed)[1]
+    mixed = rank + weight.unsqueeze(-1) * spread * standardised(fold_in, allowed)
     return torch.where(on.unsqueeze(-1), mixed, rank)

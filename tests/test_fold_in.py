@@ -87,7 +87,7 @@ def test_neighbour_lists_keep_the_largest_magnitudes() -> None:
     assert not fold_in.index[0].any() and not fold_in.value[0].any()
 
 
-def test_blend_weight_zero_leaves_the_scores_and_otherwise_standardises() -> None:
+def test_blend_weight_zero_leaves_the_scores_and_otherwise_adds_the_standardised_fold_in() -> None:
     rank = torch.tensor([[3.0, 1.0, 2.0, -torch.inf], [0.5, 0.1, 0.3, 0.2]])
     folded = torch.tensor([[0.0, 4.0, 1.0, 2.0], [1.0, 0.0, 2.0, 5.0]])
     allowed = torch.tensor([[True, True, True, False], [True, True, True, False]])
@@ -96,7 +96,12 @@ def test_blend_weight_zero_leaves_the_scores_and_otherwise_standardises() -> Non
     mixed = blend(rank, folded, allowed, torch.tensor([0.0, 2.0]))
     assert torch.equal(mixed[0], rank[0])
     z_rank, z_fold = standardised(rank, allowed), standardised(folded, allowed)
-    assert torch.allclose(mixed[1], z_rank[1] + 2.0 * z_fold[1])
+    # In the rank's units: the order of z(rank) + 2 z(fold-in), scaled back by the rank's
+    # spread over the allowed entries.
+    spread = float(rank[1, :3].std(unbiased=False))
+    assert torch.allclose(mixed[1], rank[1] + 2.0 * spread * z_fold[1])
+    order = torch.argsort(mixed[1, :3], descending=True)
+    assert torch.equal(order, torch.argsort(z_rank[1, :3] + 2.0 * z_fold[1, :3], descending=True))
     # Over the allowed entries: mean 0, standard deviation 1.
     kept = z_fold[1, :3]
     assert float(kept.mean()) == pytest.approx(0.0, abs=1e-6)
