@@ -152,14 +152,6 @@ class FoldIn(nn.Module):
         out = values.new_zeros(batch, self.index.shape[0])
         return out.scatter_add(1, neighbours.reshape(batch, -1), values.reshape(batch, -1))
 
-    def parts(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """``[S, K]``: each support item's part of :meth:`scores` for ``targets [K]``
-        (vocabulary indices): ``B[support, target]`` where ``target`` is among the support
-        item's neighbours, else 0. ``ids [S]``: one user's support (0: padding, no part)."""
-        single = self.value.new_zeros(ids.shape[0], self.index.shape[0])
-        single.scatter_(1, self.index[ids], self.value[ids])
-        return single[:, targets] * (ids > 0).unsqueeze(-1).to(single.dtype)
-
 
 def standardised(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """Each row of ``scores [B, N]`` minus its mean, over its standard deviation, both taken
@@ -179,9 +171,18 @@ def moments(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, 
     return mean, spread.sqrt().clamp(min=1e-9)
 
 
+class Blend(NamedTuple):
+    """A batch's blended scores ``[B, N]`` and, per user, what one unit of ``x B`` adds to them
+    (``scale [B]``: the weight times the rank's spread over the fold-in's; 0 where the user's
+    list takes no fold-in), so that a listed item's score splits by support item."""
+
+    scores: torch.Tensor
+    scale: torch.Tensor
+
+
 def blend(
     rank: torch.Tensor, fold_in: torch.Tensor, allowed: torch.Tensor, weight: torch.Tensor
-) -> torch.Tensor:
+) -> Blend:
     """For the users whose ``weight [B]`` is not 0, ``rank + weight s z(fold_in)`` (``z``:
     :func:`standardised` over ``allowed``; ``s``: the spread of ``rank`` there), which orders
     each user's candidates as ``z(rank) + weight z(fold_in)`` does; the other users' ``rank``
@@ -193,7 +194,8 @@ def blend(
     on the batch."""
     on = weight != 0
     if not bool(on.any()):
-        return rank
-    spread = moments(rank, allowed)[1]
-    mixed = rank + weight.unsqueeze(-1) * spread * standardised(fold_in, allowed)
-    return torch.where(on.unsqueeze(-1), mixed, rank)
+        return Blend(rank, torch.zeros_like(weight))
+    mean, spread = moments(fold_in, allowed)
+    scale = weight.unsqueeze(-1) * moments(rank, allowed)[1] / spread
+    mixed = rank + scale * (fold_in - mean)
+    return Blend(torch.where(on.unsqueeze(-1), mixed, rank), scale[:, 0])

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 
 from melu import closed_form
-from melu.fold_in import blend, moments
+from melu.fold_in import blend
 from melu.learners import Learner
 from melu.maml import Adaptation, MetaLearner
 from melu.objectives import candidates
@@ -117,16 +117,6 @@ class CachedItemSide:
         return torch.cat(parts, dim=1) + adaptation.offset.unsqueeze(-1)
 
 
-class _Blend(NamedTuple):
-    """A blended batch: its state, each user's fold-in weight and the spreads (``[B]``) of the
-    model's and the fold-in's scores over their candidates."""
-
-    state: TasteState
-    weight: torch.Tensor
-    rank_spread: torch.Tensor
-    fold_in_spread: torch.Tensor
-
-
 class CatalogueScorer:
     """A learner (in eval mode) over one catalogue: the per-catalogue work done once, here.
 
@@ -146,9 +136,9 @@ class CatalogueScorer:
         # The last adapted batch and its recommendable rows' logits and ratings, which the
         # loss after the steps needed (adapt) and the list needs (scores): computed once.
         self._last: tuple[TasteState, torch.Tensor, torch.Tensor] | None = None
-        # The last blended batch (:meth:`_fold_in`): what ``explain`` needs to split the blend
-        # by support item.
-        self._blended: _Blend | None = None
+        # The last blended batch and its users' blend scales (:meth:`_fold_in`): what
+        # ``explain`` needs to split the blend by support item.
+        self._blended: tuple[TasteState, torch.Tensor] | None = None
         with torch.no_grad():
             if isinstance(learner, TasteLearner):
                 # Every row's item side, not only the recommendable rows': a new item (no
@@ -325,11 +315,9 @@ class CatalogueScorer:
         weight = self.learner.net.fold_in_weight(state.support.mask)
         if not bool((weight != 0).any()):
             return rank
-        fold_in, allowed = self.fold_in_scores(state.support), self.allowed(state)
-        self._blended = _Blend(
-            state, weight, moments(rank, allowed)[1][:, 0], moments(fold_in, allowed)[1][:, 0]
-        )
-        return blend(rank, fold_in, allowed, weight)
+        blended = blend(rank, self.fold_in_scores(state.support), self.allowed(state), weight)
+        self._blended = (state, blended.scale)
+        return blended.scores
 
     def _per_user_ratings(self, state: Adaptation, users: torch.Tensor) -> torch.Tensor:
         """MeLU with an adapted encoder: items embed per user, in chunks."""
@@ -369,8 +357,8 @@ class CatalogueScorer:
         rated at least ``loved`` whose part of the ranking logit is largest, or None (a row
         the user rated, none loved, or a model that cannot say: MeLU's). Where the user's list
         was blended with the fold-in (:meth:`scores` last scored this batch), a support item's
-        part is its part of the blend: of the logit over the logits' spread, plus the weight
-        times its part of ``x B`` over that spread."""
+        part is its part of the blend: its part of the logit plus the blend's scale
+        (:class:`melu.fold_in.Blend`) times its part of ``x B``."""
         if not isinstance(self.learner, TasteLearner) or not rows or not support_rows:
             return [None] * len(rows)
         assert isinstance(state, TasteState) and self.side is not None
@@ -378,18 +366,15 @@ class CatalogueScorer:
         parts = self.learner.support_parts(state, index, self.side, listed)
         width = len(support_rows)
         parts = parts[:width]  # [S, K]; the batch may pad the support further
-        mixed = self._blended
-        if mixed is not None and mixed.state is state and bool(mixed.weight[index] != 0):
+        blended = self._blended
+        if blended is not None and blended[0] is state and bool(blended[1][index] != 0):
             net = self.learner.net
             assert net.fold_in is not None
             support = state.support
-            ids = (support.side.ids[index] * support.mask[index])[:width]
+            ids = support.side.ids[index, :width].unsqueeze(1)  # each item its own support
+            single = net.fold_in.scores(ids, support.mask[index, :width].unsqueeze(1))
             targets = self.side.items.ids[listed.to(self.side.items.ids.device)]
-            fold_in = net.fold_in.parts(ids, targets).to(parts.dtype)
-            parts = (
-                parts / mixed.rank_spread[index]
-                + mixed.weight[index] * fold_in / mixed.fold_in_spread[index]
-            )
+            parts = parts + blended[1][index] * single[:, targets].to(parts.dtype)
         ok = torch.tensor([r >= loved for r in support_ratings], device=parts.device)
         parts = parts.masked_fill(~ok.unsqueeze(1), -math.inf)
         best = parts.argmax(0).tolist()

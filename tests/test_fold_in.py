@@ -92,14 +92,19 @@ def test_blend_weight_zero_leaves_the_scores_and_otherwise_adds_the_standardised
     folded = torch.tensor([[0.0, 4.0, 1.0, 2.0], [1.0, 0.0, 2.0, 5.0]])
     allowed = torch.tensor([[True, True, True, False], [True, True, True, False]])
     same = blend(rank, folded, allowed, torch.zeros(2))
-    assert same is rank
-    mixed = blend(rank, folded, allowed, torch.tensor([0.0, 2.0]))
+    assert same.scores is rank and not same.scale.any()
+    blended = blend(rank, folded, allowed, torch.tensor([0.0, 2.0]))
+    mixed = blended.scores
     assert torch.equal(mixed[0], rank[0])
     z_rank, z_fold = standardised(rank, allowed), standardised(folded, allowed)
     # In the rank's units: the order of z(rank) + 2 z(fold-in), scaled back by the rank's
     # spread over the allowed entries.
     spread = float(rank[1, :3].std(unbiased=False))
     assert torch.allclose(mixed[1], rank[1] + 2.0 * spread * z_fold[1])
+    # What one unit of the fold-in adds: the weight times the two spreads' ratio (0: none).
+    fold_spread = float(folded[1, :3].std(unbiased=False))
+    assert blended.scale[0] == 0.0
+    assert float(blended.scale[1]) == pytest.approx(2.0 * spread / fold_spread, rel=1e-6)
     order = torch.argsort(mixed[1, :3], descending=True)
     assert torch.equal(order, torch.argsort(z_rank[1, :3] + 2.0 * z_fold[1, :3], descending=True))
     # Over the allowed entries: mean 0, standard deviation 1.

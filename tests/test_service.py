@@ -1198,7 +1198,7 @@ def test_scorer_shortcuts_change_nothing(ckpt: Checkpoint) -> None:
         with torch.no_grad():
             mixed = blend(
                 expected, scorer.fold_in_scores(state.support), scorer.allowed(state), weight
-            )
+            ).scores
         torch.testing.assert_close(blended.rank[:, keep], mixed[:, keep], atol=1e-4, rtol=1e-4)
         assert not torch.allclose(blended.rank[:, keep], every.rank[:, keep])
         assert torch.equal(every.rank[:, keep], listed.rank[:, keep])
@@ -1212,7 +1212,7 @@ def test_because_follows_the_blended_list(ckpt: Checkpoint) -> None:
     support item with the largest part of the blend. With the fold-in off, the taste model's
     logit decides. With an overwhelming weight, EDLAE's ``B[X, item]`` decides, wherever some
     support item's ``B`` entry for the listed item is nonzero (read from the neighbour lists
-    here, not by ``FoldIn.parts``)."""
+    here, not by ``FoldIn.scores``)."""
     learner = ckpt.learner("cpu")
     fold_in = learner.net.fold_in
     assert fold_in is not None and fold_in.fitted
