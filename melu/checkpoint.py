@@ -97,7 +97,8 @@ class Checkpoint:
             data=from_dict(DataConfig, configs["data"]),
             model=from_dict(ModelConfig, configs["model"]),
             meta=from_dict(MetaConfig, configs["meta"]),
-            train=from_dict(TrainConfig, configs["train"]),
+            # Runs saved before the weight average kept each epoch's own weights.
+            train=from_dict(TrainConfig, {"average_decay": 0.0, **configs["train"]}),
             encoder=FeatureEncoder.from_dict(raw["encoder"]),
             catalogue=Catalogue.from_dict(raw["catalogue"]),
             state=raw["state"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -72,6 +73,16 @@ def _positive_float(value: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
     if not number > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _decay(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}")
     return number
 
 
@@ -208,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Recall@10 from 5 ratings for the taste model (the default preset's), validation MAE "
         "for MeLU's network; the checkpoint keeps the best epoch's weights "
         f"(default: {_TRAIN.patience})",
+    )
+    train.add_argument(
+        "--average-decay",
+        type=_decay,
+        help="the taste model: judge and keep an exponential moving average of the epochs' "
+        "weights with this decay, 0 for each epoch's own (MeLU's network keeps its best "
+        f"epoch's own) (default: {_TRAIN.average_decay})",
     )
     train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     train.add_argument(
@@ -411,6 +429,7 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
         "batch_size": args.batch_size,
         "lr": args.lr,
         "patience": args.patience,
+        "average_decay": args.average_decay,
         "seed": args.seed,
         "compile": args.compile or None,
         "dtype": args.dtype,

@@ -231,6 +231,13 @@ class TrainConfig:
     dtype: Literal["float32", "float64"] = "float32"
     # Draw a new query/support split of every training user each epoch (episodic sampling).
     resample_queries: bool = True
+    # The taste model: the weights it is judged and kept with are an exponential moving average
+    # over epochs (after each epoch, ``average = d * average + (1 - d) * weights``); 0 keeps
+    # each epoch's own. With 0.5, on MeLU's validation users (seeds 0-2, all 30 epochs, the
+    # epoch chosen as training chooses it, judged on other support draws), the kept list's
+    # mean Recall@10 from 3/5/10/20 ratings rose by +0.004 / +0.003 / +0.003 (0.7: +0.001 /
+    # +0.003 / +0.003). MeLU's network keeps its best epoch's own weights, as the paper's.
+    average_decay: float = 0.5
 
 
 @dataclass(frozen=True)

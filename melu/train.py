@@ -52,8 +52,10 @@ def stop_measures(lists: bool) -> str:
 def kept_weights(metrics: dict[str, Any]) -> str:
     """Which epoch's weights a checkpoint holds, and why."""
     if "best_recall_epoch" in metrics:
+        decay = float(metrics.get("average_decay", 0.0))
+        which = f"the weights' moving average (decay {decay:g}) at" if decay else "the weights of"
         return (
-            f"the weights of epoch {metrics['best_recall_epoch']} (best validation Recall@10 "
+            f"{which} epoch {metrics['best_recall_epoch']} (best validation Recall@10 "
             f"from {SELECT_SUPPORT} ratings {float(metrics['best_val_recall']):.4f}; validation "
             f"MAE {float(metrics.get('best_val_mae', math.nan)):.4f})"
         )
@@ -196,6 +198,10 @@ def train(
     best: dict[str, Any] = {"val_mae": math.inf, "epoch": -1, "state": None}
     lists = isinstance(learner, TasteLearner)
     best_list: dict[str, Any] = {"recall": -math.inf, "epoch": -1, "state": None}
+    decay = train_cfg.average_decay if lists else 0.0
+    # The parameters' moving average over epochs (TrainConfig.average_decay), in
+    # learner.parameters() order; None before the first epoch, and without an average.
+    average: list[torch.Tensor] | None = None
 
     if previous is not None and previous.resume:
         learner.load_state_dict(previous.resume["model"])
@@ -204,6 +210,8 @@ def train(
             scheduler.load_state_dict(previous.resume["scheduler"])
         start_epoch = int(previous.resume["epoch"])
         bad_epochs = int(previous.resume["bad_epochs"])
+        if previous.resume.get("average") is not None:
+            average = [t.to(device=device, dtype=dtype) for t in previous.resume["average"]]
         _set_rng_state(previous.resume["rng"], device)
         history = list(previous.metrics.get("history", []))
         best = {
@@ -326,6 +334,11 @@ def train(
         if world.enabled:
             torch.distributed.all_reduce(total)
         learner.eval()
+        # Judged, and kept when best, with the average's weights; training goes on from its
+        # own (restored below, before the resume state is saved).
+        own = _swap_in_average(learner, average, decay)
+        if own is not None:
+            average = [p.detach().clone() for p in learner.parameters()]
         scorer = CatalogueScorer(learner, item_table, recommendable) if lists else None
         val = query_mae(learner, val_tasks, user_table, item_table, data.scale, scorer=scorer)
         row = {
@@ -357,6 +370,10 @@ def train(
         elif val["mae"] < best["val_mae"]:
             best = {"val_mae": val["mae"], "epoch": epoch + 1, "state": _cpu_state(learner, frozen)}
             improved = True
+        if own is not None:
+            with torch.no_grad():
+                for param, value in zip(learner.parameters(), own, strict=True):
+                    param.copy_(value)
         row["seconds"] = round(time.perf_counter() - started, 3)
         history.append(row)
         bad_epochs = 0 if improved else bad_epochs + 1
@@ -368,6 +385,7 @@ def train(
             "stopped_early": stop,
         }
         if lists:
+            metrics["average_decay"] = decay
             metrics["best_val_recall"] = best_list["recall"]
             metrics["best_recall_epoch"] = best_list["epoch"]
         if world.is_main:
@@ -404,6 +422,7 @@ def train(
                     "epoch": epoch + 1 if not stop else train_cfg.epochs,
                     "bad_epochs": bad_epochs,
                     "rng": _rng_state(device),
+                    "average": None if average is None else [t.cpu() for t in average],
                 },
             )
             ckpt.save(path, checkpoint)
@@ -466,6 +485,23 @@ def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed:
                 value.to(trained) if name == "weight" else value
             )
         ckpt.save(path, checkpoint)
+
+
+@torch.no_grad()
+def _swap_in_average(
+    learner: Learner, average: list[torch.Tensor] | None, decay: float
+) -> list[torch.Tensor] | None:
+    """With ``decay`` > 0: fold this epoch's weights into the moving ``average`` (the first
+    epoch starts it) and put the average into the learner; returns the learner's own weights,
+    to restore once it has been judged. With 0: None, the learner untouched."""
+    if decay <= 0:
+        return None
+    params = list(learner.parameters())
+    own = [p.detach().clone() for p in params]
+    if average is not None:
+        for param, mean in zip(params, average, strict=True):
+            param.copy_(mean.lerp(param, 1.0 - decay))
+    return own
 
 
 def _cpu_state(learner: Learner, frozen: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -369,6 +369,11 @@ def _same_run(full: ckpt.Checkpoint, resumed: ckpt.Checkpoint) -> None:
     ]
     for name, value in full.resume["model"].items():
         assert torch.equal(value, resumed.resume["model"][name]), name
+    if full.resume.get("average") is None:
+        assert resumed.resume.get("average") is None
+    else:
+        for value, again in zip(full.resume["average"], resumed.resume["average"], strict=True):
+            assert torch.equal(value, again)
     assert full.state.keys() == resumed.state.keys()
     for name, value in full.state.items():
         assert torch.equal(value, resumed.state[name]), name
@@ -414,6 +419,37 @@ def test_resumed_taste_run_equals_uninterrupted_run_and_chooses_its_schedule_onc
     again = train(small_data, out, TASTE.model, TASTE.meta, SMALL, resume=True, progress=False)
     assert (out / "checkpoint.pt").stat().st_mtime_ns == written
     assert again.metrics == resumed.metrics
+
+
+def test_the_taste_model_keeps_the_moving_average_of_its_epochs(
+    small_data: ColdStartData, taste_run: Path, tmp_path: Path
+) -> None:
+    """``average_decay`` 0.5: after epoch e the average is ``a_e = a_(e-1) + 0.5 (w_e -
+    a_(e-1))`` of the epochs' own weights ``w_e`` (``a_1 = w_1``), training goes on from
+    ``w_e`` (the resume state holds both), and the checkpoint keeps the average of the
+    selected epoch. The own weights of epochs 1 and 2 come from a run stopped after each."""
+    assert SMALL.average_decay == 0.5
+    out = tmp_path / "stepwise"
+    own = []
+    for epochs in (1, 2):
+        resume = epochs > 1
+        train(small_data, out, TASTE.model, TASTE.meta, SMALL, resume=resume, progress=False,
+              stop_after_epoch=epochs)  # fmt: skip
+        own.append(ckpt.load(out / "checkpoint.pt").resume["model"])
+    full = ckpt.load(taste_run)
+    own.append(full.resume["model"])
+    names = [name for name, _ in untrained(small_data, TASTE, 0).named_parameters()]
+    averages = [{name: own[0][name] for name in names}]
+    for weights in own[1:]:
+        last = averages[-1]
+        averages.append({name: last[name].lerp(weights[name], 0.5) for name in names})
+    for name, value in zip(names, full.resume["average"], strict=True):
+        assert torch.allclose(value, averages[-1][name], rtol=0, atol=1e-6), name
+    # The average is not any epoch's own weights: the test would pass vacuously otherwise.
+    assert not torch.allclose(averages[-1][names[0]], own[-1][names[0]])
+    kept = averages[full.metrics["best_recall_epoch"] - 1]
+    for name in names:
+        assert torch.allclose(full.state[name], kept[name], rtol=0, atol=1e-6), name
 
 
 def test_a_failed_fold_in_choice_keeps_the_step_schedule(
@@ -501,9 +537,10 @@ def test_early_stop_says_what_stopped_it_and_what_is_kept(
         )
         # A run that stopped early has ended: its step schedule is chosen.
         assert set(metrics["step_schedule"]["chosen"]) <= set(MULTIPLES)
+    which = "the weights' moving average (decay 0.5) at" if model == "taste" else "the weights of"
     assert stop == (
         f"early stop after epoch 3: no better {measure} for 2 epochs; the checkpoint keeps "
-        f"the weights of epoch 1 ({kept}"
+        f"{which} epoch 1 ({kept}"
     )
 
 
@@ -523,6 +560,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["train", "--out", "x", "--dataset", "nope"], "argument --dataset: invalid choice"),
         (["train", "--out", "x", "--data-dir", "/nonexistent"], "warm_state.json: file not found"),
         (["train", "--out", "x", "--device", "tpu"], "--device must be auto, cpu or cuda"),
+        (["train", "--out", "x", "--average-decay", "1"], "expected a number in [0, 1)"),
         (["train", "--out", "x", "--objective", "rating+watch"], "--objective: invalid choice"),
         (["evaluate", "--checkpoint", "/nonexistent.pt"], "checkpoint not found"),
         (["serve", "--checkpoint", "/nonexistent.pt"], "checkpoint not found"),
