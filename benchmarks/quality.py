@@ -262,7 +262,8 @@ def run_seed(seed: int, preset: str, args: argparse.Namespace) -> dict[str, Any]
     ):
         log.info("%s seed %d: reusing the evaluation in %s", preset, seed, saved)
         result: dict[str, Any] = json.loads(saved.read_text(encoding="utf-8"))
-        return result
+        # The folder it is read from now: a copied run's file names the one it was made in.
+        return {**result, "run_dir": str(run_dir)}
     ck = ckpt.load(path)
     started = time.perf_counter()
     report = evaluate_checkpoint(
