@@ -237,8 +237,8 @@ class TrainConfig:
     # support draws than the selection's; benchmarks/weight_average.py) the taste model's own
     # list rose by +0.004 / +0.003 / +0.003 Recall@10 (mean over 3/5/10/20 ratings; 0.7, from
     # every epoch's saved weights: +0.001 / +0.003 / +0.003); the served list, with the fold-in
-    # chosen after training, tied (-0.003 / +0.001 / +0.002). It counts where no fold-in is
-    # fitted. MeLU's network keeps its best epoch's own weights, as the paper's.
+    # chosen after training, tied (-0.003 / +0.001 / +0.002); where no fold-in is fitted, the
+    # model's own list is the served one. MeLU's network keeps its best epoch's own weights.
     average_decay: float = 0.5
 
 
