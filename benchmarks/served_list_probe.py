@@ -43,10 +43,9 @@ from melu.evaluation.anchors import Ease, GfCf, Rp3Beta
 from melu.evaluation.rankers import Als, Ranker
 from melu.evaluation.run import scenario_cases, training_data
 from melu.fold_in import standardised
-from melu.predict import score_episodes
-from melu.schedule import BUCKET_SIZES, DRAWS, FOLD_IN_WEIGHTS, _blended_recalls, _Lists
+from melu.schedule import BUCKET_SIZES, FOLD_IN_WEIGHTS, _blended_recalls, validation_lists
 from melu.scoring import CatalogueScorer
-from melu.taste_learner import TasteLearner, TasteState
+from melu.taste_learner import TasteLearner
 
 log = logging.getLogger("served_list_probe")
 ANCHOR_WEIGHTS: tuple[float, ...] = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0)
@@ -65,25 +64,12 @@ def demographics_rows(
     fold_in = learner.net.fold_in
     assert fold_in is not None and fold_in.fitted, f"{path}: no fitted fold-in"
     tables = {"given": data.user_table, "none": torch.zeros_like(data.user_table)}
+    liked = learner.net.cfg.liked_rating
     rows = []
     for size, chosen in zip(BUCKET_SIZES, fold_in.weight.tolist(), strict=False):
         recalls = {}
         for name, table in tables.items():
-            lists = [
-                _Lists(
-                    standardised(found.scores.rank, found.allowed),
-                    found.scores.above_floor,
-                    found.allowed,
-                    found.relevant,
-                    found.state.support,
-                )
-                for draw in range(DRAWS)
-                for found in score_episodes(
-                    scorer, validation, table, learner.net.cfg.liked_rating, size,
-                    seed * 1000 + draw,
-                )
-                if isinstance(found.state, TasteState)
-            ]  # fmt: skip
+            lists = validation_lists(scorer, validation, table, liked, size, seed)
             recalls[name] = _blended_recalls(scorer, lists)
         at = min(range(len(FOLD_IN_WEIGHTS)), key=lambda i: abs(FOLD_IN_WEIGHTS[i] - chosen))
         own = max(range(len(FOLD_IN_WEIGHTS)), key=lambda i: (recalls["none"][i], -i))

@@ -138,20 +138,7 @@ def choose_fold_in(
     # The model's lists do not depend on the fold-in's setting: scored once per draw, and kept
     # as what the blend needs (not the adapted states, whose co-occurrence is [B, V]).
     draws = {
-        size: [
-            _Lists(
-                standardised(found.scores.rank, found.allowed),
-                found.scores.above_floor,
-                found.allowed,
-                found.relevant,
-                found.state.support,
-            )
-            for d in range(DRAWS)
-            for found in score_episodes(
-                scorer, validation, user_table, liked, size, seed * 1000 + d
-            )
-            if isinstance(found.state, TasteState)
-        ]
+        size: validation_lists(scorer, validation, user_table, liked, size, seed)
         for size in BUCKET_SIZES
     }
     tried: dict[str, dict[str, list[float]]] = {}
@@ -191,6 +178,30 @@ class _Lists(NamedTuple):
     allowed: torch.Tensor
     relevant: torch.Tensor
     support: Support
+
+
+def validation_lists(
+    scorer: CatalogueScorer,
+    validation: TaskSet,
+    user_table: torch.Tensor,
+    liked: float,
+    size: int,
+    seed: int,
+) -> list[_Lists]:
+    """The model's lists for ``validation`` from ``size`` ratings, over the :data:`DRAWS`
+    support draws the fold-in's choice uses (seeds ``seed * 1000 + draw``)."""
+    return [
+        _Lists(
+            standardised(found.scores.rank, found.allowed),
+            found.scores.above_floor,
+            found.allowed,
+            found.relevant,
+            found.state.support,
+        )
+        for draw in range(DRAWS)
+        for found in score_episodes(scorer, validation, user_table, liked, size, seed * 1000 + draw)
+        if isinstance(found.state, TasteState)
+    ]
 
 
 def _blended_recalls(scorer: CatalogueScorer, lists: list[_Lists]) -> list[float]:
