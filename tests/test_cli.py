@@ -176,13 +176,13 @@ def test_resume_refuses_other_options(
         (
             "small_checkpoint",
             "validation Recall@10 from 5 ratings",
-            "best validation Recall@10 from 5 ratings {best_val_recall:.4f}; validation MAE "
-            "{best_val_mae:.4f})",
+            "the weights' moving average (decay 0.5) at epoch 1 (best validation Recall@10 from "
+            "5 ratings {best_val_recall:.4f}; validation MAE {best_val_mae:.4f})",
         ),
         (
             "small_rating_checkpoint",
             "validation MAE",
-            "best validation MAE {best_val_mae:.4f})",
+            "the weights of epoch 1 (best validation MAE {best_val_mae:.4f})",
         ),
     ],
 )
@@ -195,7 +195,8 @@ def test_resume_says_when_a_run_stopped_early(
     kept: str,
 ) -> None:
     """Which measure stopped the run (the taste model's Recall@10, MeLU network's MAE), and
-    which epoch's weights the checkpoint holds, by that measure."""
+    which epoch's weights the checkpoint holds, by that measure (the taste model's: their
+    moving average)."""
     run = _run_copy(request.getfixturevalue(fixture), tmp_path)
     saved = ckpt.load(run / "checkpoint.pt")
     saved.metrics = {**saved.metrics, "stopped_early": True}
@@ -203,8 +204,8 @@ def test_resume_says_when_a_run_stopped_early(
     result = melu("train", "--data-dir", str(shared_data), "--out", str(run), "--resume")
     assert result.returncode == 0, result.stderr
     assert (
-        f"stopped early after epoch 1 (no better {measure} for 5 epochs); it keeps the weights "
-        f"of epoch 1 ({kept.format(**saved.metrics)}. Nothing to resume"
+        f"stopped early after epoch 1 (no better {measure} for 5 epochs); it keeps "
+        f"{kept.format(**saved.metrics)}. Nothing to resume"
     ) in result.stderr
 
 
