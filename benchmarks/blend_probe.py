@@ -45,9 +45,27 @@ SIZES: tuple[int, ...] = (3, 5, 10, 20)
 NEIGHBOURS: tuple[int, ...] = (256, 512)
 
 
-def _z(scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+def masked_z(scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Each row standardised over its ``allowed`` entries, the others pushed out of any list."""
     z = standardised(torch.from_numpy(scores), torch.from_numpy(allowed)).numpy()
     return np.where(allowed, z, -1e9)
+
+
+def checkpoint_arguments(name: str, doc: str, argv: list[str] | None) -> argparse.Namespace | None:
+    """A probe's command line (``--data-dir``, ``--checkpoints``, ``--json``), logging and one
+    torch thread; None, after a one-line message, where a checkpoint is missing."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(1)
+    missing = [str(p) for p in args.checkpoints if not p.is_file()]
+    if missing:
+        print(f"{name}: no checkpoint at {', '.join(missing)}", file=sys.stderr)
+        return None
+    return args
 
 
 def probe(path: Path, data_dir: Path) -> list[dict[str, Any]]:
@@ -68,7 +86,7 @@ def probe(path: Path, data_dir: Path) -> list[dict[str, Any]]:
             edlae.grid(), key=lambda s: C.liked_recall(cases, edlae.score(cases.supports, s))
         )
         anchor = edlae.score(cases.supports, setting)
-        z_model, z_anchor = _z(model, allowed), _z(anchor, allowed)
+        z_model, z_anchor = masked_z(model, allowed), masked_z(anchor, allowed)
         first = np.random.default_rng(size).permutation(len(cases)) < len(cases) // 2
 
         def recall(scores: np.ndarray, half: np.ndarray, cases: C.Cases = cases) -> float:
@@ -112,16 +130,8 @@ def probe(path: Path, data_dir: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(1)
-    missing = [str(p) for p in args.checkpoints if not p.is_file()]
-    if missing:
-        print(f"blend_probe: no checkpoint at {', '.join(missing)}", file=sys.stderr)
+    args = checkpoint_arguments("blend_probe", __doc__ or "", argv)
+    if args is None:
         return 2
     rows = [row for path in args.checkpoints for row in probe(path, args.data_dir)]
     header = f"{'seed':>4} {'S':>3} {'alpha':>6} {'model':>7} {'edlae':>7} {'blend':>7}"

@@ -25,7 +25,6 @@ No new user is read. One torch thread:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from blend_probe import checkpoint_arguments, masked_z
 
 from melu import checkpoint as ckpt
 from melu.checkpoint import atomic_write_text
@@ -42,7 +42,6 @@ from melu.evaluation import catalogue as C
 from melu.evaluation.anchors import Ease, GfCf, Rp3Beta
 from melu.evaluation.rankers import Als, Ranker
 from melu.evaluation.run import scenario_cases, training_data
-from melu.fold_in import standardised
 from melu.schedule import BUCKET_SIZES, FOLD_IN_WEIGHTS, _blended_recalls, validation_lists
 from melu.scoring import CatalogueScorer
 from melu.taste_learner import TasteLearner
@@ -109,7 +108,7 @@ def anchor_rows(
             allowed = cases.allowed()
             served = C.model_scores(scorer, data.user_table, cases.user_rows, cases.supports)
             floor = 0.0 if served.above_floor is None else np.where(served.above_floor, FLOOR, 0.0)
-            z_served = _z(served.scores, allowed)
+            z_served = masked_z(served.scores, allowed)
             first = np.random.default_rng([size, draw]).permutation(len(cases)) < len(cases) // 2
 
             def recall(scores: np.ndarray, half: np.ndarray, cases: C.Cases = cases) -> float:
@@ -123,7 +122,7 @@ def anchor_rows(
                     anchor.grid(),
                     key=lambda s: C.liked_recall(cases, anchor.score(cases.supports, s)),
                 )
-                z_anchor = _z(anchor.score(cases.supports, setting), allowed)
+                z_anchor = masked_z(anchor.score(cases.supports, setting), allowed)
                 blended = {w: z_served + w * z_anchor + floor for w in ANCHOR_WEIGHTS}
                 half = {w: recall(s, first) for w, s in blended.items()}
                 w = max(ANCHOR_WEIGHTS, key=lambda w: (half[w], -w))
@@ -139,22 +138,9 @@ def anchor_rows(
     return rows
 
 
-def _z(scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    z = standardised(torch.from_numpy(scores), torch.from_numpy(allowed)).numpy()
-    return np.where(allowed, z, -1e9)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(1)
-    missing = [str(p) for p in args.checkpoints if not p.is_file()]
-    if missing:
-        print(f"served_list_probe: no checkpoint at {', '.join(missing)}", file=sys.stderr)
+    args = checkpoint_arguments("served_list_probe", __doc__ or "", argv)
+    if args is None:
         return 2
     demographics: list[dict[str, Any]] = []
     blends: list[dict[str, Any]] = []

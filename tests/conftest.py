@@ -21,6 +21,16 @@ from melu.train import train
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs two workers on two cores) each worker, and every
+    process it starts, computes with one thread: two workers of two OpenMP threads each on two
+    cores wait on each other, which made end-to-end tests many times slower (see one_thread)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """One torch thread for a module: on a CPU shared with other jobs, two OpenMP threads
