@@ -98,7 +98,14 @@ def rank_top(
     above = keyed > kth
     # An allowed row scored -inf (NaN) still goes before every disallowed row, as in rank().
     tied = (keyed == kth) & allowed
-    chosen = above | (tied & (tied.cumsum(1) <= k - above.sum(1, keepdim=True)))
+    # Of the rows tied with the k-th best, the first ones in row order fill the list. Most
+    # users have no tie to break, and a cumulative sum over every candidate of every user was
+    # a tenth of this function's time: it is taken only where ties are left out.
+    room = k - above.sum(1, keepdim=True)
+    excess = (tied.sum(1, keepdim=True) > room).squeeze(1)
+    chosen = above | tied
+    if bool(excess.any()):
+        chosen[excess] = above[excess] | (tied[excess] & (tied[excess].cumsum(1) <= room[excess]))
     rows = chosen.nonzero()[:, 1].view(-1, k)  # ascending within each user
     order = torch.sort(keyed.gather(1, rows), dim=1, descending=True, stable=True).indices
     return rows.gather(1, order)

@@ -25,6 +25,7 @@ from melu.evaluation.anchors import (
     shelf_baselines,
 )
 from melu.evaluation.rankers import ContentKnn, Ease, Supports, TrainingData
+from melu.fold_in import edlae_inverse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,6 +102,35 @@ def test_edlae_is_ease_with_a_dropout_emphasised_diagonal(toy_training: Training
     setting = {"dropout": edlae.DROPOUTS[0], "l2": 7.0}
     fresh = Edlae(toy_training).score(other, setting)
     np.testing.assert_array_equal(edlae.score(other, setting), fresh)
+
+
+def test_the_ease_inverse_is_symmetric_to_the_bit() -> None:
+    """EASE and EDLAE score with ``P``'s transpose, ``P``'s numbers in row order (a copy per
+    score cost seconds): that is ``P`` only while torch's inverse fills both triangles from
+    one. A Gram matrix of 300 items, large enough for LAPACK's blocked code paths."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((400, 300)) < 0.05).astype(np.float64)
+    gram = torch.from_numpy(x.T @ x)
+    for p, l2 in ((0.0, 5.0), (0.9, 30.0)):
+        inverse = edlae_inverse(gram, p, l2).numpy()
+        np.testing.assert_array_equal(inverse, inverse.T)
+    data = TrainingData.build(
+        pd.DataFrame(
+            [(u, int(i) + 1, 4.0) for u, i in zip(*np.nonzero(x), strict=True)],
+            columns=["user_id", "item_id", "rating"],
+        ),
+        {i: i for i in range(1, 301)},
+        301,
+        sparse.csr_matrix(np.eye(301)),
+    )
+    supports = Supports(np.array([[1, 2, 3], [4, 5, 0]]), np.ones((2, 3)))
+    ease = Ease(data)
+    rated = np.flatnonzero(data.counts > 0)
+    dense = supports.matrix(301).toarray()[:, rated]
+    p_inv = np.linalg.inv(data.matrix[:, rated].T.toarray() @ data.matrix[:, rated].toarray()
+                          + 5.0 * np.eye(len(rated)))  # fmt: skip
+    want = dense - (dense @ p_inv) / np.diag(p_inv)
+    np.testing.assert_allclose(ease.score(supports, {"l2": 5.0})[:, rated], want, atol=1e-9)
 
 
 def _planted() -> tuple[TrainingData, np.ndarray]:

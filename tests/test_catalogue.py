@@ -110,6 +110,13 @@ def test_rank_top_is_the_first_k_of_rank() -> None:
         assert rank_top(scores, allowed, k).tolist() == order[:, :k].tolist()
     with pytest.raises(ValueError, match="allowed"):
         rank_top(scores, allowed, 200)
+    # Users whose k-th best is not tied (most, in practice) beside users whose ties must be
+    # broken by row order: the two take different paths.
+    mixed = scores.clone()
+    mixed[::2] = torch.from_numpy(rng.random((3, 200)))
+    order, _ = rank(mixed, allowed)
+    for k in (1, 10, 20):
+        assert rank_top(mixed, allowed, k).tolist() == order[:, :k].tolist()
 
 
 def test_judge_keeps_the_floor(melu_data: ColdStartData) -> None:

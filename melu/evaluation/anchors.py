@@ -174,11 +174,11 @@ class Rp3Beta:
         users = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
         weights = values[items, :k].astype(np.float64)
         weights *= x.data[:, None] / np.maximum(weights.sum(1, keepdims=True), 1e-300)
-        out = sparse.csr_matrix(
-            (weights.ravel(), (np.repeat(users, k), top[items, :k].ravel())),
-            shape=x.shape,
-        ).toarray()
-        return _scatter(out, self.rated, self.n_rows)
+        # Summed straight into catalogue rows: a sparse matrix built for the sum spent most of
+        # its time sorting its indices (2-3 s of a tuning on one thread).
+        flat = np.repeat(users * self.n_rows, k) + self.rated[top[items, :k]].ravel()
+        out = np.bincount(flat, weights.ravel(), minlength=x.shape[0] * self.n_rows)
+        return out.reshape(x.shape[0], self.n_rows)
 
 
 class Edlae(Ease):

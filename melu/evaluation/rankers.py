@@ -226,7 +226,11 @@ class Ease:
         if key not in self._inverses:
             if len(self._inverses) >= self.KEPT:
                 self._inverses.pop(next(iter(self._inverses)))  # the oldest
-            inverse = edlae_inverse(torch.from_numpy(self.gram), p, l2, self.name).numpy()
+            # LAPACK leaves P column-major, and scipy's sparse-times-dense product copied it
+            # into row order on every call (3-5 s of a tuning's 48 on one thread). P is
+            # symmetric, and torch fills both triangles from one (test_anchors checks that
+            # they are equal to the bit), so its transpose is the same numbers in row order.
+            inverse = edlae_inverse(torch.from_numpy(self.gram), p, l2, self.name).numpy().T
             self._inverses[key] = (inverse, np.diag(inverse).copy())
         return self._inverses[key]
 
