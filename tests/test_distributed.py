@@ -57,6 +57,11 @@ def test_two_gloo_processes_match_one(shared_data: Path, tmp_path: Path, model: 
         # stored in the run's dtype like every other weight.
         assert ddp.metrics["step_schedule"] == single.metrics["step_schedule"]
         assert ddp.state["net.step_schedule"].dtype == torch.float64
+    if model == "taste":
+        # The fold-in, chosen by rank 0 after training as well (not on ml-latest-small, where
+        # the worker leaves it out for time).
+        assert "weights" in ddp.metrics["fold_in"]
+        assert ddp.metrics["fold_in"] == single.metrics["fold_in"]
     # Only rank 0 wrote: one checkpoint, one metrics file, no stray temporary files.
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
         "checkpoint.pt",
