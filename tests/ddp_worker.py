@@ -3,8 +3,8 @@
 Usage: ``torchrun --nproc_per_node=N tests/ddp_worker.py OUT_DIR DATA_DIR MODEL`` (or plain
 ``python`` for one process), MODEL ``rating`` (MeLU's network), ``taste`` (the default
 preset's model) or ``taste-latest-small`` (the taste model on ml-latest-small: half stars, no
-user fields, the time split; no fold-in). Every dropout is off, so that every process count computes the
-same function: ranks draw dropout masks from their own generators.
+user fields, the time split; no fold-in). Every dropout is off, so that every process count
+computes the same function: ranks draw dropout masks from their own generators.
 """
 
 from __future__ import annotations
