@@ -24,10 +24,14 @@ from melu.data import Catalogue
 from melu.errors import CheckpointError
 from melu.features import FeatureEncoder
 from melu.learners import Learner, build_learner
+from melu.taste_learner import TasteLearner
 
 FORMAT = "melu-checkpoint"
 # 2: the taste model replaced the rating+watch objective (version 1 checkpoints: retrain).
 FORMAT_VERSION = 2
+# The taste model's rating recalibration (TasteNet.rating_calibration), which version-2
+# checkpoints written before it lack.
+CALIBRATION = "net.rating_calibration"
 
 
 def versions() -> dict[str, str]:
@@ -60,8 +64,13 @@ class Checkpoint:
     def learner(self, device: torch.device | str = "cpu") -> Learner:
         """The meta-learner with the best weights, in eval mode, on ``device``."""
         learner = build_learner(self.encoder, self.model, self.meta, self.data.scale)
+        state = self.state
+        if isinstance(learner, TasteLearner) and CALIBRATION not in state:
+            # Written before the taste model recalibrated its ratings: the identity, which is
+            # what that model predicted with.
+            state = {**state, CALIBRATION: learner.net.rating_calibration.clone()}
         try:
-            learner.load_state_dict(self.state)
+            learner.load_state_dict(state)
         except RuntimeError as exc:
             # torch lists every mismatch over many lines; the first says what is wrong.
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

@@ -79,12 +79,15 @@ def query_mae(
 
 class ScoredBatch(NamedTuple):
     """A batch of validation episodes scored by a :class:`CatalogueScorer`: every row's
-    scores, each user's candidates and relevant rows ``[B, R]``, and the adapted state."""
+    scores, each user's candidates and relevant rows ``[B, R]``, the adapted state, and the
+    held-out ratings: their rows ``[B, T]`` (0: padding) and values."""
 
     scores: Scores
     allowed: torch.Tensor
     relevant: torch.Tensor
     state: State
+    targets: torch.Tensor
+    target_ratings: torch.Tensor
 
 
 def score_episodes(
@@ -116,7 +119,12 @@ def score_episodes(
                 relevant = torch.zeros_like(allowed)
                 relevant.scatter_(1, ep.targets, ep.liked > 0)
                 yield ScoredBatch(
-                    scorer.scores(state, ep.users), allowed, relevant & allowed, state
+                    scorer.scores(state, ep.users),
+                    allowed,
+                    relevant & allowed,
+                    state,
+                    ep.targets,
+                    ep.target_ratings,
                 )
     finally:
         learner.train(was_training)

@@ -171,6 +171,13 @@ class TasteNet(nn.Module):
         # without the step, 0.344 with it; from 20 ratings 0.399 and 0.411).
         self.register_buffer("step_schedule", torch.ones(len(SCHEDULE_EDGES) + 1))
         self.step_schedule: torch.Tensor
+        # The predicted ratings' affine recalibration per support-size bucket, (offset, slope):
+        # the identity in training; after it, fitted on validation users (melu.schedule), since
+        # the meta-learned shrinkage leaves a cold user's predictions too low (MeLU's validation
+        # users, seed 0: by 0.28 stars from 1 rating, 0.17 from 3, 0.13 from 5, 0.01 from 20).
+        identity = torch.tensor([0.0, 1.0]).repeat(len(SCHEDULE_EDGES) + 1, 1)
+        self.register_buffer("rating_calibration", identity)
+        self.rating_calibration: torch.Tensor
         # EDLAE's fold-in, blended into the list per support-size bucket (melu.fold_in): fitted
         # and weighed on validation users once training ends.
         self.fold_in = (
@@ -293,6 +300,13 @@ class TasteNet(nn.Module):
             taste = torch.einsum("bd,bnd->bn", fast.rating_taste, items.taste)
             bias = items.rating_bias
         return self.mean + bias + fast.rating_bias.unsqueeze(-1) + taste
+
+    def calibrated(self, ratings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Predicted ``ratings [B, N]`` through the affine map of each user's support-size
+        bucket (:attr:`rating_calibration`; ``mask [B, S]``). The slope is positive, so a
+        user's films keep their order."""
+        offset, slope = self.rating_calibration[bucket(mask)].unbind(-1)
+        return offset.unsqueeze(-1) + slope.unsqueeze(-1) * ratings
 
     # --- the local update ----------------------------------------------------------------------
 

@@ -130,13 +130,18 @@ class TasteLearner(nn.Module):
     def scores(
         self, state: TasteState, catalogue: CatalogueSide
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ranking logits and predicted ratings ``[B, R]`` of every catalogue row."""
-        logits = self.net.logits(state.fast, state.cooccurrence, catalogue.items)
-        return logits, self.net.ratings(state.fast, catalogue.items)
+        """Ranking logits and predicted ratings ``[B, R]`` of every catalogue row (the ratings
+        recalibrated for the support's size, :meth:`TasteNet.calibrated`)."""
+        net = self.net
+        logits = net.logits(state.fast, state.cooccurrence, catalogue.items)
+        ratings = net.ratings(state.fast, catalogue.items)
+        return logits, net.calibrated(ratings, state.support.mask)
 
     def predict(self, state: TasteState, items: torch.Tensor) -> torch.Tensor:
-        """Predicted ratings ``[B, N]`` of items ``[B, N, W]`` (MeLU's query items)."""
-        return self.net.ratings(state.fast, self.net.item_side(items))
+        """Predicted ratings ``[B, N]`` of items ``[B, N, W]`` (MeLU's query items),
+        recalibrated as :meth:`scores`'."""
+        ratings = self.net.ratings(state.fast, self.net.item_side(items))
+        return self.net.calibrated(ratings, state.support.mask)
 
     def user_mean(self, state: TasteState) -> torch.Tensor:
         """``[B]``: the user's own mean rating, shrunk towards the population's by the learned

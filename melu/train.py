@@ -25,7 +25,7 @@ from melu.learners import Learner, build_learner, fit_to_training, training_pair
 from melu.maml import TaskFeatures, gather
 from melu.objectives import Episode, sample_episodes
 from melu.predict import catalogue_recall, query_mae
-from melu.schedule import choose_fold_in, choose_step_schedule
+from melu.schedule import choose_fold_in, choose_rating_calibration, choose_step_schedule
 from melu.scoring import CatalogueScorer
 from melu.tasks import TaskBatch
 from melu.taste_learner import TasteLearner
@@ -448,13 +448,15 @@ def train(
 
 def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed: int) -> None:
     """Once training has ended: choose how far the taste model's steps go per support size on
-    validation users (:mod:`melu.schedule`), then its fold-in, into the kept weights. A run
-    interrupted before its end leaves this to the resumed run; a finished one has it already."""
+    validation users (:mod:`melu.schedule`), then its fold-in, then its ratings'
+    recalibration, into the kept weights. A run interrupted before its end leaves this to the
+    resumed run; a finished one has it already."""
     checkpoint = ckpt.load(path, map_location=device)
     finished = int(checkpoint.resume.get("epoch", 0)) >= checkpoint.train.epochs
     steps_done = "step_schedule" in checkpoint.metrics
     fold_in_done = checkpoint.model.fold_in_neighbours == 0 or "fold_in" in checkpoint.metrics
-    if not finished or (steps_done and fold_in_done):
+    calibrated = "rating_calibration" in checkpoint.metrics
+    if not finished or (steps_done and fold_in_done and calibrated):
         return
     learner = checkpoint.learner(device)
     assert isinstance(learner, TasteLearner)
@@ -484,6 +486,15 @@ def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed:
             checkpoint.state[f"net.fold_in.{name}"] = (
                 value.to(trained) if name == "weight" else value
             )
+        ckpt.save(path, checkpoint)
+    if not calibrated:
+        # Last: the floor compares the recalibrated ratings, so the lists it reports are the
+        # served ones.
+        checkpoint.metrics["rating_calibration"] = choose_rating_calibration(
+            learner, table, recommendable, validation, user_table, seed
+        )
+        line = learner.net.rating_calibration.detach().cpu()
+        checkpoint.state[ckpt.CALIBRATION] = line.to(trained, copy=True)
         ckpt.save(path, checkpoint)
 
 

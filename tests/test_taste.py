@@ -395,3 +395,27 @@ def test_the_step_schedule_scales_the_step_per_support_size() -> None:
         expected = base + multiple.view(shape) * (one - base)
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
         assert not torch.equal(one, base)
+
+
+def test_the_ratings_take_the_line_of_their_support_size() -> None:
+    """``TasteNet.rating_calibration``: every predicted rating of a user (the catalogue's and
+    MeLU's query items alike) goes through the line of the user's support-size bucket (the
+    three users: 4 ratings, bucket 4-7; 2 and 1 ratings, bucket 1-3), so a user's films keep
+    their order; the ranking logits do not change."""
+    model = learner().eval()
+    rows, ratings, mask = support()
+    side = model.catalogue_side(TABLE, RECOMMENDABLE)
+    with torch.no_grad():
+        state = model.adapt(USERS, rows, TABLE[rows], ratings, mask, side, steps=1)
+        logits, raw = model.scores(state, side)
+        raw_query = model.predict(state, TABLE[rows])
+        lines = [[0.5, 0.9], [-0.2, 1.1], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]
+        model.net.rating_calibration.copy_(torch.tensor(lines, dtype=torch.float64))
+        moved_logits, moved = model.scores(state, side)
+        query = model.predict(state, TABLE[rows])
+    offset = torch.tensor([-0.2, 0.5, 0.5], dtype=torch.float64).unsqueeze(-1)
+    slope = torch.tensor([1.1, 0.9, 0.9], dtype=torch.float64).unsqueeze(-1)
+    torch.testing.assert_close(moved, offset + slope * raw, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(query, offset + slope * raw_query, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(moved_logits, logits, rtol=0, atol=0)
+    assert torch.equal(moved.argsort(-1), raw.argsort(-1))

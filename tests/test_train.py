@@ -21,14 +21,23 @@ from melu import train as train_module
 from melu.config import PRESETS, MetaConfig, ModelConfig, Preset, TrainConfig
 from melu.data import ColdStartData
 from melu.errors import CheckpointError
+from melu.evaluation import metrics as M
 from melu.fold_in import DROPOUTS, REGULARISERS
 from melu.learners import Learner, build_learner, fit_to_training
 from melu.maml import MetaLearner, gather
 from melu.objectives import Episode, sample_episodes
 from melu.predict import catalogue_recall, predict_queries, query_mae
-from melu.schedule import BUCKET_SIZES, DRAWS, FOLD_IN_WEIGHTS, MULTIPLES
+from melu.schedule import (
+    BUCKET_SIZES,
+    DRAWS,
+    FOLD_IN_WEIGHTS,
+    MIN_SLOPE,
+    MULTIPLES,
+    heldout_predictions,
+)
 from melu.scoring import CatalogueScorer
 from melu.tasks import TaskBatch
+from melu.taste_learner import TasteLearner
 from melu.train import SELECT_SUPPORT, train
 
 # One thread: the resumed run must equal the uninterrupted one bit for bit, and the CPU is
@@ -279,13 +288,46 @@ def test_taste_checkpoint_round_trips_with_its_step_schedule(
     assert len(fold_in["recall@10"]) == len(DROPOUTS) * len(REGULARISERS)
     weight = fold_in["weights"][1]
     scorer = scorer_of(learner, small_data)
-    draws = [
-        catalogue_recall(scorer, val, small_data.user_table, liked, 5, seed=SMALL.seed * 1000 + d)
-        for d in range(DRAWS)
-    ]
+    # The ratings' recalibration, fitted last: the stored lines are the ones the scorer
+    # applies (the calibration error of the 4-7 bucket's fit recomputed from the scored
+    # ratings), and in sample they leave no mean error.
+    calibration = metrics["rating_calibration"]
+    assert loaded.state[ckpt.CALIBRATION].tolist() == calibration["lines"]
+    assert net.rating_calibration.tolist() == calibration["lines"]
+    fit = calibration["fits"]["4-7"]
+    predicted, actual = heldout_predictions(
+        scorer, val, small_data.user_table, (5,), SMALL.seed, liked, small_data.scale
+    )
+    assert len(actual) == fit["ratings"]
+    assert M.calibration_error(predicted, actual) == pytest.approx(
+        fit["calibration_error_after"], abs=1e-4
+    )
+    assert fit["calibration_error_after"] <= fit["calibration_error"]
+    assert abs(predicted.mean() - actual.mean()) < 0.05
+    assert all(slope >= MIN_SLOPE for _, slope in calibration["lines"])
+
+    # The served lists at 5 ratings give the Recall@10 the recalibration reports after it;
+    # with the identity, the Recall@10 the fold-in was chosen by (and it reports before).
+    at_5 = BUCKET_SIZES.index(5)
+
+    def recall_at_5() -> float:
+        return (
+            sum(
+                catalogue_recall(
+                    scorer, val, small_data.user_table, liked, 5, seed=SMALL.seed * 1000 + d
+                )
+                for d in range(DRAWS)
+            )
+            / DRAWS
+        )
+
+    assert recall_at_5() == pytest.approx(calibration["recall@10"]["after"][at_5], abs=1e-5)
+    with torch.no_grad():
+        net.rating_calibration.copy_(torch.tensor([[0.0, 1.0]] * len(calibration["lines"])))
     tried = fold_in["recall@10"][setting]["5"][FOLD_IN_WEIGHTS.index(weight)]
-    assert sum(draws) / DRAWS == pytest.approx(tried, abs=1e-5)
+    assert recall_at_5() == pytest.approx(tried, abs=1e-5)
     assert tried == max(fold_in["recall@10"][setting]["5"])
+    assert calibration["recall@10"]["before"][at_5] == pytest.approx(tried, abs=1e-5)
 
     # At 5 ratings (the bucket of 4-7) the stored schedule gives the Recall@10 it was chosen by
     # (without the fold-in, which was chosen after it).
@@ -300,7 +342,8 @@ def test_taste_checkpoint_round_trips_with_its_step_schedule(
     assert sum(draws) / DRAWS == pytest.approx(tried, abs=1e-5)
     assert tried == max(schedule["recall@10"]["5"])
 
-    # Under training's schedule the model is the one selected, with its validation measures.
+    # Under training's schedule (and ratings) the model is the one selected, with its
+    # validation measures.
     with torch.no_grad():
         net.step_schedule.fill_(1.0)
     assert validation_recall(learner, small_data, SMALL.seed) == pytest.approx(
@@ -455,17 +498,19 @@ def test_the_taste_model_keeps_the_moving_average_of_its_epochs(
 def test_a_failed_fold_in_choice_keeps_the_step_schedule(
     small_data: ColdStartData, taste_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The end of training chooses the step schedule, then the fold-in. When the fold-in's
-    choice fails, the schedule is on disk already, and the resumed end chooses only the
-    fold-in: the uninterrupted run's."""
+    """The end of training chooses the step schedule, then the fold-in, then the ratings'
+    recalibration. When the fold-in's choice fails, the schedule is on disk already, and the
+    resumed end chooses only the fold-in and the recalibration: the uninterrupted run's."""
     full = ckpt.load(taste_run)
-    # The finished run as it stood before either choice.
+    # The finished run as it stood before any choice.
     state = dict(full.state)
     state["net.step_schedule"] = torch.ones_like(state["net.step_schedule"])
     state["net.fold_in.index"] = torch.zeros(0, 0, dtype=torch.long)
     state["net.fold_in.value"] = torch.zeros(0, 0)
     state["net.fold_in.weight"] = torch.zeros_like(state["net.fold_in.weight"])
-    metrics = {k: v for k, v in full.metrics.items() if k not in ("step_schedule", "fold_in")}
+    state[ckpt.CALIBRATION] = torch.tensor([[0.0, 1.0]] * 5).to(state[ckpt.CALIBRATION])
+    chosen_after = ("step_schedule", "fold_in", "rating_calibration")
+    metrics = {k: v for k, v in full.metrics.items() if k not in chosen_after}
     path = tmp_path / "checkpoint.pt"
     ckpt.save(path, dataclasses.replace(full, state=state, metrics=metrics))
 
@@ -477,7 +522,7 @@ def test_a_failed_fold_in_choice_keeps_the_step_schedule(
         train_module._schedule_steps(path, small_data, torch.device("cpu"), SMALL.seed)
     kept = ckpt.load(path)
     assert kept.metrics["step_schedule"] == full.metrics["step_schedule"]
-    assert "fold_in" not in kept.metrics
+    assert "fold_in" not in kept.metrics and "rating_calibration" not in kept.metrics
     monkeypatch.undo()
 
     chosen: list[object] = []
@@ -494,6 +539,24 @@ def test_a_failed_fold_in_choice_keeps_the_step_schedule(
     assert resumed.metrics["fold_in"] == full.metrics["fold_in"]
     for name in ("index", "value", "weight"):
         assert torch.equal(resumed.state[f"net.fold_in.{name}"], full.state[f"net.fold_in.{name}"])
+    assert resumed.metrics["rating_calibration"] == full.metrics["rating_calibration"]
+    assert torch.equal(resumed.state[ckpt.CALIBRATION], full.state[ckpt.CALIBRATION])
+
+
+def test_a_checkpoint_from_before_the_recalibration_loads_with_the_identity(
+    taste_run: Path,
+) -> None:
+    """A taste checkpoint written before the ratings were recalibrated has no
+    ``net.rating_calibration``: it loads with the identity, what that model predicted with."""
+    full = ckpt.load(taste_run)
+    identity = [[0.0, 1.0]] * 5
+    fitted = full.learner()
+    assert isinstance(fitted, TasteLearner)
+    assert fitted.net.rating_calibration.tolist() != identity
+    state = {k: v for k, v in full.state.items() if k != ckpt.CALIBRATION}
+    older = dataclasses.replace(full, state=state).learner()
+    assert isinstance(older, TasteLearner)
+    assert older.net.rating_calibration.tolist() == identity
 
 
 # --- early stopping -----------------------------------------------------------------------------

@@ -719,6 +719,7 @@ def fine_tuning(ck: ckpt.Checkpoint) -> list[str]:
             "co-occurrence table, the shrinkage) is shared by all users and never changes at "
             "request time.",
             fold_in_line(ck.metrics.get("fold_in")),
+            calibration_line(ck.metrics.get("rating_calibration")),
         ]
     else:
         lines = [
@@ -739,6 +740,24 @@ def fine_tuning(ck: ckpt.Checkpoint) -> list[str]:
             "This checkpoint takes no local steps, so its adapted and zero-step rows coincide."
         )
     return lines
+
+
+def calibration_line(chosen: dict[str, Any] | None) -> str:
+    """The report's words for the taste model's rating recalibration
+    (``metrics["rating_calibration"]``)."""
+    if not chosen:
+        return "The predicted ratings are the model's own (no recalibration was fitted)."
+    lines = ", ".join(
+        f"{b}: {offset:+.2f} + {slope:.2f} r"
+        for b, (offset, slope) in zip(BUCKET_LABELS, chosen["lines"], strict=False)
+    )
+    return (
+        "The predicted ratings go through a line per support size, fitted by least squares "
+        "on validation users' held-out ratings once training ended "
+        f"({lines}); the floor compares these ratings with the user's own mean, the ranking "
+        "score's rating term takes them (the offset, the same for all of a user's films, "
+        "leaves the order as it was), and the zero-step row takes the same lines."
+    )
 
 
 def fold_in_line(chosen: dict[str, Any] | None) -> str:
