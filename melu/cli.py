@@ -452,7 +452,7 @@ def _check_resume(args: argparse.Namespace, given: dict[str, Any]) -> bool:
     configuration (it would silently keep its own), and say so when the run has finished.
     Returns whether there is training left to do."""
     from melu.checkpoint import load
-    from melu.train import kept_weights
+    from melu.train import kept_weights, unchosen
 
     path = args.out / "checkpoint.pt"
     if not (args.resume and path.exists()):
@@ -480,6 +480,15 @@ def _check_resume(args: argparse.Namespace, given: dict[str, Any]) -> bool:
         )
     done = int(previous.resume.get("epoch", 0)) if previous.resume else None
     if done is None or done >= previous.train.epochs:
+        missing = unchosen(previous)
+        if missing and done is not None:
+            log.info(
+                "%s already %s; choosing on validation users what it lacks: %s",
+                args.out,
+                _how_it_ended(previous.metrics, previous.train),
+                ", ".join(name.replace("_", " ") for name in missing),
+            )
+            return True
         log.info(
             "%s already %s; it keeps %s. Nothing to resume: train into a new folder to start over",
             args.out,

@@ -446,6 +446,18 @@ def train(
     return ckpt.load(path)
 
 
+def unchosen(checkpoint: ckpt.Checkpoint) -> list[str]:
+    """What a taste run still has to choose on validation users once training ends (the
+    names its metrics keep them under): all of it before the end, and for a run finished by
+    an older melu the choices added since (the ratings' recalibration)."""
+    if checkpoint.model.objective != "taste":
+        return []
+    wanted = ["step_schedule", "rating_calibration"]
+    if checkpoint.model.fold_in_neighbours > 0:
+        wanted.insert(1, "fold_in")
+    return [name for name in wanted if name not in checkpoint.metrics]
+
+
 def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed: int) -> None:
     """Once training has ended: choose how far the taste model's steps go per support size on
     validation users (:mod:`melu.schedule`), then its fold-in, then its ratings'
@@ -453,11 +465,12 @@ def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed:
     resumed run; a finished one has it already."""
     checkpoint = ckpt.load(path, map_location=device)
     finished = int(checkpoint.resume.get("epoch", 0)) >= checkpoint.train.epochs
-    steps_done = "step_schedule" in checkpoint.metrics
-    fold_in_done = checkpoint.model.fold_in_neighbours == 0 or "fold_in" in checkpoint.metrics
-    calibrated = "rating_calibration" in checkpoint.metrics
-    if not finished or (steps_done and fold_in_done and calibrated):
+    missing = unchosen(checkpoint)
+    if not finished or not missing:
         return
+    steps_done = "step_schedule" not in missing
+    fold_in_done = "fold_in" not in missing
+    calibrated = "rating_calibration" not in missing
     learner = checkpoint.learner(device)
     assert isinstance(learner, TasteLearner)
     table = data.catalogue.table.to(device)

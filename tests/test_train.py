@@ -5,6 +5,7 @@ line."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from melu import checkpoint as ckpt
+from melu import cli
 from melu import train as train_module
 from melu.config import PRESETS, MetaConfig, ModelConfig, Preset, TrainConfig
 from melu.data import ColdStartData
@@ -38,7 +40,7 @@ from melu.schedule import (
 from melu.scoring import CatalogueScorer
 from melu.tasks import TaskBatch
 from melu.taste_learner import TasteLearner
-from melu.train import SELECT_SUPPORT, train
+from melu.train import SELECT_SUPPORT, train, unchosen
 
 # One thread: the resumed run must equal the uninterrupted one bit for bit, and the CPU is
 # shared.
@@ -541,6 +543,34 @@ def test_a_failed_fold_in_choice_keeps_the_step_schedule(
         assert torch.equal(resumed.state[f"net.fold_in.{name}"], full.state[f"net.fold_in.{name}"])
     assert resumed.metrics["rating_calibration"] == full.metrics["rating_calibration"]
     assert torch.equal(resumed.state[ckpt.CALIBRATION], full.state[ckpt.CALIBRATION])
+
+
+def test_resuming_a_run_finished_before_the_recalibration_fits_it(
+    small_data: ColdStartData, taste_run: Path, tmp_path: Path
+) -> None:
+    """A taste run finished by an older melu lacks the ratings' recalibration: `melu train
+    --resume` over it is not "nothing to resume" but the end's missing choice, which trains
+    nothing and fits the uninterrupted run's lines; over a complete run it is."""
+    full = ckpt.load(taste_run)
+    out = tmp_path / "older"
+    out.mkdir()
+    state = {k: v for k, v in full.state.items() if k != ckpt.CALIBRATION}
+    metrics = {k: v for k, v in full.metrics.items() if k != "rating_calibration"}
+    ckpt.save(out / "checkpoint.pt", dataclasses.replace(full, state=state, metrics=metrics))
+    assert unchosen(ckpt.load(out / "checkpoint.pt")) == ["rating_calibration"]
+    assert unchosen(full) == []
+
+    def resumable(folder: Path) -> bool:
+        args = argparse.Namespace(out=folder, resume=True, dataset=full.data.dataset)
+        return cli._check_resume(args, {})
+
+    assert resumable(out)
+    assert not resumable(taste_run.parent)
+    resumed = train(small_data, out, TASTE.model, TASTE.meta, SMALL, resume=True, progress=False)
+    assert resumed.metrics["history"] == full.metrics["history"]
+    assert resumed.metrics["rating_calibration"] == full.metrics["rating_calibration"]
+    assert torch.equal(resumed.state[ckpt.CALIBRATION], full.state[ckpt.CALIBRATION])
+    assert not resumable(out)
 
 
 def test_a_checkpoint_from_before_the_recalibration_loads_with_the_identity(
