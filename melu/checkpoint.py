@@ -34,6 +34,15 @@ FORMAT_VERSION = 2
 CALIBRATION = "net.rating_calibration"
 
 
+def completed(state: dict[str, torch.Tensor], learner: Learner) -> dict[str, torch.Tensor]:
+    """``state`` (the kept weights, or a resume state's) with what a version-2 checkpoint
+    written before the taste model recalibrated its ratings lacks: the identity, which is
+    what that model predicted with."""
+    if isinstance(learner, TasteLearner) and CALIBRATION not in state:
+        return {**state, CALIBRATION: learner.net.rating_calibration.detach().clone()}
+    return state
+
+
 def versions() -> dict[str, str]:
     return {
         "melu": __version__,
@@ -64,13 +73,8 @@ class Checkpoint:
     def learner(self, device: torch.device | str = "cpu") -> Learner:
         """The meta-learner with the best weights, in eval mode, on ``device``."""
         learner = build_learner(self.encoder, self.model, self.meta, self.data.scale)
-        state = self.state
-        if isinstance(learner, TasteLearner) and CALIBRATION not in state:
-            # Written before the taste model recalibrated its ratings: the identity, which is
-            # what that model predicted with.
-            state = {**state, CALIBRATION: learner.net.rating_calibration.clone()}
         try:
-            learner.load_state_dict(state)
+            learner.load_state_dict(completed(self.state, learner))
         except RuntimeError as exc:
             # torch lists every mismatch over many lines; the first says what is wrong.
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

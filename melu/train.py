@@ -204,7 +204,7 @@ def train(
     average: list[torch.Tensor] | None = None
 
     if previous is not None and previous.resume:
-        learner.load_state_dict(previous.resume["model"])
+        learner.load_state_dict(ckpt.completed(previous.resume["model"], learner))
         optimizer.load_state_dict(previous.resume["optimizer"])
         if scheduler is not None and previous.resume.get("scheduler"):
             scheduler.load_state_dict(previous.resume["scheduler"])

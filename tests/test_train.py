@@ -556,7 +556,10 @@ def test_resuming_a_run_finished_before_the_recalibration_fits_it(
     out.mkdir()
     state = {k: v for k, v in full.state.items() if k != ckpt.CALIBRATION}
     metrics = {k: v for k, v in full.metrics.items() if k != "rating_calibration"}
-    ckpt.save(out / "checkpoint.pt", dataclasses.replace(full, state=state, metrics=metrics))
+    model = {k: v for k, v in full.resume["model"].items() if k != ckpt.CALIBRATION}
+    resume = {**full.resume, "model": model}
+    older = dataclasses.replace(full, state=state, metrics=metrics, resume=resume)
+    ckpt.save(out / "checkpoint.pt", older)
     assert unchosen(ckpt.load(out / "checkpoint.pt")) == ["rating_calibration"]
     assert unchosen(full) == []
 
