@@ -65,13 +65,7 @@ def choose_step_schedule(
             values = []
             for multiple in MULTIPLES:
                 schedule.fill_(multiple)
-                recall = sum(
-                    catalogue_recall(
-                        scorer, validation, user_table, liked, size, seed=seed * 1000 + draw
-                    )
-                    for draw in range(DRAWS)
-                )
-                values.append(recall / DRAWS)
+                values.append(mean_recall(scorer, validation, user_table, liked, size, seed))
             tried[str(size)] = [round(v, 5) for v in values]
             best = max(range(len(values)), key=lambda i: (values[i], -i))
             chosen.append(MULTIPLES[best])
@@ -87,6 +81,24 @@ def choose_step_schedule(
         tried,
     )  # fmt: skip
     return tried
+
+
+def mean_recall(
+    scorer: CatalogueScorer,
+    validation: TaskSet,
+    user_table: torch.Tensor,
+    liked: float,
+    size: int,
+    seed: int,
+) -> float:
+    """Validation Recall@10 of the scorer's lists from ``size`` ratings, averaged over the
+    :data:`DRAWS` support draws every choice here is judged on (seeds ``seed * 1000 +
+    draw``)."""
+    total = sum(
+        catalogue_recall(scorer, validation, user_table, liked, size, seed=seed * 1000 + draw)
+        for draw in range(DRAWS)
+    )
+    return total / DRAWS
 
 
 # The support sizes each bucket's rating calibration is fitted at (buckets 1-3, 4-7, 8-15,
@@ -120,16 +132,7 @@ def choose_rating_calibration(
 
     def recalls() -> list[float]:
         return [
-            round(
-                sum(
-                    catalogue_recall(
-                        scorer, validation, user_table, liked, size, seed=seed * 1000 + draw
-                    )
-                    for draw in range(DRAWS)
-                )
-                / DRAWS,
-                5,
-            )
+            round(mean_recall(scorer, validation, user_table, liked, size, seed), 5)
             for size in BUCKET_SIZES
         ]
 
