@@ -12,7 +12,7 @@ from melu.config import RatingScale
 from melu.learners import Learner
 from melu.maml import MetaLearner, gather
 from melu.objectives import candidates, recommendable_rows, sample_episodes
-from melu.ranking import rank, rank_top
+from melu.ranking import hits_in_top
 from melu.scoring import CatalogueScorer, Scores, State
 from melu.tasks import TaskSet
 from melu.taste_learner import TasteState
@@ -138,16 +138,19 @@ def hits_at(
     k: int = 10,
 ) -> torch.Tensor:
     """Recall@k (hits / min(k, relevant)) of each user with a relevant row, the lists ordered
-    by :func:`melu.ranking.rank` (only their first ``k`` rows found, where every user has
-    ``k`` candidates: the fold-in's choice measures hundreds of lists per validation user)."""
-    if int(allowed.expand_as(rank_scores).sum(1).min()) >= k:
-        top = rank_top(rank_scores, allowed, k, above_floor)
-    else:
-        top = rank(rank_scores, allowed, above_floor)[0][:, :k]
-    hits = relevant.gather(1, top).sum(1).to(rank_scores.dtype)
+    by :func:`melu.ranking.rank` (:func:`melu.ranking.hits_in_top`)."""
+    return recall_of(hits_in_top(rank_scores, allowed, relevant, k, above_floor), relevant, k,
+                     rank_scores.dtype)  # fmt: skip
+
+
+def recall_of(
+    hits: torch.Tensor, relevant: torch.Tensor, k: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Recall@k of each user with a relevant row from their ``hits [..., B]`` in the top ``k``
+    and their ``relevant [B, R]`` rows."""
     n_rel = relevant.sum(1)
     keep = n_rel > 0
-    return hits[keep] / n_rel[keep].clamp(max=k).to(rank_scores.dtype)
+    return hits[..., keep].to(dtype) / n_rel[keep].clamp(max=k).to(dtype)
 
 
 def catalogue_recall(

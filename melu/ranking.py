@@ -11,12 +11,16 @@ selection all order rows with these functions, from the scores of
   a list holds a film predicted below the user's average only once nothing else is left;
 - :func:`rank_top` is its first ``k`` entries for a batch, without sorting whole rows;
 - :func:`top_k_row` is the same order for one user, cheaper when ``k`` is small;
-- :func:`batch_invariant` rounds scores first, so that batching never reorders near ties.
+- :func:`batch_invariant` rounds scores first, so that batching never reorders near ties;
+- :func:`hits_in_top` counts the relevant rows of those first ``k``, and
+  :func:`hits_in_top_blends` does so for a blend of two scores at many weights at once.
 
 "Candidates minus support" has one definition, :func:`melu.objectives.candidates`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -139,3 +143,82 @@ def top_k_row(
     else:
         order = torch.sort(values, descending=True, stable=True).indices
     return pool[order]
+
+
+def hits_in_top(
+    scores: torch.Tensor,
+    allowed: torch.Tensor,
+    relevant: torch.Tensor,
+    k: int,
+    above_floor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[B]``: how many ``relevant`` rows each user's first ``k`` rows of :func:`rank` hold."""
+    allowed = allowed.expand_as(scores)
+    if int(allowed.sum(1).min()) >= k:
+        top = rank_top(scores, allowed, k, above_floor)
+    else:
+        top = rank(scores, allowed, above_floor)[0][:, :k]
+    return relevant.gather(1, top).sum(1)
+
+
+def hits_in_top_blends(
+    first: torch.Tensor,
+    second: torch.Tensor,
+    weights: Sequence[float],
+    allowed: torch.Tensor,
+    relevant: torch.Tensor,
+    k: int,
+    above_floor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[W, B]``: :func:`hits_in_top` of the blends ``first + w * second`` (``first`` where
+    ``w`` is 0) for every weight, equal to it row by row, in one pass per weight.
+
+    Choosing a blend's weight ranks every validation list at a dozen weights for each of
+    nine fold-in settings. A hit count needs the set of the first ``k`` rows, not their order:
+    the rows that compete for the list (``pool``: the allowed rows, or with a floor, those
+    above it, or for a user with fewer than ``k`` of those, the rows below it once all of
+    them are in) hold a relevant row in the list when its score reaches the score a user's
+    list ends on. Only where rows tie on that score and some of them are left out (the
+    tie goes to the lower row) is the user's list ranked in full. ``relevant`` must hold only
+    allowed rows, as :func:`melu.objectives.candidates` gives them.
+    """
+    allowed = allowed.expand_as(first)
+    rows = first.shape[1]
+    pool, base = allowed, torch.zeros_like(allowed)
+    if above_floor is not None:
+        clear = allowed & above_floor.expand_as(first)
+        short = clear.sum(1, keepdim=True) < k
+        pool = torch.where(short, allowed & ~clear, clear)
+        base = clear & short
+    # A sum is finite only if every term is (or it overflows: then ranking in full is exact too).
+    finite = bool(torch.isfinite(first.sum() + second.sum()))
+    if rows <= k or not finite:  # ties at -inf, a short catalogue: rank in full
+        return torch.stack(
+            [
+                hits_in_top(first + w * second if w else first, allowed, relevant, k, above_floor)
+                for w in weights
+            ]
+        )
+    n = len(weights)
+    scale = torch.tensor(list(weights), dtype=first.dtype, device=first.device).view(-1, 1, 1)
+    # Rows out of the pool score -inf at every weight. w * second, then first added in place:
+    # the blend's own two roundings (a fused multiply-add would round once and differ), and
+    # 0 * second adds nothing, so the weight 0 gives first itself, bit for bit.
+    keyed = (scale * torch.where(pool, second, 0.0)).add_(torch.where(pool, first, -torch.inf))
+    room = (k - base.sum(1)).view(1, -1, 1).expand(n, -1, 1)
+    best = torch.topk(keyed, k + 1, dim=-1).values
+    last, after = best.gather(-1, room - 1), best.gather(-1, room)
+    # A relevant row in the pool is in the list when it scores at least the list's last row.
+    user, row = torch.nonzero(relevant & pool, as_tuple=True)
+    reached = (keyed[:, user, row] >= last[:, user, 0]).long()
+    hits = torch.zeros(n, first.shape[0], dtype=torch.long, device=first.device)
+    hits.index_add_(1, user, reached).add_((relevant & base).sum(1))
+    # The list ends inside a run of tied rows: rank those users' lists in full.
+    cut = ((after == last) & (last > -torch.inf)).squeeze(-1)
+    for i, weight in enumerate(weights):
+        users = torch.nonzero(cut[i]).squeeze(1)
+        if users.numel():
+            scores = first[users] + weight * second[users] if weight else first[users]
+            floor = None if above_floor is None else above_floor.expand_as(first)[users]
+            hits[i, users] = hits_in_top(scores, allowed[users], relevant[users], k, floor)
+    return hits

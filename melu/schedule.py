@@ -25,7 +25,8 @@ from sklearn.linear_model import LinearRegression
 from melu.config import RatingScale
 from melu.evaluation import metrics as M
 from melu.fold_in import DROPOUTS, MAX_ITEMS, REGULARISERS, edlae_gram, standardised
-from melu.predict import catalogue_recall, hits_at, score_episodes
+from melu.predict import catalogue_recall, recall_of, score_episodes
+from melu.ranking import hits_in_top_blends
 from melu.scoring import CatalogueScorer
 from melu.tasks import TaskSet
 from melu.taste import BUCKET_LABELS, Support
@@ -264,6 +265,7 @@ def choose_fold_in(
     }
     tried: dict[str, dict[str, list[float]]] = {}
     best: tuple[float, tuple[float, float], list[float]] | None = None
+    kept: tuple[torch.Tensor, torch.Tensor] | None = None  # the best setting's lists: no refit
     for dropout in DROPOUTS:
         for l2 in REGULARISERS:
             fold_in.fit(gram, n_items, dropout, l2)
@@ -275,9 +277,10 @@ def choose_fold_in(
             overall = sum(max(v) for v in values.values()) / len(values)
             if best is None or overall > best[0]:
                 best = (overall, (dropout, l2), chosen)
-    assert best is not None
+                kept = (fold_in.index, fold_in.value)
+    assert best is not None and kept is not None
     _, (dropout, l2), chosen = best
-    fold_in.fit(gram, n_items, dropout, l2)
+    fold_in.index, fold_in.value = kept
     chosen.append(chosen[-1])
     fold_in.weight.copy_(torch.tensor(chosen, dtype=fold_in.weight.dtype))
     log.info(
@@ -332,7 +335,8 @@ def _blended_recalls(scorer: CatalogueScorer, lists: list[_Lists]) -> list[float
     recalls: list[list[torch.Tensor]] = [[] for _ in FOLD_IN_WEIGHTS]
     for found in lists:
         z_fold = standardised(scorer.fold_in_scores(found.support), found.allowed)
-        for i, weight in enumerate(FOLD_IN_WEIGHTS):
-            rank = found.z_rank + weight * z_fold if weight else found.z_rank
-            recalls[i].append(hits_at(rank, found.allowed, found.relevant, found.above_floor))
+        hits = hits_in_top_blends(found.z_rank, z_fold, FOLD_IN_WEIGHTS, found.allowed,
+                                  found.relevant, 10, found.above_floor)  # fmt: skip
+        for i, recall in enumerate(recall_of(hits, found.relevant, 10, found.z_rank.dtype)):
+            recalls[i].append(recall)
     return [float(torch.cat(r).mean()) if r else 0.0 for r in recalls]

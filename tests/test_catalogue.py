@@ -5,6 +5,7 @@ ratings' measures on hand-made cases, and that rated items never reach a list.""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from melu.evaluation.metrics import (
     ranking_metrics,
 )
 from melu.evaluation.rankers import Ease, ItemKnn, Popularity, Supports, TrainingData
-from melu.ranking import rank, rank_top, top_k_row
+from melu.ranking import hits_in_top, hits_in_top_blends, rank, rank_top, top_k_row
 from melu.scoring import CatalogueScorer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,6 +118,38 @@ def test_rank_top_is_the_first_k_of_rank() -> None:
     order, _ = rank(mixed, allowed)
     for k in (1, 10, 20):
         assert rank_top(mixed, allowed, k).tolist() == order[:, :k].tolist()
+
+
+def test_blended_hits_are_each_blends_own_list() -> None:
+    """hits_in_top_blends counts, for every weight, the relevant rows of the list that ranking
+    the blend in full gives: with and without the floor, users short of rows above it, ties
+    on the list's last score (integer scores), few candidates, and non-finite scores."""
+    rng = np.random.default_rng(3)
+    weights = (0.0, 1 / 32, 3 / 16, 0.5, 1.0, 2.0)
+
+    def expected(first: torch.Tensor, second: torch.Tensor, *rest: Any) -> list[list[int]]:
+        return [hits_in_top(first + w * second if w else first, *rest).tolist() for w in weights]
+
+    for case in range(6):
+        shape = (12, 300)
+        if case % 2:  # ties everywhere: the list's end falls inside runs of equal scores
+            first = torch.from_numpy(rng.integers(0, 5, size=shape).astype(np.float64))
+            second = torch.from_numpy(rng.integers(0, 3, size=shape).astype(np.float64))
+        else:
+            first = torch.from_numpy(rng.standard_normal(shape))
+            second = torch.from_numpy(rng.standard_normal(shape))
+        allowed = torch.from_numpy(rng.random(shape) > 0.2)
+        allowed[0, 12:] = False  # a user with barely more candidates than the list
+        allowed[1, 5:] = False  # and one with fewer
+        relevant = allowed & torch.from_numpy(rng.random(shape) < 0.1)
+        above = torch.from_numpy(rng.random(shape) > 0.9)  # most users short of 10 above it
+        above[2:6] = True
+        if case >= 4:  # a NaN and an infinite score: ranked in full, as rank() does
+            first[3, 7], second[4, 9] = float("nan"), float("inf")
+        for floor in (None, above):
+            for k in (1, 10):
+                got = hits_in_top_blends(first, second, weights, allowed, relevant, k, floor)
+                assert got.tolist() == expected(first, second, allowed, relevant, k, floor)
 
 
 def test_judge_keeps_the_floor(melu_data: ColdStartData) -> None:
