@@ -19,26 +19,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from quality import git_revision, machine
 
-REPO = Path(__file__).resolve().parents[1]
+from melu import checkpoint as ckpt
+from melu.checkpoint import atomic_write_text
+from melu.data import prepare
+from melu.evaluation import catalogue as C
+from melu.evaluation import metrics as M
+from melu.scoring import CatalogueScorer
+
 SIZES: tuple[int, ...] = (1, 2, 3)
 POOLED: tuple[int, ...] = (1, 3)
 log = logging.getLogger("calibration_split_probe")
 
 
 def probe(path: Path, data_dir: Path) -> list[dict[str, Any]]:
-    from melu import checkpoint as ckpt
-    from melu.data import prepare
-    from melu.evaluation import catalogue as C
-    from melu.evaluation import metrics as M
-    from melu.scoring import CatalogueScorer
-
     checkpoint = ckpt.load(path)
     learner = checkpoint.learner("cpu").eval()
     with torch.no_grad():
@@ -109,12 +109,6 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
-    sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from quality import git_revision, machine
-
-    from melu.checkpoint import atomic_write_text
-
     rows = [row for path in args.checkpoints for row in probe(path, args.data_dir)]
     print(f"{'dataset':<17} {'seed':>4} {'S':>2} {'raw':>6} {'pooled 1&3':>10} {'own line':>8}")
     for row in rows:

@@ -20,14 +20,21 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from quality import git_revision, machine
 
-REPO = Path(__file__).resolve().parents[1]
+from melu import checkpoint as ckpt
+from melu.checkpoint import atomic_write_text
+from melu.data import prepare
+from melu.fold_in import standardised
+from melu.ranking import hits_in_top, hits_in_top_blends
+from melu.schedule import BUCKET_SIZES, FOLD_IN_WEIGHTS, validation_lists
+from melu.scoring import CatalogueScorer
+
 log = logging.getLogger("fold_in_choice")
 
 
@@ -41,18 +48,6 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
-    sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from quality import git_revision, machine
-
-    from melu import checkpoint as ckpt
-    from melu.checkpoint import atomic_write_text
-    from melu.data import prepare
-    from melu.fold_in import standardised
-    from melu.ranking import hits_in_top, hits_in_top_blends
-    from melu.schedule import BUCKET_SIZES, FOLD_IN_WEIGHTS, validation_lists
-    from melu.scoring import CatalogueScorer
-
     checkpoint = ckpt.load(args.checkpoint)
     data = prepare(args.data_dir, checkpoint.data, checkpoint.encoder)
     learner = checkpoint.learner("cpu").eval()
