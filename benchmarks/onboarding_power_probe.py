@@ -1,0 +1,97 @@
+"""Validation users only: can an onboarding list between popularity and MeLU's evidence beat
+popularity's Recall@10 while showing no more items (issue 13's goal in docs/results.md)?
+
+For each run: the onboarding strategies' per-item scores (``melu.onboarding.item_scores``),
+then lists ordered by ``popularity^g x discriminative value`` and ``popularity^g x rating
+entropy`` for several ``g`` (g = 1 with the discriminative value is MeLU's evidence; a larger
+``g`` leans towards popularity), each walked by the validation users as ``melu evaluate`` does
+(``melu.evaluation.onboarding.simulate``: rate what is in one's history, skip the rest, until 5
+ratings), the model adapting on those 5 ratings. Prints the items shown and the Recall@10 with
+their 95% intervals.
+
+    python benchmarks/onboarding_power_probe.py --data-dir ../shared/data/movielens \\
+        --checkpoints RUN/checkpoint.pt --json results/onboarding_power_probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from quality import git_revision, machine
+
+from melu import checkpoint as ckpt
+from melu import onboarding as O
+from melu.checkpoint import atomic_write_text
+from melu.data import prepare
+from melu.evaluation.onboarding import model_scorer, simulate
+
+POWERS: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
+log = logging.getLogger("onboarding_power_probe")
+
+
+def probe(path: Path, data_dir: Path, bootstrap: int) -> list[dict[str, Any]]:
+    checkpoint = ckpt.load(path)
+    learner = checkpoint.learner("cpu").eval()
+    data = prepare(data_dir, checkpoint.data, checkpoint.encoder)
+    with torch.no_grad():
+        scores = O.item_scores(learner, data)
+    popularity = scores.popularity / max(scores.popularity.max(), 1e-12)
+    discriminative = scores.discriminative / max(scores.discriminative.max(), 1e-12)
+    lists = {"popularity": O.ordered(scores.popularity)}
+    for power in POWERS:
+        lists[f"popularity^{power} x discriminative"] = O.ordered(
+            popularity**power * discriminative
+        )
+        lists[f"popularity^{power} x entropy"] = O.ordered(popularity**power * scores.entropy)
+    seed = checkpoint.train.seed
+    with torch.no_grad():
+        rows = simulate(data, lists, model_scorer(learner, data), ("validation",), seed=seed,
+                        bootstrap=bootstrap)  # fmt: skip
+    out = []
+    for name in lists:
+        found = {r.metric: r for r in rows if r.strategy == name}
+        out.append(
+            {
+                "checkpoint": str(path),
+                "seed": seed,
+                "list": name,
+                **{
+                    f"{metric}{part}": round(float(getattr(found[metric], attr)), 4)
+                    for metric in ("items_shown", "recall@10")
+                    for part, attr in (("", "value"), ("_low", "ci_low"), ("_high", "ci_high"))
+                },
+            }
+        )
+        log.info("%s", out[-1])
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
+    parser.add_argument("--bootstrap", type=int, default=200)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(1)
+    rows = [row for path in args.checkpoints for row in probe(path, args.data_dir, args.bootstrap)]
+    print(f"{'seed':>4} {'list':<36} {'items shown':>20} {'Recall@10':>22}")
+    for r in rows:
+        shown = f"{r['items_shown']:.1f} [{r['items_shown_low']:.1f}, {r['items_shown_high']:.1f}]"
+        recall = f"{r['recall@10']:.3f} [{r['recall@10_low']:.3f}, {r['recall@10_high']:.3f}]"
+        print(f"{r['seed']:>4} {r['list']:<36} {shown:>20} {recall:>22}")
+    if args.json:
+        result = {"rows": rows, "machine": machine(), "revision": git_revision()}
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        log.info("wrote %s", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
