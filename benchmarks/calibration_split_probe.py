@@ -17,17 +17,15 @@ the halves swapped and the two averaged.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from quality import git_revision, machine
+from quality import write_rows
 
 from melu import checkpoint as ckpt
-from melu.checkpoint import atomic_write_text
 from melu.data import prepare
 from melu.evaluation import catalogue as C
 from melu.evaluation import metrics as M
@@ -115,9 +113,7 @@ def main() -> int:
         print(f"{row['dataset']:<17} {row['seed']:>4} {row['S']:>2} {row['raw']:>6.3f} "
               f"{row['pooled_1_3_line']:>10.3f} {row['own_line']:>8.3f}")  # fmt: skip
     if args.json:
-        result = {"rows": rows, "machine": machine(), "revision": git_revision()}
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
-        log.info("wrote %s", args.json)
+        write_rows(args.json, rows)
     return 0
 
 

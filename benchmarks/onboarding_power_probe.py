@@ -16,17 +16,15 @@ their 95% intervals.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from quality import git_revision, machine
+from quality import write_rows
 
 from melu import checkpoint as ckpt
 from melu import onboarding as O
-from melu.checkpoint import atomic_write_text
 from melu.data import prepare
 from melu.evaluation.onboarding import model_scorer, simulate
 
@@ -87,9 +85,7 @@ def main() -> int:
         recall = f"{r['recall@10']:.3f} [{r['recall@10_low']:.3f}, {r['recall@10_high']:.3f}]"
         print(f"{r['seed']:>4} {r['list']:<36} {shown:>20} {recall:>22}")
     if args.json:
-        result = {"rows": rows, "machine": machine(), "revision": git_revision()}
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
-        log.info("wrote %s", args.json)
+        write_rows(args.json, rows)
     return 0
 
 

@@ -209,6 +209,13 @@ def git_revision() -> dict[str, Any]:
     }
 
 
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """A probe's rows as JSON, atomically, with the machine and the commit they came from."""
+    result = {"rows": rows, "machine": machine(), "revision": git_revision()}
+    ckpt.atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    log.info("wrote %s", path)
+
+
 def finished(path: Path, epochs: int) -> bool:
     """A run that reached its last epoch or stopped early under the same epoch budget."""
     if not path.is_file():
