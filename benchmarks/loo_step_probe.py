@@ -31,6 +31,7 @@ from quality import write_rows
 from melu import checkpoint as ckpt
 from melu.data import prepare
 from melu.objectives import Episode, candidates, sample_episodes
+from melu.predict import hits_at
 from melu.ranking import hits_in_top
 from melu.schedule import BUCKET_SIZES, DRAWS, MULTIPLES
 from melu.scoring import CatalogueScorer
@@ -101,23 +102,21 @@ def probe(
                 relevant = torch.zeros_like(allowed)
                 relevant.scatter_(1, ep.targets, ep.liked > 0)
                 relevant &= allowed
-                n_relevant = relevant.sum(1)
-                keep = n_relevant > 0
+                keep = relevant.sum(1) > 0
                 recalls, totals = [], []
                 for multiple in multiples:
                     schedule.fill_(multiple)
                     state = scorer.adapt(ep.users, ep.rows_spt, ep.y_spt, ep.mask_spt)
                     scores = scorer.scores(state, ep.users)
-                    hits = hits_in_top(scores.rank, allowed, relevant, 10, scores.above_floor)
-                    recalls.append(hits.to(torch.float64) / n_relevant.clamp(1, 10))
-                    totals.append(left_out_scores(scorer, ep, liked, criterion))
-                recall = torch.stack(recalls)  # [M, B]
+                    recalls.append(hits_at(scores.rank, allowed, relevant, scores.above_floor))
+                    totals.append(left_out_scores(scorer, ep, liked, criterion)[keep])
+                recall = torch.stack(recalls)  # [M, users with a relevant row]
                 pick = (torch.stack(totals) + nudge).argmax(0)
-                found["x0"].append(recall[multiples.index(0.0)][keep])
-                found["schedule"].append(recall[scheduled][keep])
-                found["loo"].append(recall.gather(0, pick[None])[0][keep])
-                found["best"].append(recall.max(0).values[keep])
-                picked.append(pick[keep])
+                found["x0"].append(recall[multiples.index(0.0)])
+                found["schedule"].append(recall[scheduled])
+                found["loo"].append(recall.gather(0, pick[None])[0])
+                found["best"].append(recall.max(0).values)
+                picked.append(pick)
         schedule.copy_(chosen)
         choices = torch.cat(picked)
         row = {
