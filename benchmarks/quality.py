@@ -269,6 +269,9 @@ def run_seed(seed: int, preset: str, args: argparse.Namespace) -> dict[str, Any]
     ):
         log.info("%s seed %d: reusing the evaluation in %s", preset, seed, saved)
         result: dict[str, Any] = json.loads(saved.read_text(encoding="utf-8"))
+        if "fold_in" not in result:
+            # Written before the report showed the fold-in: read off the checkpoint.
+            result["fold_in"] = fold_in_text(ckpt.load(path))
         # The folder it is read from now: a copied run's file names the one it was made in.
         return {**result, "run_dir": str(run_dir)}
     ck = ckpt.load(path)
@@ -298,6 +301,7 @@ def run_seed(seed: int, preset: str, args: argparse.Namespace) -> dict[str, Any]
         "best_val_mae": ck.metrics.get("best_val_mae"),
         "stopped_early": ck.metrics.get("stopped_early"),
         "step_schedule": schedule_text(ck),
+        "fold_in": fold_in_text(ck),
         "report": report.to_dict(),
     }
     ckpt.atomic_write_text(saved, json.dumps(result, allow_nan=False) + "\n")
@@ -315,6 +319,19 @@ def schedule_text(ck: ckpt.Checkpoint) -> str:
         return "none (no local steps)"
     buckets = BUCKET_LABELS
     return ", ".join(f"{b} x{m:g}" for b, m in zip(buckets, chosen, strict=False))
+
+
+def fold_in_text(ck: ckpt.Checkpoint) -> str:
+    """The EDLAE fold-in a taste run chose on validation users after training: its setting
+    and its weight in the list per support size, e.g. ``p=0.95, lambda=300: 1-3 0.094, 4-7
+    0.125, ...``; "none" where the run has none."""
+    chosen = ck.metrics.get("fold_in", {})
+    if "weights" not in chosen:
+        return "none"
+    weights = ", ".join(
+        f"{b} {w:.3g}" for b, w in zip(BUCKET_LABELS, chosen["weights"], strict=False)
+    )
+    return f"p={chosen['dropout']:g}, lambda={chosen['l2']:g}: {weights}"
 
 
 def _rename(method: str, preset: str, first: str) -> str:
@@ -1144,6 +1161,7 @@ def markdown(
             "best epoch",
             "best validation MAE",
             "steps per support size",
+            "fold-in weight per support size (EDLAE setting)",
             "train s",
             "evaluate s",
             "catalogue s",
@@ -1156,6 +1174,7 @@ def markdown(
                 str(r["best_epoch"]),
                 f"{r['best_val_mae']:.4f}",
                 r["step_schedule"],
+                r.get("fold_in", "-"),
                 "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}",
                 f"{r['evaluate_seconds']:.0f}",
                 f"{r['report']['info']['catalogue'].get('seconds', float('nan')):.0f}",
