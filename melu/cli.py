@@ -510,6 +510,18 @@ def _how_it_ended(metrics: dict[str, Any], train_cfg: TrainConfig) -> str:
     )
 
 
+def _data_config(args: argparse.Namespace, train_cfg: TrainConfig) -> DataConfig:
+    """The data a run trains on: with ``--resume`` over a saved run, the run's own (its seed
+    picks the validation users and the split: a run trained with ``--seed 1`` and resumed
+    without it must not be rebuilt on seed 0's), else the dataset's with the given seed."""
+    from melu.checkpoint import load
+
+    path = args.out / "checkpoint.pt"
+    if args.resume and path.exists():
+        return load(path).data
+    return DataConfig.for_dataset(args.dataset, seed=train_cfg.seed)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from melu.data import prepare
     from melu.train import check_options, kept_weights, resolve_device, train
@@ -519,8 +531,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not _check_resume(args, given):
         return 0
     check_options(model_cfg, meta_cfg, train_cfg)  # before minutes of data loading too
-    seed = train_cfg.seed
-    data = prepare(args.data_dir, DataConfig.for_dataset(args.dataset, seed=seed))
+    data = prepare(args.data_dir, _data_config(args, train_cfg))
     result = train(
         data,
         args.out,

@@ -4,6 +4,7 @@ newcomer gets wrong (ports, settings, report paths, resuming a run with other op
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pickle
@@ -20,7 +21,9 @@ import pytest
 import torch
 
 from melu import checkpoint as ckpt
+from melu import cli
 from melu.cli import build_parser
+from melu.config import DataConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -168,6 +171,28 @@ def test_resume_refuses_other_options(
     assert "already finished all 1 epochs" in done.stderr
     assert "resuming" not in done.stderr
     assert (run / "checkpoint.pt").stat().st_mtime_ns == written
+
+
+def test_resume_rebuilds_the_runs_own_data(small_checkpoint: Path, tmp_path: Path) -> None:
+    """`melu train --resume` over a run trained with another seed, the seed left out: the data
+    is the run's (its seed picks the validation users and the split), not seed 0's, whose
+    vocabularies do not fit the saved weights (before: a traceback over a state-dict size
+    mismatch); without a saved run the options decide."""
+    run = _run_copy(small_checkpoint, tmp_path)
+    saved = ckpt.load(run / "checkpoint.pt")
+    assert saved.data.seed == 0
+    other = dataclasses.replace(saved.data, seed=1)
+    ckpt.save(run / "checkpoint.pt", dataclasses.replace(saved, data=other))
+    parser = build_parser()
+    args = parser.parse_args(["train", "--out", str(run), "--resume"])
+    _, _, train_cfg, _ = cli._train_configs(args)
+    assert train_cfg.seed == 0
+    assert cli._data_config(args, train_cfg) == other
+    fresh = parser.parse_args(["train", "--out", str(tmp_path / "new"), "--resume"])
+    assert cli._data_config(fresh, train_cfg) == DataConfig.for_dataset("melu", seed=0)
+    plain = parser.parse_args(["train", "--out", str(run), "--seed", "2"])
+    _, _, plain_cfg, _ = cli._train_configs(plain)
+    assert cli._data_config(plain, plain_cfg) == DataConfig.for_dataset("melu", seed=2)
 
 
 @pytest.mark.parametrize(
