@@ -10,7 +10,9 @@ ends, each support-size bucket (:data:`melu.taste.SCHEDULE_EDGES`) gets the mult
 learned step (:data:`MULTIPLES`) with the best validation Recall@10 at a representative size
 (:data:`BUCKET_SIZES`); the largest bucket (32 ratings and more) takes the choice of the one
 below it. The choice lives in the model (``TasteNet.step_schedule``), so training's selection,
-evaluation and the service adapt alike.
+evaluation and the service adapt alike. :func:`choose_step_schedule` judges whatever lists the
+model serves at the time: :mod:`melu.train` calls it before the fold-in exists (the model's
+own lists, which the fold-in's choice blends) and once more after (the served lists).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from melu.objectives import Episode, sample_episodes
 from melu.predict import catalogue_recall, query_mae
 from melu.schedule import choose_fold_in, choose_rating_calibration, choose_step_schedule
 from melu.scoring import CatalogueScorer
-from melu.tasks import TaskBatch
+from melu.tasks import TaskBatch, TaskSet
 from melu.taste_learner import TasteLearner
 
 log = logging.getLogger(__name__)
@@ -446,23 +446,33 @@ def train(
     return ckpt.load(path)
 
 
+# The name :func:`unchosen` gives the step schedule's second choice, on the served lists.
+SERVED_SCHEDULE = "served_step_schedule"
+
+
 def unchosen(checkpoint: ckpt.Checkpoint) -> list[str]:
     """What a taste run still has to choose on validation users once training ends (the
     names its metrics keep them under): all of it before the end, and for a run finished by
-    an older melu the choices added since (the ratings' recalibration)."""
+    an older melu the choices added since (the ratings' recalibration; the step schedule
+    chosen again on the lists with the fold-in, :data:`SERVED_SCHEDULE`)."""
     if checkpoint.model.objective != "taste":
         return []
     wanted = ["step_schedule", "rating_calibration"]
     if checkpoint.model.fold_in_neighbours > 0:
-        wanted.insert(1, "fold_in")
-    return [name for name in wanted if name not in checkpoint.metrics]
+        wanted[1:1] = ["fold_in", SERVED_SCHEDULE]
+    metrics = checkpoint.metrics
+    served = metrics.get("step_schedule", {}).get("lists") == "served"
+    return [
+        name for name in wanted if (not served if name == SERVED_SCHEDULE else name not in metrics)
+    ]
 
 
 def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed: int) -> None:
     """Once training has ended: choose how far the taste model's steps go per support size on
-    validation users (:mod:`melu.schedule`), then its fold-in, then its ratings'
-    recalibration, into the kept weights. A run interrupted before its end leaves this to the
-    resumed run; a finished one has it already."""
+    validation users (:mod:`melu.schedule`), then its fold-in, then the steps again on the
+    lists the fold-in blends into, then its ratings' recalibration, into the kept weights. A
+    run interrupted before its end leaves this to the resumed run; a finished one has it
+    already."""
     checkpoint = ckpt.load(path, map_location=device)
     finished = int(checkpoint.resume.get("epoch", 0)) >= checkpoint.train.epochs
     missing = unchosen(checkpoint)
@@ -470,6 +480,7 @@ def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed:
         return
     steps_done = "step_schedule" not in missing
     fold_in_done = "fold_in" not in missing
+    served_done = SERVED_SCHEDULE not in missing
     calibrated = "rating_calibration" not in missing
     learner = checkpoint.learner(device)
     assert isinstance(learner, TasteLearner)
@@ -500,6 +511,15 @@ def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed:
                 value.to(trained) if name == "weight" else value
             )
         ckpt.save(path, checkpoint)
+    if not served_done:
+        _schedule_served(learner, checkpoint, table, recommendable, validation, user_table, seed)
+        checkpoint.state["net.step_schedule"] = (
+            learner.net.step_schedule.detach().cpu().to(trained, copy=True)
+        )
+        # The ratings the recalibration fits depend on the steps: a run that had its lines
+        # (finished by an older melu) fits them again, as a new run does after this choice.
+        calibrated = False
+        ckpt.save(path, checkpoint)
     if not calibrated:
         # Last: the floor compares the recalibrated ratings, so the lists it reports are the
         # served ones.
@@ -509,6 +529,44 @@ def _schedule_steps(path: Path, data: ColdStartData, device: torch.device, seed:
         line = learner.net.rating_calibration.detach().cpu()
         checkpoint.state[ckpt.CALIBRATION] = line.to(trained, copy=True)
         ckpt.save(path, checkpoint)
+
+
+@torch.no_grad()
+def _schedule_served(
+    learner: TasteLearner,
+    checkpoint: ckpt.Checkpoint,
+    table: torch.Tensor,
+    recommendable: torch.Tensor,
+    validation: TaskSet,
+    user_table: torch.Tensor,
+    seed: int,
+) -> None:
+    """Choose the step schedule again on the served lists, the fold-in blended in, and keep
+    the first choice (on the model's own lists, which the fold-in's choice needs) beside it
+    in the metrics. On MeLU's validation users the two disagree: over 16 fresh support draws
+    (``benchmarks/schedule_draws_probe.py``, seeds 0-2) the step at x1 against zero steps is
+    -0.0015 / -0.0002 / -0.0008 Recall@10 from 10 ratings on the model's own lists and
+    +0.0037 / +0.0048 / +0.0017 on the served ones, so the first choice switched off a step
+    that the served list gains from. Judged before the recalibration, as the first choice and
+    the fold-in are."""
+    first = checkpoint.metrics["step_schedule"]
+    net = learner.net
+    blends = net.fold_in is not None and net.fold_in.fitted and bool(net.fold_in.weight.any())
+    if blends:
+        calibration = net.rating_calibration
+        calibration.copy_(torch.tensor([0.0, 1.0]).to(calibration).expand_as(calibration))
+        tried = choose_step_schedule(learner, table, recommendable, validation, user_table, seed)
+    else:
+        # Nothing blended: the served lists are the model's own, and so is the choice.
+        net.step_schedule.copy_(torch.tensor(first["chosen"]).to(net.step_schedule))
+        tried = first["recall@10"]
+    own = {k: v for k, v in first.items() if k not in ("lists", "own_lists")}
+    checkpoint.metrics["step_schedule"] = {
+        "chosen": net.step_schedule.detach().cpu().tolist(),
+        "recall@10": tried,
+        "lists": "served",
+        "own_lists": own,
+    }
 
 
 @torch.no_grad()

@@ -273,11 +273,16 @@ def test_taste_checkpoint_round_trips_with_its_step_schedule(
         assert torch.equal(value, loaded.state[name]), name
     assert int(loaded.state["net.cooccurrence_table.index"].count_nonzero()) > 0
 
-    # The schedule: chosen once training ended, in the metrics and in the weights.
+    # The schedule: chosen once training ended, in the metrics and in the weights; chosen
+    # last on the served lists (the fold-in blended in), its first choice on the model's own
+    # lists kept beside it.
     schedule = metrics["step_schedule"]
     assert loaded.state["net.step_schedule"].tolist() == schedule["chosen"]
     assert set(schedule["chosen"]) <= set(MULTIPLES)
     assert list(schedule["recall@10"]) == [str(size) for size in BUCKET_SIZES]
+    assert schedule["lists"] == "served"
+    assert set(schedule["own_lists"]["chosen"]) <= set(MULTIPLES)
+    assert list(schedule["own_lists"]["recall@10"]) == [str(size) for size in BUCKET_SIZES]
     # The fold-in, fitted and weighed after the schedule: at 5 ratings the stored fold-in
     # gives the Recall@10 it was chosen by.
     net = learner.net
@@ -324,21 +329,30 @@ def test_taste_checkpoint_round_trips_with_its_step_schedule(
         )
 
     assert recall_at_5() == pytest.approx(calibration["recall@10"]["after"][at_5], abs=1e-5)
+    # With the identity: the Recall@10 the stored schedule was chosen by on the served lists
+    # (at 5 ratings, the bucket of 4-7), which the recalibration reports before it.
     with torch.no_grad():
         net.rating_calibration.copy_(torch.tensor([[0.0, 1.0]] * len(calibration["lines"])))
-    tried = fold_in["recall@10"][setting]["5"][FOLD_IN_WEIGHTS.index(weight)]
-    assert recall_at_5() == pytest.approx(tried, abs=1e-5)
-    assert tried == max(fold_in["recall@10"][setting]["5"])
-    assert calibration["recall@10"]["before"][at_5] == pytest.approx(tried, abs=1e-5)
-
-    # At 5 ratings (the bucket of 4-7) the stored schedule gives the Recall@10 it was chosen by
-    # (without the fold-in, which was chosen after it).
-    with torch.no_grad():
-        net.fold_in.weight.zero_()
     chosen = schedule["chosen"][1]
     tried = schedule["recall@10"]["5"][MULTIPLES.index(chosen)]
     assert recall_at_5() == pytest.approx(tried, abs=1e-5)
     assert tried == max(schedule["recall@10"]["5"])
+    assert calibration["recall@10"]["before"][at_5] == pytest.approx(tried, abs=1e-5)
+    # Under the first schedule, the Recall@10 the fold-in was chosen by.
+    own = schedule["own_lists"]
+    with torch.no_grad():
+        net.step_schedule.copy_(torch.tensor(own["chosen"]))
+    tried = fold_in["recall@10"][setting]["5"][FOLD_IN_WEIGHTS.index(weight)]
+    assert recall_at_5() == pytest.approx(tried, abs=1e-5)
+    assert tried == max(fold_in["recall@10"][setting]["5"])
+
+    # Without the fold-in, which was chosen after it, the first schedule gives the Recall@10 it
+    # was chosen by on the model's own lists.
+    with torch.no_grad():
+        net.fold_in.weight.zero_()
+    tried = own["recall@10"]["5"][MULTIPLES.index(own["chosen"][1])]
+    assert recall_at_5() == pytest.approx(tried, abs=1e-5)
+    assert tried == max(own["recall@10"]["5"])
 
     # Under training's schedule (and ratings) the model is the one selected, with its
     # validation measures.
@@ -496,9 +510,10 @@ def test_the_taste_model_keeps_the_moving_average_of_its_epochs(
 def test_a_failed_fold_in_choice_keeps_the_step_schedule(
     small_data: ColdStartData, taste_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The end of training chooses the step schedule, then the fold-in, then the ratings'
-    recalibration. When the fold-in's choice fails, the schedule is on disk already, and the
-    resumed end chooses only the fold-in and the recalibration: the uninterrupted run's."""
+    """The end of training chooses the step schedule, then the fold-in, then the schedule
+    again on the served lists, then the ratings' recalibration. When the fold-in's choice
+    fails, the first schedule is on disk already, and the resumed end chooses only the rest:
+    the uninterrupted run's."""
     full = ckpt.load(taste_run)
     # The finished run as it stood before any choice.
     state = dict(full.state)
@@ -519,7 +534,7 @@ def test_a_failed_fold_in_choice_keeps_the_step_schedule(
     with pytest.raises(MemoryError):
         train_module._schedule_steps(path, small_data, torch.device("cpu"), SMALL.seed)
     kept = ckpt.load(path)
-    assert kept.metrics["step_schedule"] == full.metrics["step_schedule"]
+    assert kept.metrics["step_schedule"] == full.metrics["step_schedule"]["own_lists"]
     assert "fold_in" not in kept.metrics and "rating_calibration" not in kept.metrics
     monkeypatch.undo()
 
@@ -533,7 +548,10 @@ def test_a_failed_fold_in_choice_keeps_the_step_schedule(
     monkeypatch.setattr(train_module, "choose_step_schedule", counted)
     train_module._schedule_steps(path, small_data, torch.device("cpu"), SMALL.seed)
     resumed = ckpt.load(path)
-    assert not chosen
+    # The first choice is not made again; only the one on the served lists, after the fold-in.
+    assert len(chosen) == (1 if any(full.metrics["fold_in"]["weights"]) else 0)
+    assert resumed.metrics["step_schedule"] == full.metrics["step_schedule"]
+    assert torch.equal(resumed.state["net.step_schedule"], full.state["net.step_schedule"])
     assert resumed.metrics["fold_in"] == full.metrics["fold_in"]
     for name in ("index", "value", "weight"):
         assert torch.equal(resumed.state[f"net.fold_in.{name}"], full.state[f"net.fold_in.{name}"])
@@ -570,6 +588,37 @@ def test_resuming_a_run_finished_before_the_recalibration_fits_it(
     assert resumed.metrics["rating_calibration"] == full.metrics["rating_calibration"]
     assert torch.equal(resumed.state[ckpt.CALIBRATION], full.state[ckpt.CALIBRATION])
     assert not resumable(out)
+
+
+def test_resuming_a_run_whose_schedule_saw_only_its_own_lists_chooses_it_on_the_served_ones(
+    small_data: ColdStartData, taste_run: Path, tmp_path: Path
+) -> None:
+    """A taste run finished by an older melu chose its step schedule on the model's own lists
+    only and fitted its recalibration after that: `melu train --resume` chooses the schedule
+    again on the served lists and fits the recalibration again, which gives exactly the run
+    a new melu trains (schedule, its metrics and the calibration lines)."""
+    full = ckpt.load(taste_run)
+    own = full.metrics["step_schedule"]["own_lists"]
+    out = tmp_path / "older"
+    out.mkdir()
+    state = dict(full.state)
+    state["net.step_schedule"] = torch.tensor(own["chosen"]).to(state["net.step_schedule"])
+    # Lines fitted under the old schedule: whatever they were, the resumed run fits its own.
+    state[ckpt.CALIBRATION] = torch.tensor([[0.5, 0.8]] * 5).to(state[ckpt.CALIBRATION])
+    metrics = {**full.metrics, "step_schedule": own, "rating_calibration": {"lines": []}}
+    model = {**full.resume["model"], "net.step_schedule": state["net.step_schedule"]}
+    model[ckpt.CALIBRATION] = state[ckpt.CALIBRATION]
+    older = dataclasses.replace(
+        full, state=state, metrics=metrics, resume={**full.resume, "model": model}
+    )
+    ckpt.save(out / "checkpoint.pt", older)
+    assert unchosen(ckpt.load(out / "checkpoint.pt")) == [train_module.SERVED_SCHEDULE]
+    resumed = train(small_data, out, TASTE.model, TASTE.meta, SMALL, resume=True, progress=False)
+    assert resumed.metrics["step_schedule"] == full.metrics["step_schedule"]
+    assert torch.equal(resumed.state["net.step_schedule"], full.state["net.step_schedule"])
+    assert resumed.metrics["rating_calibration"] == full.metrics["rating_calibration"]
+    assert torch.equal(resumed.state[ckpt.CALIBRATION], full.state[ckpt.CALIBRATION])
+    assert unchosen(resumed) == []
 
 
 def test_a_checkpoint_from_before_the_recalibration_loads_with_the_identity(

@@ -712,8 +712,13 @@ def fine_tuning(ck: ckpt.Checkpoint) -> list[str]:
             "error), each fast weight with its own meta-learned step size. One function of "
             "the fast weights gives both the ranking logit and the predicted rating.",
             "How far the steps go depends on the number of ratings, chosen on validation users "
-            f"once training ended (multiples of the learned step, by support size): {schedule}. "
-            "Where the multiple is 0 the step is switched off, and `melu` and "
+            f"once training ended (multiples of the learned step, by support size): {schedule}"
+            + (
+                " (judged on the served lists, the fold-in blended in). "
+                if ck.metrics.get("step_schedule", {}).get("lists") == "served"
+                else ". "
+            )
+            + "Where the multiple is 0 the step is switched off, and `melu` and "
             f"`{ZERO_STEPS}` give the same lists.",
             "Everything else (item embeddings, item popularity and rating biases, the "
             "co-occurrence table, the shrinkage) is shared by all users and never changes at "
