@@ -19,30 +19,27 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from quality import write_rows
+from probes import Rows, load_run, main
 
-from melu import checkpoint as ckpt
-from melu.data import prepare
 from melu.evaluation import catalogue as C
 from melu.evaluation import metrics as M
 from melu.scoring import CatalogueScorer
+from melu.taste_learner import TasteLearner
 
 SIZES: tuple[int, ...] = (1, 2, 3)
 POOLED: tuple[int, ...] = (1, 3)
 log = logging.getLogger("calibration_split_probe")
 
 
-def probe(path: Path, data_dir: Path) -> list[dict[str, Any]]:
-    checkpoint = ckpt.load(path)
-    learner = checkpoint.learner("cpu").eval()
+def probe(path: Path, args: argparse.Namespace) -> Rows:
+    checkpoint, learner, data, _ = load_run(path, args.data_dir)
+    assert isinstance(learner, TasteLearner)
     with torch.no_grad():
         calibration = learner.net.rating_calibration
         calibration.copy_(torch.tensor([0.0, 1.0]).to(calibration).expand_as(calibration))
-    data = prepare(data_dir, checkpoint.data, checkpoint.encoder)
     scorer = CatalogueScorer(learner, data.catalogue.table, data.catalogue.recommendable)
     scale = checkpoint.data.scale
     seed = checkpoint.train.seed
@@ -99,23 +96,12 @@ def probe(path: Path, data_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(1)
-    rows = [row for path in args.checkpoints for row in probe(path, args.data_dir)]
+def table(rows: Rows) -> None:
     print(f"{'dataset':<17} {'seed':>4} {'S':>2} {'raw':>6} {'pooled 1&3':>10} {'own line':>8}")
     for row in rows:
         print(f"{row['dataset']:<17} {row['seed']:>4} {row['S']:>2} {row['raw']:>6.3f} "
               f"{row['pooled_1_3_line']:>10.3f} {row['own_line']:>8.3f}")  # fmt: skip
-    if args.json:
-        write_rows(args.json, rows)
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(__doc__, probe, table))

@@ -26,10 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from quality import write_rows
+from probes import Rows, load_run, main
 
-from melu import checkpoint as ckpt
-from melu.data import prepare
 from melu.objectives import Episode, candidates, sample_episodes
 from melu.predict import hits_at
 from melu.ranking import hits_in_top
@@ -68,16 +66,12 @@ def left_out_scores(
     return total
 
 
-def probe(
-    path: Path, data_dir: Path, criterion: str, multiples: tuple[float, ...]
-) -> list[dict[str, Any]]:
-    checkpoint = ckpt.load(path)
-    learner = checkpoint.learner("cpu").eval()
-    if not isinstance(learner, TasteLearner):
-        raise SystemExit(f"{path}: not a taste-model checkpoint")
-    data = prepare(data_dir, checkpoint.data, checkpoint.encoder)
+def probe(path: Path, args: argparse.Namespace) -> Rows:
+    criterion = args.criterion
+    multiples = MULTIPLES + tuple(m for m in args.extra_multiples if m not in MULTIPLES)
+    checkpoint, learner, data, validation = load_run(path, args.data_dir)
+    assert isinstance(learner, TasteLearner)
     table, recommendable = data.catalogue.table, data.catalogue.recommendable
-    validation = data.tasks["validation"].to("cpu", torch.float32)
     scorer = CatalogueScorer(learner, table, recommendable)
     liked = learner.net.cfg.liked_rating
     seed = checkpoint.train.seed
@@ -134,25 +128,15 @@ def probe(
     return rows
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--criterion", choices=("logrank", "hits"), default="logrank")
     parser.add_argument(
         "--extra-multiples", type=float, nargs="*", default=[],
         help="multiples of the learned step to offer beside the schedule's own",
     )  # fmt: skip
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(1)
-    multiples = MULTIPLES + tuple(m for m in args.extra_multiples if m not in MULTIPLES)
-    rows = [
-        row
-        for path in args.checkpoints
-        for row in probe(path, args.data_dir, args.criterion, multiples)
-    ]
+
+
+def table(rows: Rows) -> None:
     print(
         f"{'seed':>4} {'S':>2} {'schedule':>8} {'x0':>7} {'sched.':>7} {'own LOO':>7} {'best':>7}"
     )
@@ -160,10 +144,7 @@ def main() -> int:
         print(f"{r['seed']:>4} {r['S']:>2} {'x' + format(r['schedule_multiple'], 'g'):>8} "
               f"{r['recall@10_x0']:>7.4f} {r['recall@10_schedule']:>7.4f} "
               f"{r['recall@10_loo']:>7.4f} {r['recall@10_best']:>7.4f}")  # fmt: skip
-    if args.json:
-        write_rows(args.json, rows)
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(__doc__, probe, table, options))

@@ -18,24 +18,20 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
-from quality import write_rows
+from probes import Rows, load_run, main
 
-from melu import checkpoint as ckpt
 from melu import onboarding as O
-from melu.data import prepare
 from melu.evaluation.onboarding import model_scorer, simulate
 
 POWERS: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
 log = logging.getLogger("onboarding_power_probe")
 
 
-def probe(path: Path, data_dir: Path, bootstrap: int) -> list[dict[str, Any]]:
-    checkpoint = ckpt.load(path)
-    learner = checkpoint.learner("cpu").eval()
-    data = prepare(data_dir, checkpoint.data, checkpoint.encoder)
+def probe(path: Path, args: argparse.Namespace) -> Rows:
+    bootstrap = args.bootstrap
+    checkpoint, learner, data, _ = load_run(path, args.data_dir, taste=False)
     with torch.no_grad():
         scores = O.item_scores(learner, data)
     popularity = scores.popularity / max(scores.popularity.max(), 1e-12)
@@ -69,25 +65,17 @@ def probe(path: Path, data_dir: Path, bootstrap: int) -> list[dict[str, Any]]:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=200)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(1)
-    rows = [row for path in args.checkpoints for row in probe(path, args.data_dir, args.bootstrap)]
+
+
+def table(rows: Rows) -> None:
     print(f"{'seed':>4} {'list':<36} {'items shown':>20} {'Recall@10':>22}")
     for r in rows:
         shown = f"{r['items_shown']:.1f} [{r['items_shown_low']:.1f}, {r['items_shown_high']:.1f}]"
         recall = f"{r['recall@10']:.3f} [{r['recall@10_low']:.3f}, {r['recall@10_high']:.3f}]"
         print(f"{r['seed']:>4} {r['list']:<36} {shown:>20} {recall:>22}")
-    if args.json:
-        write_rows(args.json, rows)
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(__doc__, probe, table, options))

@@ -38,10 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from quality import write_rows
+from probes import Rows, load_run, main
 
-from melu import checkpoint as ckpt
-from melu.data import prepare
 from melu.fold_in import standardised
 from melu.objectives import candidates, sample_episodes
 from melu.predict import recall_of
@@ -59,13 +57,11 @@ log = logging.getLogger("rating_weight_probe")
 def recalls(path: Path, data_dir: Path) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], Any]:
     """Per support size: Recall@10 ``[M, W, F, N]`` of every (multiple, rating weight, fold-in
     weight) for the N (user, draw) lists with a relevant film, and each list's user index."""
-    checkpoint = ckpt.load(path)
-    learner = checkpoint.learner("cpu").eval()
-    if not isinstance(learner, TasteLearner) or learner.net.fold_in is None:
-        raise SystemExit(f"{path}: not a taste-model checkpoint with a fold-in")
-    data = prepare(data_dir, checkpoint.data, checkpoint.encoder)
+    checkpoint, learner, data, validation = load_run(path, data_dir)
+    assert isinstance(learner, TasteLearner)
+    if learner.net.fold_in is None:
+        raise SystemExit(f"{path}: a taste model without a fold-in")
     table, recommendable = data.catalogue.table, data.catalogue.recommendable
-    validation = data.tasks["validation"].to("cpu", torch.float32)
     # Scores without the rating term: the logits; the ratings come beside them.
     learner.net.cfg = dataclasses.replace(learner.net.cfg, rank_rating_weight=0.0)
     scorer = CatalogueScorer(learner, table, recommendable)
@@ -130,8 +126,8 @@ def out_of_sample(values: np.ndarray, half: np.ndarray, fixed: dict[int, int]) -
     return {"recall@10": float(judged.mean()), "picks": picks}
 
 
-def probe(path: Path, data_dir: Path) -> list[dict[str, Any]]:
-    found, owners, (checkpoint, schedule, fold_weights) = recalls(path, data_dir)
+def probe(path: Path, args: argparse.Namespace) -> Rows:
+    found, owners, (checkpoint, schedule, fold_weights) = recalls(path, args.data_dir)
     seed = checkpoint.train.seed
     n_users = max(int(o.max()) for o in owners.values()) + 1
     in_first = np.random.default_rng(seed).permutation(n_users) < n_users // 2
@@ -168,24 +164,13 @@ def probe(path: Path, data_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(1)
-    rows = [row for path in args.checkpoints for row in probe(path, args.data_dir)]
+def table(rows: Rows) -> None:
     names = ("run", "today", "w_per_S", "joint", "zero_steps", "zero_steps_today_w")
     print(f"{'seed':>4} {'S':>2} " + " ".join(f"{n:>18}" for n in names))
     for r in rows:
         print(f"{r['seed']:>4} {r['S']:>2} "
               + " ".join(f"{r['recall@10_' + n]:>18.4f}" for n in names))  # fmt: skip
-    if args.json:
-        write_rows(args.json, rows)
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(__doc__, probe, table))
