@@ -625,7 +625,9 @@ def _assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
     for x, y in zip(a["items"], b["items"], strict=True):
         assert x["score"] == pytest.approx(y["score"], abs=1.0 / RANK_GRID + 1e-9)
     for key in ("support_loss_before", "support_loss_after"):
-        assert a["adaptation"][key] == pytest.approx(b["adaptation"][key], abs=1e-5)
+        # Float32 noise is relative: a step that overshoots on a tiny test model leaves a loss
+        # near 100, where batch shapes differ by ~2e-5.
+        assert a["adaptation"][key] == pytest.approx(b["adaptation"][key], rel=1e-6, abs=1e-5)
 
 
 def test_concurrent_equals_sequential(
