@@ -21,7 +21,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from probes import Rows, load_run, main
 
 from melu.evaluation import catalogue as C
@@ -37,9 +36,7 @@ log = logging.getLogger("calibration_split_probe")
 def probe(path: Path, args: argparse.Namespace) -> Rows:
     checkpoint, learner, data, _ = load_run(path, args.data_dir)
     assert isinstance(learner, TasteLearner)
-    with torch.no_grad():
-        calibration = learner.net.rating_calibration
-        calibration.copy_(torch.tensor([0.0, 1.0]).to(calibration).expand_as(calibration))
+    learner.net.uncalibrate()
     scorer = CatalogueScorer(learner, data.catalogue.table, data.catalogue.recommendable)
     scale = checkpoint.data.scale
     seed = checkpoint.train.seed

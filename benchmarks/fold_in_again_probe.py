@@ -51,8 +51,8 @@ def probe(path: Path, args: argparse.Namespace) -> Rows:
     before = lists()
     kept = net.fold_in.weight.tolist()
     line = net.rating_calibration.clone()
+    net.uncalibrate()
     with torch.no_grad():
-        net.rating_calibration.copy_(torch.tensor([0.0, 1.0]).to(line).expand_as(line))
         ratings = training_pairs(data.train_ratings, data.catalogue.rows, table)
         again = choose_fold_in(learner, table, recommendable, validation, data.user_table,
                                ratings, seed)  # fmt: skip

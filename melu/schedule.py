@@ -142,7 +142,7 @@ def choose_rating_calibration(
     lines: list[tuple[float, float]] = []
     fits: dict[str, dict[str, float]] = {}
     try:
-        calibration.copy_(torch.tensor([0.0, 1.0]).to(calibration).expand_as(calibration))
+        net.uncalibrate()
         before = recalls()
         for label, sizes in zip(BUCKET_LABELS, CALIBRATION_SIZES, strict=False):
             predicted, actual = heldout_predictions(

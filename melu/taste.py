@@ -308,6 +308,13 @@ class TasteNet(nn.Module):
         offset, slope = self.rating_calibration[bucket(mask)].unbind(-1)
         return offset.unsqueeze(-1) + slope.unsqueeze(-1) * ratings
 
+    @torch.no_grad()
+    def uncalibrate(self) -> None:
+        """Set :attr:`rating_calibration` back to the identity, what the model predicts with
+        until the recalibration is fitted (choices made before it are judged so)."""
+        line = self.rating_calibration
+        line.copy_(torch.tensor([0.0, 1.0]).to(line).expand_as(line))
+
     # --- the local update ----------------------------------------------------------------------
 
     def support_loss(

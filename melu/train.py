@@ -553,19 +553,17 @@ def _schedule_served(
     net = learner.net
     blends = net.fold_in is not None and net.fold_in.fitted and bool(net.fold_in.weight.any())
     if blends:
-        calibration = net.rating_calibration
-        calibration.copy_(torch.tensor([0.0, 1.0]).to(calibration).expand_as(calibration))
+        net.uncalibrate()
         tried = choose_step_schedule(learner, table, recommendable, validation, user_table, seed)
     else:
-        # Nothing blended: the served lists are the model's own, and so is the choice.
-        net.step_schedule.copy_(torch.tensor(first["chosen"]).to(net.step_schedule))
+        # Nothing blended: the served lists are the model's own, and so is the choice (the
+        # net holds it already).
         tried = first["recall@10"]
-    own = {k: v for k, v in first.items() if k not in ("lists", "own_lists")}
     checkpoint.metrics["step_schedule"] = {
         "chosen": net.step_schedule.detach().cpu().tolist(),
         "recall@10": tried,
         "lists": "served",
-        "own_lists": own,
+        "own_lists": first,
     }
 
 
