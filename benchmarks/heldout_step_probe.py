@@ -33,11 +33,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from probes import Rows, load_run, main
+from probes import Rows, load_run, main, recall_table
 
 from melu.objectives import sample_episodes
-from melu.predict import catalogue_recall
-from melu.schedule import BUCKET_SIZES, DRAWS, choose_step_schedule
+from melu.schedule import BUCKET_SIZES, choose_step_schedule, mean_recall
 from melu.scoring import CatalogueScorer
 from melu.tasks import TaskSet
 from melu.taste_learner import TasteLearner
@@ -90,14 +89,10 @@ def relearn(
 def served(
     scorer: CatalogueScorer, tasks: TaskSet, user_table: torch.Tensor, seed: int
 ) -> dict[int, float]:
+    """Each support size's served Recall@10 over the schedule's draws, as it judges them."""
     liked = scorer.learner.net.cfg.liked_rating
     return {
-        size: sum(
-            catalogue_recall(scorer, tasks, user_table, liked, size, seed=seed * 1000 + draw)
-            for draw in range(DRAWS)
-        )
-        / DRAWS
-        for size in BUCKET_SIZES
+        size: mean_recall(scorer, tasks, user_table, liked, size, seed) for size in BUCKET_SIZES
     }
 
 
@@ -172,12 +167,5 @@ def probe(path: Path, args: argparse.Namespace) -> Rows:
     return rows
 
 
-def table(rows: Rows) -> None:
-    print(f"{'seed':>4} {'S':>2} " + " ".join(f"{n:>17}" for n in LISTS))
-    for r in rows:
-        print(f"{r['seed']:>4} {r['S']:>2} "
-              + " ".join(f"{r['recall@10_' + n]:>17.4f}" for n in LISTS))  # fmt: skip
-
-
 if __name__ == "__main__":
-    raise SystemExit(main(__doc__, probe, table))
+    raise SystemExit(main(__doc__, probe, recall_table(LISTS, 17)))

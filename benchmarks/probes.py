@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,6 +43,18 @@ def load_run(path: Path, data_dir: Path, taste: bool = True) -> Run:
         raise SystemExit(f"{path}: not a taste-model checkpoint")
     data = prepare(data_dir, checkpoint.data, checkpoint.encoder)
     return Run(checkpoint, learner, data, data.tasks["validation"].to("cpu", torch.float32))
+
+
+def recall_table(names: Sequence[str], width: int) -> Callable[[Rows], None]:
+    """A ``table`` for :func:`main`: each row's seed, S and ``recall@10_NAME`` per name."""
+
+    def table(rows: Rows) -> None:
+        print(f"{'seed':>4} {'S':>2} " + " ".join(f"{n:>{width}}" for n in names))
+        for r in rows:
+            cells = " ".join(f"{r['recall@10_' + n]:>{width}.4f}" for n in names)
+            print(f"{r['seed']:>4} {r['S']:>2} {cells}")
+
+    return table
 
 
 def main(

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from probes import Rows, load_run, main
+from probes import Rows, load_run, main, recall_table
 
 from melu.fold_in import standardised
 from melu.objectives import candidates, sample_episodes
@@ -164,13 +164,7 @@ def probe(path: Path, args: argparse.Namespace) -> Rows:
     return rows
 
 
-def table(rows: Rows) -> None:
-    names = ("run", "today", "w_per_S", "joint", "zero_steps", "zero_steps_today_w")
-    print(f"{'seed':>4} {'S':>2} " + " ".join(f"{n:>18}" for n in names))
-    for r in rows:
-        print(f"{r['seed']:>4} {r['S']:>2} "
-              + " ".join(f"{r['recall@10_' + n]:>18.4f}" for n in names))  # fmt: skip
-
+NAMES = ("run", "today", "w_per_S", "joint", "zero_steps", "zero_steps_today_w")
 
 if __name__ == "__main__":
-    raise SystemExit(main(__doc__, probe, table))
+    raise SystemExit(main(__doc__, probe, recall_table(NAMES, 18)))
