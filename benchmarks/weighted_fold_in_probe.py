@@ -53,8 +53,8 @@ def weighted_fold_in(net: TasteNet, state: TasteState) -> torch.Tensor:
 def patch(scorer: CatalogueScorer, alpha: float, weighted: bool) -> None:
     """Make ``scorer`` blend the fold-in (``weighted``: of the fast weights; else binary, as
     served), its weight times ``alpha``."""
-    learner = scorer.learner
-    assert isinstance(learner, TasteLearner) and scorer.side is not None
+    learner, side = scorer.learner, scorer.side
+    assert isinstance(learner, TasteLearner) and side is not None
     net = learner.net
 
     def _fold_in(state: TasteState, rank: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ def patch(scorer: CatalogueScorer, alpha: float, weighted: bool) -> None:
         if not bool((weight != 0).any()):
             return rank
         if weighted:
-            scores = weighted_fold_in(net, state)[:, scorer.side.items.ids]
+            scores = weighted_fold_in(net, state)[:, side.items.ids]
         else:
             scores = scorer.fold_in_scores(state.support)
         return blend(rank, scores, scorer.allowed(state), weight).scores
