@@ -39,7 +39,7 @@ from melu.evaluation.query import (
     score,
     simple_baselines,
 )
-from melu.evaluation.report import MELU, NO_DEMOGRAPHICS, NO_FOLD_IN, ZERO_STEPS
+from melu.evaluation.report import MELU, NO_DEMOGRAPHICS, NO_FOLD_IN, ZERO_STEPS, RankingRow
 from melu.evaluation.run import (
     ModelScorer,
     evaluate_catalogue,
@@ -564,3 +564,31 @@ def test_anchors_that_do_not_fit_in_memory_are_left_out_and_named(
     methods = {row.method for row in result.ranking}
     assert not methods & set(skipped)
     assert {MELU, "popularity", "als", "item_knn", "mult_dae"} <= methods
+
+
+def test_best_baseline_is_never_a_row_of_the_model() -> None:
+    """The model's variants (its list without the fold-in, say) can outscore every baseline;
+    the best baseline is still a baseline, per scenario and number of ratings."""
+
+    def row(method: str, value: float, size: int = 5, scenario: str = "new_user") -> RankingRow:
+        return RankingRow(
+            scenario, "catalogue", size, "liked", method, "recall@10", value, None, None, 10
+        )
+
+    report = Report(
+        (),
+        (),
+        {},
+        ranking=(
+            row(MELU, 0.40),
+            row(NO_FOLD_IN, 0.39),
+            row(ZERO_STEPS, 0.38),
+            row("edlae", 0.37),
+            row("ease", 0.36),
+            row("ease", 0.41, size=10),
+            row("edlae", 0.50, scenario="validation"),
+        ),
+    )
+    assert report.best_baseline("new_user", 5) == ("edlae", 0.37)
+    assert report.best_baseline("new_user", 10) == ("ease", 0.41)
+    assert report.best_baseline("new_user", 3) is None

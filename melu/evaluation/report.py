@@ -298,7 +298,7 @@ class Report:
                 if not any(groups.values()):
                     continue
                 melu = self._ranking_get(scenario, MELU, size, "recall@10")
-                best = self._best_baseline(scenario, size)
+                best = self.best_baseline(scenario, size)
                 text = f"{scenario} ({protocol}), {size} ratings: melu Recall@10 {_fmt(melu)}"
                 if best is not None:
                     text += f", best baseline {best[0]} {_fmt(best[1])}"
@@ -684,7 +684,9 @@ class Report:
                 return r
         return None
 
-    def _best_baseline(self, scenario: str, size: int) -> tuple[str, float] | None:
+    def best_baseline(self, scenario: str, size: int) -> tuple[str, float] | None:
+        """The baseline with the highest liked Recall@10 of ``scenario`` at ``size`` ratings
+        and that value; the model's rows (``melu`` and its variants) are never baselines."""
         values = [
             (r.method, r.value)
             for r in self.ranking
