@@ -13,9 +13,10 @@ Layout under ``data_dir`` (the same as ``shared/data/movielens``)::
     ml-latest-small.zip, ml-latest-small/{ratings,movies,tags,links}.csv      # and ml-25m, ml-32m
 
 The zips are kept next to their folders so that a second run finds them verified and skips the
-download. A CSV release already in its folder (copied by hand, offline) is used as it is once it
-proves to be the release: the official files' sha256 where known, else its counts
-(:func:`melu.movielens_csv.identify`); an older or another release is named as such.
+download. A release already in its folder (copied by hand, offline) is used as it is once it
+proves to be the release: the official files' sha256 where known, else its counts (for the CSV
+releases :func:`melu.movielens_csv.identify`, which names an older or another release as such;
+for ML-100K and ML-1M the rows of each file, :data:`DAT_RELEASES`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, NamedTuple
 
 from tqdm import tqdm
 
@@ -119,6 +120,38 @@ CSV_SHA256: dict[str, dict[str, str]] = {
         "links.csv": "97ad18e4e56a09363c65676b6cb3482ce3e2cea2372a24620c1599c843325f31",
         "tags.csv": "92a9f8bb7916dceef6151209845788c3643f794dfa79d1feaec7121b5960399d",
     },
+}
+
+
+class DatRelease(NamedTuple):
+    """What ML-100K's or ML-1M's files are: each file's rows (lines), and the sha256 of the
+    official files where known."""
+
+    rows: dict[str, int]
+    sha256: dict[str, str]
+
+
+# The rows are GroupLens' READMEs' counts (ratings, movies, users). ML-100K's sha256: the files
+# as extracted from ml-100k.zip, byte-identical in independent public copies (u.data in
+# RecBole's wheel and two GitHub repositories once their added header lines are dropped;
+# u.item and u.user the same git blobs in six repositories; docs/results_ml-100k.md). ML-1M's
+# users.dat and movies.dat: shared/data/movielens/SOURCES.md; its ratings.dat by its rows.
+DAT_RELEASES: dict[str, DatRelease] = {
+    "ml-100k": DatRelease(
+        rows={"u.data": 100_000, "u.item": 1_682, "u.user": 943},
+        sha256={
+            "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+            "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
+            "u.user": "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c",
+        },
+    ),
+    "ml-1m": DatRelease(
+        rows={"ratings.dat": 1_000_209, "users.dat": 6_040, "movies.dat": 3_883},
+        sha256={
+            "users.dat": "1dc3a95300cb19f7c10e027daf29b8cdf1d908dab65b5edfb45950aa389a10a3",
+            "movies.dat": "0140fc2356357c1a851d0f52e893a1e4d3696df632c4141cea8d5bc3d621f0b9",
+        },
+    ),
 }
 
 MELU_FILES: tuple[str, ...] = (
@@ -401,7 +434,14 @@ def download(
     base = bases[dataset].rstrip("/")
     hint = _manual_hint(dataset, data_dir)
 
-    if dataset in ("ml-1m", "ml-100k"):
+    if dataset in DAT_RELEASES:
+        folder = data_dir / dataset
+        problem = local_release_problem(dataset, folder)
+        if problem is None:
+            return [folder / n for n in DAT_RELEASES[dataset].rows]
+        if folder.is_dir() and any(folder.iterdir()):
+            log.warning("%s; using %s.zip", problem, dataset)
+            hint = f"{problem}; {hint}"
         name = f"{dataset}.zip"
         archive = _ensure(f"{base}/{name}", data_dir / name, SHA256[name], progress, hint)
         return _extract(archive, dataset, data_dir)
@@ -421,7 +461,9 @@ def download(
 def local_release_problem(dataset: Dataset, folder: Path) -> str | None:
     """None when ``folder`` holds the release melu reads as ``dataset``, else what is wrong,
     in a phrase. Byte-identical official files prove it by sha256; other copies (LF endings,
-    re-zipped) by their counts of ratings and movies."""
+    re-zipped) by their counts of ratings and movies (ML-100K and ML-1M: every file's rows)."""
+    if dataset in DAT_RELEASES:
+        return _dat_release_problem(dataset, folder, DAT_RELEASES[dataset])
     missing = [name for name in CSV_FILES if not (folder / name).is_file()]
     if missing:
         return f"{folder} lacks {', '.join(missing)}"
@@ -440,6 +482,24 @@ def local_release_problem(dataset: Dataset, folder: Path) -> str | None:
             f"{release.movies:,}"
         )
     log.info("%s: %s by its counts of ratings and movies", folder, release.label())
+    return None
+
+
+def _dat_release_problem(dataset: Dataset, folder: Path, release: DatRelease) -> str | None:
+    missing = [name for name in release.rows if not (folder / name).is_file()]
+    if missing:
+        return f"{folder} lacks {', '.join(missing)}"
+    if release.sha256.keys() == release.rows.keys() and all(
+        sha256_of(folder / n) == digest for n, digest in release.sha256.items()
+    ):
+        log.info("%s: the official %s files (sha256 ok)", folder, dataset)
+        return None
+    for name, rows in release.rows.items():
+        # Lines, not CSV rows: these files have no header (count_rows takes one away).
+        found = count_rows(folder / name) + 1
+        if found != rows:
+            return f"{folder / name}: {found:,} rows, but {dataset}'s has {rows:,}"
+    log.info("%s: %s by the rows of its files", folder, dataset)
     return None
 
 

@@ -304,6 +304,48 @@ def test_older_local_release_is_named_offline(tmp_path: Path) -> None:
     assert "ratings.csv, movies.csv, tags.csv, links.csv into" in message
 
 
+def ml100k_folder(folder: Path, ratings: int = 100_000) -> Path:
+    """An ML-100K folder with the release's rows (synthetic rows, real formats)."""
+    folder.mkdir(parents=True)
+    rows = "".join(f"{1 + i % 943}\t{1 + i % 1682}\t{1 + i % 5}\t874965758\n"
+                   for i in range(ratings))  # fmt: skip
+    (folder / "u.data").write_text(rows)
+    item = U_ITEM.splitlines()[0].split("|", 1)[1]
+    (folder / "u.item").write_text("".join(f"{i}|{item}\n" for i in range(1, 1683)))
+    (folder / "u.user").write_text("".join(f"{i}|24|M|technician|85711\n" for i in range(1, 944)))
+    return folder
+
+
+def test_local_ml100k_needs_no_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline with ML-100K's files in place: its rows (or the official sha256) prove it,
+    and nothing is fetched; a copy with other rows (a course's added user) is refused in one
+    line that names the file, before the download that then fails."""
+    closed = {"ml-100k": f"http://127.0.0.1:{closed_port()}"}
+    folder = ml100k_folder(tmp_path / "data" / "ml-100k")
+    paths = dl.download("ml-100k", tmp_path / "data", progress=False, urls=closed)
+    assert paths == [folder / n for n in ("u.data", "u.item", "u.user")]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ml-100k"]
+    ml = movielens.load("ml-100k", tmp_path / "data")
+    assert (len(ml.ratings), len(ml.items), len(ml.users)) == (100_000, 1_682, 943)
+
+    other = ml100k_folder(tmp_path / "other" / "ml-100k", ratings=100_003)
+    with pytest.raises(MeluError) as info:
+        dl.download("ml-100k", tmp_path / "other", progress=False, urls=closed)
+    message = str(info.value)
+    assert "\n" not in message and "no network?" in message
+    assert f"{other / 'u.data'}: 100,003 rows, but ml-100k's has 100,000" in message
+    assert (other / "u.data").stat().st_size > 0  # the folder is left as it was
+
+    # The official files pass by their sha256 whatever their rows (here: pinned to these).
+    pins = {n: dl.sha256_of(other / n) for n in ("u.data", "u.item", "u.user")}
+    monkeypatch.setitem(dl.DAT_RELEASES, "ml-100k", dl.DatRelease(
+        rows=dl.DAT_RELEASES["ml-100k"].rows, sha256=pins))  # fmt: skip
+    assert dl.local_release_problem("ml-100k", other) is None
+    assert "lacks ratings.dat, users.dat, movies.dat" in str(
+        dl.local_release_problem("ml-1m", tmp_path)
+    )
+
+
 def test_csv_release_download(
     server: Server, tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
