@@ -65,6 +65,22 @@ def interval(diff: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def add_paired(
+    row: dict[str, Any], values: dict[str, np.ndarray], base: str, label: str,
+    real: np.ndarray, rng: np.random.Generator,
+) -> None:  # fmt: skip
+    """Fill ``row`` with each list's mean Recall@10 over the ``real`` users
+    (``recall@10_NAME``) and, for every list but ``base``, its mean difference from ``base``
+    with a 95% bootstrap interval over users (``NAME_minus_LABEL``, ``..._ci``)."""
+    for name, found in values.items():
+        row[f"recall@10_{name}"] = round(float(found[real].mean()), 4)
+        if name != base:
+            diff = found[real] - values[base][real]
+            low, high = interval(diff, rng)
+            row[f"{name}_minus_{label}"] = round(float(diff.mean()), 4)
+            row[f"{name}_minus_{label}_ci"] = [round(low, 4), round(high, 4)]
+
+
 def probe(path: Path, args: argparse.Namespace) -> Rows:
     draws, fold_in = args.draws, not args.no_fold_in
     checkpoint, learner, data, validation = load_run(path, args.data_dir)
@@ -97,13 +113,8 @@ def probe(path: Path, args: argparse.Namespace) -> Rows:
             "users": int(real.sum()),
             "schedule_multiple": float(chosen[bucket]),
         }
-        for multiple, values in per_multiple.items():
-            row[f"recall@10_x{multiple:g}"] = round(float(values[real].mean()), 4)
-            if multiple != 0.0:
-                diff = values[real] - per_multiple[0.0][real]
-                low, high = interval(diff, rng)
-                row[f"x{multiple:g}_minus_x0"] = round(float(diff.mean()), 4)
-                row[f"x{multiple:g}_minus_x0_ci"] = [round(low, 4), round(high, 4)]
+        named = {f"x{multiple:g}": values for multiple, values in per_multiple.items()}
+        add_paired(row, named, "x0", "x0", real, rng)
         rows.append(row)
         log.info("%s", row)
     return rows

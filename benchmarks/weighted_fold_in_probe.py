@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from probes import Rows, load_run, main
-from schedule_draws_probe import interval, user_recalls
+from schedule_draws_probe import add_paired, user_recalls
 
 from melu.fold_in import blend
 from melu.schedule import BUCKET_SIZES
@@ -96,18 +96,11 @@ def probe(path: Path, args: argparse.Namespace) -> Rows:
                 )
         schedule.copy_(chosen)
         real = ~np.isnan(found["binary_adapted"])
-        base = found["binary_adapted"][real]
         row: dict[str, Any] = {
             "checkpoint": str(path), "seed": seed, "S": size, "draws": args.draws,
             "users": int(real.sum()), "schedule_multiple": float(chosen[bucket]),
         }  # fmt: skip
-        for name, values in found.items():
-            row[f"recall@10_{name}"] = round(float(values[real].mean()), 4)
-            if name != "binary_adapted":
-                diff = values[real] - base
-                low, high = interval(diff, rng)
-                row[f"{name}_minus_served"] = round(float(diff.mean()), 4)
-                row[f"{name}_minus_served_ci"] = [round(low, 4), round(high, 4)]
+        add_paired(row, found, "binary_adapted", "served", real, rng)
         rows.append(row)
         log.info("%s", row)
     return rows
