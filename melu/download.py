@@ -35,7 +35,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, NamedTuple
 
@@ -436,12 +436,10 @@ def download(
 
     if dataset in DAT_RELEASES:
         folder = data_dir / dataset
-        problem = local_release_problem(dataset, folder)
-        if problem is None:
+        zip_hint = _unless_in_place(dataset, folder, hint)
+        if zip_hint is None:
             return [folder / n for n in DAT_RELEASES[dataset].rows]
-        if folder.is_dir() and any(folder.iterdir()):
-            log.warning("%s; using %s.zip", problem, dataset)
-            hint = f"{problem}; {hint}"
+        hint = zip_hint
         name = f"{dataset}.zip"
         archive = _ensure(f"{base}/{name}", data_dir / name, SHA256[name], progress, hint)
         return _extract(archive, dataset, data_dir)
@@ -464,12 +462,10 @@ def local_release_problem(dataset: Dataset, folder: Path) -> str | None:
     re-zipped) by their counts of ratings and movies (ML-100K and ML-1M: every file's rows)."""
     if dataset in DAT_RELEASES:
         return _dat_release_problem(dataset, folder, DAT_RELEASES[dataset])
-    missing = [name for name in CSV_FILES if not (folder / name).is_file()]
-    if missing:
-        return f"{folder} lacks {', '.join(missing)}"
-    pinned = CSV_SHA256.get(dataset, {})
-    if pinned and all(sha256_of(folder / n) == pinned[n] for n in CSV_FILES):
-        log.info("%s: the official %s files (sha256 ok)", folder, dataset)
+    lacking = _lacking(folder, CSV_FILES)
+    if lacking is not None:
+        return lacking
+    if _official(dataset, folder, CSV_FILES, CSV_SHA256.get(dataset, {})):
         return None
     try:
         release = identify(dataset, folder / "ratings.csv", count_rows(folder / "ratings.csv"))
@@ -485,14 +481,41 @@ def local_release_problem(dataset: Dataset, folder: Path) -> str | None:
     return None
 
 
-def _dat_release_problem(dataset: Dataset, folder: Path, release: DatRelease) -> str | None:
-    missing = [name for name in release.rows if not (folder / name).is_file()]
-    if missing:
-        return f"{folder} lacks {', '.join(missing)}"
-    if release.sha256.keys() == release.rows.keys() and all(
-        sha256_of(folder / n) == digest for n, digest in release.sha256.items()
-    ):
+def _lacking(folder: Path, names: Iterable[str]) -> str | None:
+    """What ``folder`` lacks of the files ``names``, in a phrase; None if it has them all."""
+    missing = [name for name in names if not (folder / name).is_file()]
+    return f"{folder} lacks {', '.join(missing)}" if missing else None
+
+
+def _official(dataset: Dataset, folder: Path, names: Iterable[str], pins: dict[str, str]) -> bool:
+    """Whether every file ``names`` in ``folder`` has its pinned sha256 (``pins`` must pin
+    them all)."""
+    names = list(names)
+    if not all(n in pins for n in names):
+        return False
+    if all(sha256_of(folder / n) == pins[n] for n in names):
         log.info("%s: the official %s files (sha256 ok)", folder, dataset)
+        return True
+    return False
+
+
+def _unless_in_place(dataset: Dataset, folder: Path, hint: str) -> str | None:
+    """None when ``folder`` holds the release (used as it is, offline); else the manual
+    ``hint`` for the zip's download, led by what is wrong with the files there, if any."""
+    problem = local_release_problem(dataset, folder)
+    if problem is None:
+        return None
+    if folder.is_dir() and any(folder.iterdir()):
+        log.warning("%s; using %s.zip", problem, dataset)
+        return f"{problem}; {hint}"
+    return hint
+
+
+def _dat_release_problem(dataset: Dataset, folder: Path, release: DatRelease) -> str | None:
+    lacking = _lacking(folder, release.rows)
+    if lacking is not None:
+        return lacking
+    if _official(dataset, folder, release.rows, release.sha256):
         return None
     for name, rows in release.rows.items():
         # Lines, not CSV rows: these files have no header (count_rows takes one away).
@@ -509,14 +532,11 @@ def _csv_release(
     """A GroupLens CSV release: the folder as it is when it holds the release (offline), else
     the zip, verified, then extracted and checked again."""
     folder = data_dir / dataset
-    problem = local_release_problem(dataset, folder)
-    if problem is None:
+    zip_hint = _unless_in_place(dataset, folder, hint)
+    if zip_hint is None:
         return [folder / n for n in CSV_FILES]
-    if folder.is_dir() and any(folder.iterdir()):
-        log.warning("%s; downloading %s", problem, dataset)
-        hint = f"{problem}; {hint}"
     name = f"{dataset}.zip"
-    archive = _ensure(f"{base}/{name}", data_dir / name, checksum(name), progress, hint)
+    archive = _ensure(f"{base}/{name}", data_dir / name, checksum(name), progress, zip_hint)
     paths = _extract(archive, dataset, data_dir)
     problem = local_release_problem(dataset, folder)
     if problem is not None:
