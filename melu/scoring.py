@@ -291,9 +291,7 @@ class CatalogueScorer:
     def blends(self) -> bool:
         """Whether some support size's list takes the model's fold-in (:mod:`melu.fold_in`)."""
         net = getattr(self.learner, "net", None)
-        if not isinstance(net, TasteNet) or net.fold_in is None or not net.fold_in.fitted:
-            return False
-        return bool((net.fold_in.weight != 0).any())
+        return isinstance(net, TasteNet) and net.blends
 
     def fold_in_scores(self, support: Support) -> torch.Tensor:
         """``[B, R]``: EDLAE's fold-in of each user's support (:attr:`TasteState.support`) for

@@ -367,6 +367,12 @@ class TasteNet(nn.Module):
         (:attr:`step_schedule`, per bucket of :data:`SCHEDULE_EDGES`); ``mask [B, S]``."""
         return self.step_schedule[bucket(mask)]
 
+    @property
+    def blends(self) -> bool:
+        """Whether some support size's list takes EDLAE's fold-in (:mod:`melu.fold_in`)."""
+        fold_in = self.fold_in
+        return fold_in is not None and fold_in.fitted and bool((fold_in.weight != 0).any())
+
     def fold_in_weight(self, mask: torch.Tensor) -> torch.Tensor:
         """``[B]``: the weight of EDLAE's fold-in in each user's list (0: none), per bucket of
         their support size; ``mask [B, S]``."""

@@ -551,8 +551,7 @@ def _schedule_served(
     the fold-in are."""
     first = checkpoint.metrics["step_schedule"]
     net = learner.net
-    blends = net.fold_in is not None and net.fold_in.fitted and bool(net.fold_in.weight.any())
-    if blends:
+    if net.blends:
         net.uncalibrate()
         tried = choose_step_schedule(learner, table, recommendable, validation, user_table, seed)
     else:
