@@ -11,7 +11,7 @@ loved. Here the fast weight ``--part`` is multiplied by ``--multiples`` everywhe
 support loss included, as a served setting would be), and for each multiple the served lists
 (fold-in, schedule and floor as the run chose them) are scored on the validation users'
 Recall@10 (the schedule's 4 support draws at 3, 5, 10 and 20 ratings) and on the loved-genre
-test, through the service's own ``Recommender``.
+test, as ``melu evaluate`` runs it (the lists ``/recommend`` serves).
 
     python benchmarks/trust_probe.py --data-dir ../shared/data/movielens \\
         --checkpoints RUNS/default-seed{0,1,2}/checkpoint.pt \\
@@ -30,14 +30,14 @@ import numpy as np
 import torch
 from probes import Rows, load_run, main
 
+from melu.data import ColdStartData
 from melu.evaluation import catalogue as C
+from melu.evaluation.report import MELU
+from melu.evaluation.run import loved_genre_test, model_scorer_for
 from melu.schedule import BUCKET_SIZES, mean_recall
 from melu.scoring import CatalogueScorer
 from melu.taste import FastWeights, ItemSide, TasteNet
 from melu.taste_learner import TasteLearner
-from service.recommender import Recommender
-from service.schemas import RecommendRequest
-from service.settings import Settings
 
 log = logging.getLogger("trust_probe")
 
@@ -59,21 +59,12 @@ def scale_trust(net: TasteNet, part: str, multiple: float) -> Callable[[], None]
     return undo
 
 
-def genre_share(recommender: Recommender, settings: Settings, cases: list[C.GenreCase],
-                genres: list[frozenset[str]], ids: list[int]) -> float:  # fmt: skip
-    """Mean over the cases of the loved genre's share of the served top 10."""
-    shares = []
-    for case in cases:
-        rows, ratings = case.supports.rows[0], case.supports.ratings[0]
-        request = RecommendRequest.model_validate(
-            {"ratings": [{"item_id": ids[r], "rating": float(v)} for r, v in zip(rows, ratings,
-                                                                                 strict=True)],
-             "k": C.TOP}
-        )  # fmt: skip
-        outcome = recommender.run([recommender.recommend_job(request, settings)])[0]
-        listed = [ids.index(item.item_id) for item in recommender.scored(outcome)]
-        shares.append(float(np.mean([case.loved in genres[r] for r in listed])))
-    return float(np.mean(shares))
+def genre_share(scorer: CatalogueScorer, data: ColdStartData) -> float:
+    """The loved-genre share of the scorer's lists, as ``melu evaluate`` measures it (its mean
+    over the test's genres)."""
+    scores = model_scorer_for(scorer, data.user_table)
+    rows = loved_genre_test(data, scores, [], {}, C.training_counts(data), BUCKET_SIZES)
+    return float(np.mean([r.share for r in rows if r.method == MELU]))
 
 
 def probe(path: Path, args: argparse.Namespace) -> Rows:
@@ -81,26 +72,18 @@ def probe(path: Path, args: argparse.Namespace) -> Rows:
     assert isinstance(learner, TasteLearner)
     catalogue = data.catalogue
     scorer = CatalogueScorer(learner, catalogue.table, catalogue.recommendable)
-    recommender = Recommender(checkpoint, torch.device("cpu"), None)
-    assert isinstance(recommender.learner, TasteLearner)
-    settings = Settings(checkpoint=path)
-    cases = C.genre_cases(data, C.training_counts(data))
-    genres = C.item_genres(data)
-    ids = [int(i) for i in catalogue.item_ids.tolist()]
     liked, seed = learner.net.cfg.liked_rating, checkpoint.train.seed
     rows = []
     for multiple in args.multiples:
-        undo = [scale_trust(learner.net, args.part, multiple),
-                scale_trust(recommender.learner.net, args.part, multiple)]  # fmt: skip
+        undo = scale_trust(learner.net, args.part, multiple)
         row: dict[str, Any] = {
             "checkpoint": str(path), "seed": seed, "part": args.part, "multiple": multiple,
         }  # fmt: skip
         for size in BUCKET_SIZES:
             recall = mean_recall(scorer, validation, data.user_table, liked, size, seed)
             row[f"recall@10_S{size}"] = round(recall, 4)
-        row["loved_genre_share"] = round(genre_share(recommender, settings, cases, genres, ids), 3)
-        for u in undo:
-            u()
+        row["loved_genre_share"] = round(genre_share(scorer, data), 3)
+        undo()
         rows.append(row)
         log.info("%s", row)
     return rows
