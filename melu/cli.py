@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from melu.config import (
+    COOCCURRENCE_WEIGHTS,
     DATASETS,
     FAST_WEIGHTS,
     PRESETS,
@@ -193,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--fast-weights",
         nargs="+",
         choices=FAST_WEIGHTS,
-        help="the taste model: which of its fast weights the local steps adapt (default: all: "
-        f"{' '.join(_META.fast_weights)}); the others keep their meta-learned start",
+        help="the taste model: which of its fast weights the local steps adapt (default: "
+        f"{' '.join(_DEFAULT.meta.fast_weights)}; {' and '.join(COOCCURRENCE_WEIGHTS)} exist "
+        "only in a model with the co-occurrence term, which the default preset has not); the "
+        "others keep their meta-learned start",
     )
     train.add_argument(
         "--first-order", action="store_true", help="first-order MAML (no second derivatives)"
@@ -435,6 +438,12 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
         "dtype": args.dtype,
     }
     meta_cfg = replace(preset.meta, **{k: v for k, v in meta_over.items() if v is not None})
+    inert = [n for n in meta_cfg.fast_weights if n in COOCCURRENCE_WEIGHTS]
+    if model_cfg.objective == "taste" and not model_cfg.cooccurrence and inert:
+        raise MeluError(
+            f"--fast-weights: {' '.join(inert)}: fast weights of the co-occurrence term, which "
+            f"the {args.preset or 'default'} preset's model has not"
+        )
     train_cfg = replace(
         TrainConfig(),
         device=args.device,

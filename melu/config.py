@@ -160,6 +160,13 @@ class ModelConfig:
     # A rating at least this high is "liked": the taste model's softmax targets, and the
     # relevant items of the catalogue protocol.
     liked_rating: float = 4.0
+    # The taste model's co-occurrence term (melu.cooccurrence) in the ranking logit. Off in
+    # the default preset since stop 34: with EDLAE's fold-in blended into the list it adds
+    # nothing the lists need (validation Recall@10 from 3/5/10/20 ratings, seeds 0-2: 0.372 /
+    # 0.399 / 0.418 / 0.414 without it, with the step below, against 0.374 / 0.401 / 0.417 /
+    # 0.411 with it), and beside it the local step carried less of the list (x1 minus x0 at
+    # 10 / 20 ratings +0.014 / +0.012 without it, +0.003 / +0.006 with it; docs/results.md).
+    cooccurrence: bool = True
     # Neighbours kept per item in the co-occurrence term (melu.cooccurrence); 0 keeps all.
     # 256 ranks as all of them did on MeLU's validation users (Recall@10 from 3/5/10/20
     # ratings 0.357/0.387/0.406/0.403 against 0.358/0.388/0.396/0.399, seed 0) and halves the
@@ -186,6 +193,9 @@ FAST_WEIGHTS: tuple[str, ...] = (
     "rating_bias",
     "rating_taste",
 )
+# The fast weights of the co-occurrence term (ModelConfig.cooccurrence): the trust and the
+# support items' weights. A model without the term has no step for them.
+COOCCURRENCE_WEIGHTS: tuple[str, ...] = ("cooccurrence", "support_weights")
 
 
 @dataclass(frozen=True)
@@ -254,7 +264,8 @@ class Preset:
 # embeddings; no year, no residual, no dropout) and local update (5 steps of the decision
 # layers), so that results stay comparable with MeLU.
 PRESETS: dict[str, Preset] = {
-    # The taste model: one local step of every fast weight, from a meta-learned start.
+    # The taste model: one local step of its fast weights, from a meta-learned start; no
+    # co-occurrence term (EDLAE's fold-in gives the list its item-item view).
     "default": Preset(
         # Rating weight 0.5 on validation users (seed 0, with the floor): Recall@10 from
         # 3/5/10/20 ratings 0.358/0.389/0.405/0.400 at 0, 0.362/0.393/0.407/0.399 at 0.5,
@@ -265,8 +276,15 @@ PRESETS: dict[str, Preset] = {
             rank_rating_weight=0.5,
             rank_floor=True,
             fold_in_neighbours=512,
+            cooccurrence=False,
         ),
-        MetaConfig(local_steps=1, local_lr=0.5),
+        # Step size 2.0 (0.5 before stop 34, 4.0 overreached: validation Recall@10 from 20
+        # ratings 0.405 in seed 0) on every fast weight but the co-occurrence's.
+        MetaConfig(
+            local_steps=1,
+            local_lr=2.0,
+            fast_weights=("user", "popularity", "rating_bias", "rating_taste"),
+        ),
     ),
     "melu": Preset(
         ModelConfig(

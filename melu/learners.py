@@ -44,8 +44,9 @@ def fit_to_training(
     learner: Learner, train_ratings: pd.DataFrame, item_rows: dict[int, int], table: np.ndarray
 ) -> None:
     """What a learner takes from the training ratings besides gradients: the taste model's
-    co-occurrence (:mod:`melu.cooccurrence`). ``table``: the catalogue's feature ids."""
-    if not isinstance(learner, TasteLearner):
+    co-occurrence (:mod:`melu.cooccurrence`), where it has one. ``table``: the catalogue's
+    feature ids."""
+    if not isinstance(learner, TasteLearner) or learner.net.cooccurrence_table is None:
         return
     users, ids, _ = training_pairs(train_ratings, item_rows, table)
     learner.net.cooccurrence_table.fit(users, ids)

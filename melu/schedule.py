@@ -122,8 +122,11 @@ def choose_rating_calibration(
 ) -> dict[str, Any]:
     """Fit ``learner.net.rating_calibration``: per support-size bucket, the least-squares line
     from the predicted to the actual rating of validation users' held-out films (candidates
-    only, over :data:`DRAWS` support draws at the bucket's :data:`CALIBRATION_SIZES`; the
-    predictions clipped to the scale, as they are judged). Returns each bucket's line and
+    only, over :data:`DRAWS` support draws at the bucket's :data:`CALIBRATION_SIZES`). The
+    line is fitted on the predictions it is applied to, before any clipping; the calibration
+    errors and MAE are those of the predictions clipped to the scale, as they are judged
+    (a line fitted on clipped predictions but applied to unclipped ones misplaces the films
+    predicted beyond the scale, which a large local step gives). Returns each bucket's line and
     its in-sample calibration error and MAE before and after, and the served lists'
     validation Recall@10 before and after (the floor compares the recalibrated ratings)."""
     net = learner.net
@@ -145,14 +148,15 @@ def choose_rating_calibration(
         net.uncalibrate()
         before = recalls()
         for label, sizes in zip(BUCKET_LABELS, CALIBRATION_SIZES, strict=False):
-            predicted, actual = heldout_predictions(
-                scorer, validation, user_table, sizes, seed, liked, scale
+            raw, actual = heldout_predictions(
+                scorer, validation, user_table, sizes, seed, liked, scale, clip=False
             )
-            fit = LinearRegression().fit(predicted[:, None], actual)
+            fit = LinearRegression().fit(raw[:, None], actual)
             slope = max(float(fit.coef_[0]), MIN_SLOPE)
-            offset = float(actual.mean() - slope * predicted.mean())
+            offset = float(actual.mean() - slope * raw.mean())
             lines.append((offset, slope))
-            after = np.clip(offset + slope * predicted, scale.low, scale.high)
+            predicted = np.clip(raw, scale.low, scale.high)
+            after = np.clip(offset + slope * raw, scale.low, scale.high)
             fits[label] = {
                 "offset": round(offset, 5),
                 "slope": round(slope, 5),
@@ -191,10 +195,11 @@ def heldout_predictions(
     seed: int,
     liked: float,
     scale: RatingScale,
+    clip: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every held-out candidate rating of ``validation``'s users over the :data:`DRAWS`
-    support draws at each of ``sizes``: the predictions (clipped to the scale) and the
-    ratings."""
+    support draws at each of ``sizes``: the predictions (``clip``: clipped to the scale, as
+    they are judged) and the ratings."""
     predicted: list[np.ndarray] = []
     actual: list[np.ndarray] = []
     for size in sizes:
@@ -204,7 +209,9 @@ def heldout_predictions(
             ):
                 rows = found.targets
                 keep = (rows > 0) & found.allowed.gather(1, rows)
-                rating = found.scores.rating.gather(1, rows).clamp(scale.low, scale.high)
+                rating = found.scores.rating.gather(1, rows)
+                if clip:
+                    rating = rating.clamp(scale.low, scale.high)
                 predicted.append(rating[keep].double().cpu().numpy())
                 actual.append(found.target_ratings[keep].double().cpu().numpy())
     return np.concatenate(predicted), np.concatenate(actual)

@@ -36,7 +36,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
-from melu.config import FAST_WEIGHTS, MetaConfig, ModelConfig, RatingScale
+from melu.config import COOCCURRENCE_WEIGHTS, FAST_WEIGHTS, MetaConfig, ModelConfig, RatingScale
 from melu.cooccurrence import Cooccurrence
 from melu.embeddings import FieldEmbedding
 from melu.features import FieldSpec
@@ -149,21 +149,30 @@ class TasteNet(nn.Module):
         # Pseudo-counts of the rating fast weights' shrinkage towards the population.
         self.log_shrinkage = nn.Parameter(torch.full((2,), math.log(3.0)))
         # Co-occurrence: each rating value's weight, and the trust's start (a function of n).
-        self.cooccurrence_level = nn.Parameter(torch.linspace(0.0, 1.0, levels))
-        self.cooccurrence_start = nn.Parameter(torch.zeros(2))
-        self.cooccurrence_table = Cooccurrence(ids.vocab_size, cfg.cooccurrence_neighbours)
+        # (None without it: a model whose logit has no co-occurrence term carries none.)
+        self.cooccurrence_level = (
+            nn.Parameter(torch.linspace(0.0, 1.0, levels)) if cfg.cooccurrence else None
+        )
+        self.cooccurrence_start = nn.Parameter(torch.zeros(2)) if cfg.cooccurrence else None
+        self.cooccurrence_table = (
+            Cooccurrence(ids.vocab_size, cfg.cooccurrence_neighbours) if cfg.cooccurrence else None
+        )
         # The local update: a step size per fast weight (a vector for the vectors) and a
         # learned function of the support's size that scales it.
+        # Without the co-occurrence term its two fast weights stay 0 and have no step.
         sizes = {"user": dim, "rating_taste": rating_dim}
+        steppable = [
+            name for name in FAST_WEIGHTS if cfg.cooccurrence or name not in COOCCURRENCE_WEIGHTS
+        ]
         self.step_size = nn.ParameterDict(
             {
                 name: nn.Parameter(torch.full((sizes.get(name, 1),), meta.local_lr))
-                for name in FAST_WEIGHTS
+                for name in steppable
             }
         )
         # softplus(0.5413) = 1: every step starts at its step size whatever the support.
         self.step_gate = nn.ParameterDict(
-            {name: nn.Parameter(torch.tensor([0.5413, 0.0])) for name in FAST_WEIGHTS}
+            {name: nn.Parameter(torch.tensor([0.5413, 0.0])) for name in steppable}
         )
         # How far the steps go, per support-size bucket (SCHEDULE_EDGES): 1 in training; after
         # it, chosen on validation users (melu.schedule), since steps meta-learned on training
@@ -257,39 +266,49 @@ class TasteNet(nn.Module):
         rating_taste = (residual.unsqueeze(-1) * side.taste).sum(-2) / (
             (n + shrink_taste).sqrt().unsqueeze(-1)
         )
-        start = self.cooccurrence_start
+        start, level_weight = self.cooccurrence_start, self.cooccurrence_level
+        if start is None or level_weight is None:
+            trust, support_weights = torch.zeros_like(n), torch.zeros_like(real)
+        else:
+            trust = nn.functional.softplus(start[0] + start[1] * torch.log1p(n))
+            support_weights = level_weight[level] * real
         return FastWeights(
             user=user,
             popularity=torch.ones_like(n),
-            cooccurrence=nn.functional.softplus(start[0] + start[1] * torch.log1p(n)),
-            support_weights=self.cooccurrence_level[level] * real,
+            cooccurrence=trust,
+            support_weights=support_weights,
             rating_bias=rating_bias,
             rating_taste=rating_taste,
         )
 
     # --- the two outputs -----------------------------------------------------------------------
 
-    def cooccurrence(self, fast: FastWeights, support: Support) -> torch.Tensor:
-        """``[B, V]``: the co-occurrence term over the item-id vocabulary, before the trust."""
+    def cooccurrence(self, fast: FastWeights, support: Support) -> torch.Tensor | None:
+        """``[B, V]``: the co-occurrence term over the item-id vocabulary, before the trust;
+        None for a model without one (:attr:`ModelConfig.cooccurrence`)."""
+        if self.cooccurrence_table is None:
+            return None
         n = support.mask.sum(-1).clamp(min=1).to(fast.user.dtype)
         z = self.cooccurrence_table.scores(support.side.ids, fast.support_weights, support.own)
         return z / n.sqrt().unsqueeze(-1)
 
-    def logits(self, fast: FastWeights, z: torch.Tensor, items: ItemSide) -> torch.Tensor:
+    def logits(self, fast: FastWeights, z: torch.Tensor | None, items: ItemSide) -> torch.Tensor:
         """Ranking logits ``[B, N]`` of items shared by the batch (``[N]`` side) or per user
         (``[B, N]`` side); ``z`` from :meth:`cooccurrence`."""
         user = torch.tanh(fast.user)
         if items.ids.dim() == 1:
             out = user @ items.out.t()
             pop = items.popularity.unsqueeze(0)
-            co = z[:, items.ids]
         else:
             out = torch.einsum("bd,bnd->bn", user, items.out)
             pop = items.popularity
-            co = z.gather(1, items.ids)
+        logits = out + fast.popularity.unsqueeze(-1) * pop
+        if z is None:
+            return logits
+        co = z[:, items.ids] if items.ids.dim() == 1 else z.gather(1, items.ids)
         # The unknown item (id 0) has no co-occurrence.
         co = co * (items.ids > 0)
-        return out + fast.popularity.unsqueeze(-1) * pop + fast.cooccurrence.unsqueeze(-1) * co
+        return logits + fast.cooccurrence.unsqueeze(-1) * co
 
     def ratings(self, fast: FastWeights, items: ItemSide) -> torch.Tensor:
         """Predicted ratings ``[B, N]`` (shared ``[N]`` or per-user ``[B, N]`` side)."""
@@ -346,11 +365,9 @@ class TasteNet(nn.Module):
         normaliser = torch.logsumexp(logits, -1, keepdim=True)
         held_out = torch.tanh(fast.user.unsqueeze(1) - support.parts)  # [B, S, D]
         side = support.side
-        own = (
-            (held_out * side.out).sum(-1)
-            + fast.popularity.unsqueeze(-1) * side.popularity
-            + fast.cooccurrence.unsqueeze(-1) * z.gather(1, side.ids) * (side.ids > 0)
-        )
+        own = (held_out * side.out).sum(-1) + fast.popularity.unsqueeze(-1) * side.popularity
+        if z is not None:
+            own = own + fast.cooccurrence.unsqueeze(-1) * z.gather(1, side.ids) * (side.ids > 0)
         # log p(j) = s_j - log(sum_allowed exp + exp s_j). (logaddexp's double backward is not
         # finite on every input; a two-term logsumexp is.)
         both = torch.stack([normaliser.expand_as(own), own])

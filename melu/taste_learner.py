@@ -28,11 +28,12 @@ class CatalogueSide(NamedTuple):
 
 
 class TasteState(NamedTuple):
-    """A batch of adapted users: their fast weights, their co-occurrence term ``[B, V]``, the
-    support (for explanations and the user's mean), and the support loss before and after."""
+    """A batch of adapted users: their fast weights, their co-occurrence term ``[B, V]`` (None
+    for a model without one), the support (for explanations and the user's mean), and the
+    support loss before and after."""
 
     fast: FastWeights
-    cooccurrence: torch.Tensor
+    cooccurrence: torch.Tensor | None
     support: Support
     loss_before: torch.Tensor
     loss_after: torch.Tensor
@@ -48,6 +49,12 @@ class TasteLearner(nn.Module):
         unknown = set(cfg.fast_weights) - set(FAST_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown fast weights {sorted(unknown)}; known: {FAST_WEIGHTS}")
+        inert = set(cfg.fast_weights) - set(net.step_size)
+        if inert:
+            raise ValueError(
+                f"fast weights {sorted(inert)} need the co-occurrence term, which this model "
+                "has not (ModelConfig.cooccurrence)"
+            )
         self.adapted = [name for name in FAST_WEIGHTS if name in cfg.fast_weights]
 
     def _steps(self, steps: int | None) -> int:
@@ -164,16 +171,20 @@ class TasteLearner(nn.Module):
     ) -> torch.Tensor:
         """``[S, K]``: how much each support item of user ``index`` adds to the ranking logit
         of catalogue ``rows [K]``: its pooled part of the user vector (before the ``tanh``)
-        dotted with the item's output embedding, plus its co-occurrence with the item times
-        the trust. What "because you loved X" names (:meth:`CatalogueScorer.explain`)."""
+        dotted with the item's output embedding, plus (for a model with the co-occurrence term)
+        its co-occurrence with the item times the trust. What "because you loved X" names
+        (:meth:`CatalogueScorer.explain`)."""
         net, support = self.net, state.support
         assert support.parts is not None
         side = support.side.take(torch.tensor(index))  # [S, ...]
         ratings, mask = support.ratings[index], support.mask[index]
         items = catalogue.items.take(rows.to(catalogue.items.ids.device))
         pooled_part = support.parts[index] @ items.out.t()
+        table = net.cooccurrence_table
+        if table is None:
+            return pooled_part
         ids = side.ids * mask
-        single = net.cooccurrence_table.scores(ids.unsqueeze(1), torch.ones_like(ratings)[:, None])
+        single = table.scores(ids.unsqueeze(1), torch.ones_like(ratings)[:, None])
         n = mask.sum().clamp(min=1).to(side.embed.dtype)
         fast = state.fast
         weights = fast.support_weights[index].unsqueeze(-1)

@@ -313,7 +313,8 @@ def train(
                     item_table,
                     meta_cfg.episode_support,
                     model_cfg.liked_rating,
-                    vocab_size=vocab,
+                    # The user's own items: only the co-occurrence leaves them out.
+                    vocab_size=vocab if model_cfg.cooccurrence else None,
                 )
                 losses = loss_fn(_shard(episode, world), item_table, recommendable)
             else:

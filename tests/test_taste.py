@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from melu.config import FAST_WEIGHTS, MetaConfig, ModelConfig, RatingScale
+from melu.config import COOCCURRENCE_WEIGHTS, FAST_WEIGHTS, MetaConfig, ModelConfig, RatingScale
 from melu.cooccurrence import Cooccurrence, neighbour_lists, normalised_cooccurrence
 from melu.features import FieldSpec
 from melu.objectives import ITEM_ID_COLUMN, Episode
@@ -42,6 +42,7 @@ MODEL = ModelConfig(
     user_field_dropout=0.0,
 )
 META = MetaConfig(local_steps=2, local_lr=0.3)
+STEPPABLE_WITHOUT_COOCCURRENCE = tuple(n for n in FAST_WEIGHTS if n not in COOCCURRENCE_WEIGHTS)
 
 
 def table() -> torch.Tensor:
@@ -64,12 +65,20 @@ PAIRS = np.array(
 )
 
 
-def learner(dtype: torch.dtype = torch.float64, **meta: object) -> TasteLearner:
+def learner(
+    dtype: torch.dtype = torch.float64, cooccurrence: bool = True, **meta: object
+) -> TasteLearner:
+    """A small taste model (``cooccurrence``: with the co-occurrence term, fitted on
+    :data:`PAIRS`)."""
     torch.manual_seed(0)
+    if not cooccurrence:
+        meta.setdefault("fast_weights", STEPPABLE_WITHOUT_COOCCURRENCE)
     cfg = dataclasses.replace(META, **meta)  # type: ignore[arg-type]
-    net = TasteNet(USER_SPECS, ITEM_SPECS, MODEL, cfg, RatingScale())
+    model_cfg = dataclasses.replace(MODEL, cooccurrence=cooccurrence)
+    net = TasteNet(USER_SPECS, ITEM_SPECS, model_cfg, cfg, RatingScale())
     out = TasteLearner(net, cfg)
-    net.cooccurrence_table.fit(PAIRS[:, 0], PAIRS[:, 1])
+    if net.cooccurrence_table is not None:
+        net.cooccurrence_table.fit(PAIRS[:, 0], PAIRS[:, 1])
     with torch.no_grad():
         for p in out.parameters():  # away from the init's symmetries
             p.add_(0.05 * torch.randn_like(p))
@@ -170,10 +179,11 @@ def test_leaving_the_user_out_equals_the_matrix_without_them() -> None:
 # --- the local update and the meta-gradient -----------------------------------------------------
 
 
-def test_second_order_meta_gradient_matches_finite_differences() -> None:
+@pytest.mark.parametrize("cooccurrence", [True, False])
+def test_second_order_meta_gradient_matches_finite_differences(cooccurrence: bool) -> None:
     """Gradcheck of the episode loss, through two local steps, w.r.t. meta-parameters the
     steps depend on (the step sizes, the pooled embeddings, the rating biases)."""
-    model = learner()
+    model = learner(cooccurrence=cooccurrence)
     model.train()
     ep = episode()
     names = ["net.step_size.user", "net.rating_scale", "net.item_id.weight", "net.mean"]
@@ -203,10 +213,11 @@ def test_first_order_drops_the_second_order_terms() -> None:
     assert torch.isfinite(grads[1]).all()
 
 
-def test_batched_losses_equal_one_user_at_a_time() -> None:
-    model = learner()
+@pytest.mark.parametrize("cooccurrence", [True, False])
+def test_batched_losses_equal_one_user_at_a_time(cooccurrence: bool) -> None:
+    model = learner(cooccurrence=cooccurrence)
     model.train()
-    ep = episode()
+    ep = episode(own=cooccurrence)
     batched = model.losses(ep, TABLE, RECOMMENDABLE)
     for b in range(3):
         one = Episode(*(None if t is None else t[b : b + 1] for t in ep))
@@ -234,8 +245,11 @@ def test_padding_changes_nothing() -> None:
     torch.testing.assert_close(a[1], b[1], rtol=1e-12, atol=1e-12)
 
 
-def test_local_steps_lower_the_support_loss_and_leave_the_meta_parameters() -> None:
-    model = learner().eval()
+@pytest.mark.parametrize("cooccurrence", [True, False])
+def test_local_steps_lower_the_support_loss_and_leave_the_meta_parameters(
+    cooccurrence: bool,
+) -> None:
+    model = learner(cooccurrence=cooccurrence).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rows, ratings, mask = support()
     side = model.catalogue_side(TABLE, RECOMMENDABLE)
@@ -306,13 +320,17 @@ def test_rank_puts_rows_below_the_floor_last() -> None:
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-def test_every_meta_parameter_gets_a_meta_gradient(first_order: bool) -> None:
+@pytest.mark.parametrize("cooccurrence", [True, False])
+def test_every_meta_parameter_gets_a_meta_gradient(first_order: bool, cooccurrence: bool) -> None:
     """The query loss reaches every meta-parameter through the start and the local steps:
-    the embeddings, the pooling, the shrinkage, the co-occurrence's start and every step size
-    and gate (first order too: it drops the gradient's own derivative, not the step)."""
-    model = learner(first_order=first_order).train()
+    the embeddings, the pooling, the shrinkage, the co-occurrence's start (where the model has
+    the term) and every step size and gate of the fast weights the steps adapt (first order
+    too: it drops the gradient's own derivative, not the step). A model without the term has
+    no parameter the query loss cannot reach."""
+    model = learner(first_order=first_order, cooccurrence=cooccurrence)
+    model.train()
     model.zero_grad()
-    model.losses(episode(), TABLE, RECOMMENDABLE).sum().backward()
+    model.losses(episode(own=cooccurrence), TABLE, RECOMMENDABLE).sum().backward()
     for name, param in model.named_parameters():
         assert param.grad is not None, name
         assert torch.isfinite(param.grad).all(), name

@@ -20,7 +20,7 @@ import torch
 from melu import checkpoint as ckpt
 from melu import cli
 from melu import train as train_module
-from melu.config import PRESETS, MetaConfig, ModelConfig, Preset, TrainConfig
+from melu.config import FAST_WEIGHTS, PRESETS, MetaConfig, ModelConfig, Preset, TrainConfig
 from melu.data import ColdStartData
 from melu.errors import CheckpointError
 from melu.evaluation import metrics as M
@@ -257,10 +257,11 @@ def test_checkpoint_round_trips(small_data: ColdStartData, tmp_path: Path) -> No
 def test_taste_checkpoint_round_trips_with_its_step_schedule(
     small_data: ColdStartData, taste_run: Path, tmp_path: Path
 ) -> None:
-    """The taste model's checkpoint holds the best epoch's weights (co-occurrence included)
-    and the step schedule chosen after training: the rebuilt model gives the validation
-    Recall@10 that selected it (under the schedule of training, every multiple 1) and the
-    Recall@10 the schedule was chosen by (under the stored one)."""
+    """The taste model's checkpoint holds the best epoch's weights (and no co-occurrence
+    lists: the default model has no such term) and the step schedule chosen after training:
+    the rebuilt model gives the validation Recall@10 that selected it (under the schedule of
+    training, every multiple 1) and the Recall@10 the schedule was chosen by (under the stored
+    one)."""
     loaded = ckpt.load(taste_run)
     _check_saved_run(loaded, small_data, TASTE, SMALL)
     metrics = loaded.metrics
@@ -271,7 +272,7 @@ def test_taste_checkpoint_round_trips_with_its_step_schedule(
     learner = loaded.learner()
     for name, value in learner.state_dict().items():
         assert torch.equal(value, loaded.state[name]), name
-    assert int(loaded.state["net.cooccurrence_table.index"].count_nonzero()) > 0
+    assert not any(name.startswith("net.cooccurrence") for name in loaded.state)
 
     # The schedule: chosen once training ended, in the metrics and in the weights; chosen
     # last on the served lists (the fold-in blended in), its first choice on the model's own
@@ -366,15 +367,22 @@ def test_taste_checkpoint_round_trips_with_its_step_schedule(
         scorer=scorer,
     )  # fmt: skip
     assert mae["mae"] == pytest.approx(metrics["best_val_mae"], abs=1e-6)
-    _buffers_written_once(taste_run)
     ckpt.save(tmp_path / "copy.pt", loaded)
     assert ckpt.load(tmp_path / "copy.pt").metrics == metrics
 
 
-def _buffers_written_once(path: Path) -> None:
-    """The taste model's co-occurrence lists (most of its weights) are shared by the kept
-    state and the resume state, so the file holds them once."""
+def test_a_cooccurrence_run_fits_its_lists_and_writes_them_once(
+    tiny_data: ColdStartData, tmp_path: Path
+) -> None:
+    """A taste model with the co-occurrence term (``ModelConfig.cooccurrence``, checkpoints
+    before stop 34) trains: its lists are fitted on the training ratings, and, most of its
+    weights, shared by the kept state and the resume state, so the file holds them once."""
+    model = dataclasses.replace(TASTE.model, cooccurrence=True, fold_in_neighbours=0)
+    meta = dataclasses.replace(TASTE.meta, fast_weights=FAST_WEIGHTS)
+    train(tiny_data, tmp_path, model, meta, dataclasses.replace(SMALL, epochs=1), progress=False)
+    path = tmp_path / "checkpoint.pt"
     loaded = ckpt.load(path)
+    assert int(loaded.state["net.cooccurrence_table.index"].count_nonzero()) > 0
     shared = ("net.cooccurrence_table.index", "net.cooccurrence_table.value")
 
     def nbytes(tensors: object) -> int:
@@ -468,7 +476,6 @@ def test_resumed_taste_run_equals_uninterrupted_run_and_chooses_its_schedule_onc
     _same_run(full, resumed)
     assert resumed.metrics["step_schedule"] == full.metrics["step_schedule"]
     assert resumed.metrics["best_val_recall"] == full.metrics["best_val_recall"]
-    _buffers_written_once(out / "checkpoint.pt")
     # A finished run: nothing trains, nothing is chosen again, the file is left alone.
     written = (out / "checkpoint.pt").stat().st_mtime_ns
     again = train(small_data, out, TASTE.model, TASTE.meta, SMALL, resume=True, progress=False)
