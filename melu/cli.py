@@ -210,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"for default, {_MELU.model.objective} for melu)",
     )
     train.add_argument(
+        "--cooccurrence",
+        action="store_true",
+        help="the taste model: add the training users' item-item co-occurrence with the "
+        "support to the ranking logit, with its two fast weights (the default model before "
+        "stop 34, with --local-lr 0.5)",
+    )
+    train.add_argument(
         "--local-update",
         choices=("auto", "vmap"),
         help="MeLU's network: auto, the closed-form head update where it applies; vmap, "
@@ -418,6 +425,10 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
     model_cfg = preset.model
     if args.objective is not None:
         model_cfg = replace(model_cfg, objective=args.objective)
+    if args.cooccurrence:
+        if model_cfg.objective != "taste":
+            raise MeluError("--cooccurrence: only the taste model (--objective taste) has the term")
+        model_cfg = replace(model_cfg, cooccurrence=True)
     meta_over = {
         "local_lr": args.local_lr,
         "local_steps": args.local_steps,
@@ -437,21 +448,22 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
         "compile": args.compile or None,
         "dtype": args.dtype,
     }
+    if args.fast_weights is None and (args.cooccurrence or model_cfg.objective != "taste"):
+        # With the co-occurrence term its own fast weights adapt too, as every one did in the
+        # models that had it; MeLU's network has none (the neutral default, which
+        # train.check_options takes for "not given").
+        meta_over["fast_weights"] = FAST_WEIGHTS
     meta_cfg = replace(preset.meta, **{k: v for k, v in meta_over.items() if v is not None})
-    inert = [n for n in meta_cfg.fast_weights if n in COOCCURRENCE_WEIGHTS]
-    if model_cfg.objective == "taste" and not model_cfg.cooccurrence and inert:
-        raise MeluError(
-            f"--fast-weights: {' '.join(inert)}: fast weights of the co-occurrence term, which "
-            f"the {args.preset or 'default'} preset's model has not"
-        )
     train_cfg = replace(
         TrainConfig(),
         device=args.device,
         **{k: v for k, v in train_over.items() if v is not None},
     )
     given = {f"meta.{k}": v for k, v in meta_over.items() if v is not None}
+    if args.fast_weights is None:
+        given.pop("meta.fast_weights", None)
     given.update({f"train.{k}": v for k, v in train_over.items() if v is not None})
-    if args.preset is not None or args.objective is not None:
+    if args.preset is not None or args.objective is not None or args.cooccurrence:
         given["model"] = model_cfg
     return model_cfg, meta_cfg, train_cfg, given
 
@@ -474,7 +486,7 @@ def _check_resume(args: argparse.Namespace, given: dict[str, Any]) -> bool:
     for key, value in given.items():
         if key == "model":
             if value != previous.model:
-                differ.append("--preset/--objective (another model configuration)")
+                differ.append("--preset/--objective/--cooccurrence (another model configuration)")
             continue
         part, name = key.split(".")
         old = getattr(saved[part], name)

@@ -9,7 +9,9 @@ Shen et al., CIKM 2021):
     P = R~^T R~,   R~ = D_U^-1/2 R D_I^-1/2     (R: training users x items, binary)
 
 so that ``P[j, i]`` sums, over the users who rated both ``j`` and ``i``, ``1 / (d_u sqrt(d_j
-d_i))``. The taste model adds ``beta * sum_j w_j P[j, i] / sqrt(n)`` to the logit of item ``i``
+d_i))``. A taste model with the co-occurrence term (``ModelConfig.cooccurrence``; not the
+default preset's since stop 34, which leaves the item-item view to EDLAE's fold-in,
+:mod:`melu.fold_in`) adds ``beta * sum_j w_j P[j, i] / sqrt(n)`` to the logit of item ``i``
 for a support of ``n`` items ``j`` with weights ``w_j`` (fast weights, like ``beta``).
 
 Two details make this usable inside meta-training:

@@ -4,10 +4,15 @@ A new user's few ratings (the support) become a handful of fast weights, and one
 those weights gives both outputs for every item ``i``:
 
 - the ranking logit (log P(the user watches and likes i), up to a constant):
-  ``user . out_i + popularity * pop_i + cooccurrence * z_i``, where ``z = sum_j
-  support_weights_j P[j, :] / sqrt(n)`` is the training users' item-item co-occurrence from
-  the support items (:mod:`melu.cooccurrence`);
+  ``user . out_i + popularity * pop_i``, and, in a model with the co-occurrence term
+  (:attr:`ModelConfig.cooccurrence`; the default preset's has none since stop 34),
+  ``+ cooccurrence * z_i``, where ``z = sum_j support_weights_j P[j, :] / sqrt(n)`` is the
+  training users' item-item co-occurrence from the support items (:mod:`melu.cooccurrence`);
 - the predicted rating: ``mu + bias_i + rating_bias + rating_taste . taste_i``.
+
+The default model leaves the item-item view to EDLAE's fold-in, blended into the list after
+training (:mod:`melu.fold_in`): with it, the co-occurrence term added nothing to validation
+users' lists, and beside it the local step carried less of the list (docs/results.md).
 
 The fast weights start from a meta-learned initialisation computed from the support in one
 pass (the amortised part: the support's item embeddings scaled per rating value and pooled,

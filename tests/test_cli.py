@@ -160,9 +160,9 @@ def test_resume_refuses_other_options(
     assert "--dataset ml-latest-small (the run has melu)" in line
     assert "--out" in line and "RUN_DIR" in line
     # Another model is another run.
-    for option in (["--objective", "rating"], ["--preset", "melu"]):
+    for option in (["--objective", "rating"], ["--preset", "melu"], ["--cooccurrence"]):
         line = one_line_error(melu(*common, *option), "--resume")
-        assert "--preset/--objective (another model configuration)" in line
+        assert "--preset/--objective/--cooccurrence (another model configuration)" in line
     # Options equal to the saved ones are fine; the run is finished, and says so, and leaves
     # the checkpoint alone (the Makefile evaluates again only when it changes).
     written = (run / "checkpoint.pt").stat().st_mtime_ns
@@ -264,17 +264,44 @@ def test_the_taste_model_refuses_options_of_melus_network(tmp_path: Path) -> Non
 def test_fast_weights_choose_what_the_step_adapts() -> None:
     """`--fast-weights user` configures a taste model whose local step moves the user vector
     alone (docs/results.md's probe; test_taste checks what the step then moves);
-    the default adapts all six, and an explicit choice counts against --resume."""
+    the default adapts the four a model without the co-occurrence term has, `--cooccurrence`
+    adds the term and its two fast weights (the model before stop 34), and an explicit
+    choice counts against --resume."""
     from melu.cli import _train_configs
-    from melu.config import FAST_WEIGHTS
+    from melu.config import COOCCURRENCE_WEIGHTS, FAST_WEIGHTS, PRESETS
 
     parser = build_parser()
     _, meta, _, given = _train_configs(
         parser.parse_args(["train", "--out", "x", "--fast-weights", "user"])
     )
     assert meta.fast_weights == ("user",) and given["meta.fast_weights"] == ("user",)
-    _, default, _, given = _train_configs(parser.parse_args(["train", "--out", "x"]))
-    assert default.fast_weights == FAST_WEIGHTS and "meta.fast_weights" not in given
+    model, default, _, given = _train_configs(parser.parse_args(["train", "--out", "x"]))
+    assert not model.cooccurrence and "meta.fast_weights" not in given
+    assert default.fast_weights == PRESETS["default"].meta.fast_weights
+    assert set(default.fast_weights) == set(FAST_WEIGHTS) - set(COOCCURRENCE_WEIGHTS)
+    model, meta, _, given = _train_configs(
+        parser.parse_args(["train", "--out", "x", "--cooccurrence"])
+    )
+    assert model.cooccurrence and meta.fast_weights == FAST_WEIGHTS
+    assert "meta.fast_weights" not in given and given["model"] == model
+
+
+def test_cooccurrence_weights_need_the_term(tmp_path: Path) -> None:
+    """Fast weights of the co-occurrence term, for a model without it, and --cooccurrence for
+    MeLU's network, are refused in one line before any data is read."""
+    common = ["train", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "run")]
+    one_line_error(
+        melu(*common, "--fast-weights", "user", "support_weights"),
+        "--fast-weights: support_weights: fast weights of the co-occurrence term",
+    )
+    one_line_error(
+        melu(*common, "--preset", "melu", "--cooccurrence"), "--cooccurrence: only the taste"
+    )
+    line = one_line_error(melu(*common, "--cooccurrence", "--fast-weights", "support_weights"))
+    assert "file not found" in line
+    # MeLU's network through --objective: no fast weights to refuse.
+    assert "file not found" in one_line_error(melu(*common, "--objective", "rating"))
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("target", ["check-port"])
