@@ -473,7 +473,7 @@ def _check_resume(args: argparse.Namespace, given: dict[str, Any]) -> bool:
     configuration (it would silently keep its own), and say so when the run has finished.
     Returns whether there is training left to do."""
     from melu.checkpoint import load
-    from melu.train import kept_weights, unchosen
+    from melu.train import item_item_view, kept_weights, unchosen
 
     path = args.out / "checkpoint.pt"
     if not (args.resume and path.exists()):
@@ -485,7 +485,9 @@ def _check_resume(args: argparse.Namespace, given: dict[str, Any]) -> bool:
         differ.append(f"--dataset {args.dataset} (the run has {previous.data.dataset})")
     for key, value in given.items():
         if key == "model":
-            if value != previous.model:
+            # As train() settles it for the run's catalogue (the item-item view).
+            rated = int(previous.catalogue.recommendable.sum())
+            if item_item_view(value, rated) != previous.model:
                 differ.append("--preset/--objective/--cooccurrence (another model configuration)")
             continue
         part, name = key.split(".")

@@ -3,6 +3,7 @@ checkpoints every epoch, exact resume, and data parallelism under ``torchrun``."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from melu.config import COOCCURRENCE_WEIGHTS, FAST_WEIGHTS, MetaConfig, ModelCon
 from melu.data import ColdStartData
 from melu.distributed import World, init_from_env
 from melu.errors import MeluError
+from melu.fold_in import MAX_ITEMS
 from melu.learners import Learner, build_learner, fit_to_training, training_pairs
 from melu.maml import TaskFeatures, gather
 from melu.objectives import Episode, sample_episodes
@@ -99,6 +101,29 @@ def check_options(model_cfg: ModelConfig, meta_cfg: MetaConfig, train_cfg: Train
             "rating); the taste model adapts its own fast weights with learned step sizes, "
             "and torch.compile cannot differentiate its local steps"
         )
+
+
+def item_item_view(model_cfg: ModelConfig, n_rated: int) -> ModelConfig:
+    """The taste model's item-item view for a catalogue of ``n_rated`` items with training
+    ratings: EDLAE's fold-in where it is fitted (:data:`melu.fold_in.MAX_ITEMS` items at
+    most), else the co-occurrence term, switched on here (its fast weights keep their
+    meta-learned start unless ``--fast-weights`` names them). Without either, the lists of a
+    large catalogue would have none: on MeLU's new users the default model's own list, without
+    the fold-in, is 0.376 Recall@10 from 10 ratings against EDLAE's 0.399 (docs/results.md).
+    The returned config is the one saved in the checkpoint."""
+    if (
+        model_cfg.objective != "taste"
+        or model_cfg.cooccurrence
+        or model_cfg.fold_in_neighbours == 0
+        or n_rated <= MAX_ITEMS
+    ):
+        return model_cfg
+    log.info(
+        "%d rated items, more than EDLAE's fold-in takes (%d): the co-occurrence term instead",
+        n_rated,
+        MAX_ITEMS,
+    )
+    return dataclasses.replace(model_cfg, cooccurrence=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -180,6 +205,8 @@ def train(
         log.warning("%s exists and will be overwritten (use --resume to continue it)", path)
 
     check_options(model_cfg, meta_cfg, train_cfg)
+    if previous is None or not previous.resume:
+        model_cfg = item_item_view(model_cfg, int(data.catalogue.recommendable.sum()))
     dtype = _dtype(train_cfg.dtype)
     torch.manual_seed(train_cfg.seed)
     learner = build_learner(data.encoder, model_cfg, meta_cfg, data.scale)

@@ -763,3 +763,22 @@ def test_data_summary_json_gives_melu_counts(shared_data: Path) -> None:
     assert summary["new_user_new_item"]["tasks"] == 723
     assert json.loads(result.stdout)["totals"]["ratings"] == 1_000_209
     assert json.loads(result.stdout)["totals"]["users"] == 6040
+
+
+def test_a_catalogue_too_large_for_the_fold_in_gets_the_cooccurrence_term() -> None:
+    """The default model's item-item view is EDLAE's fold-in; where the catalogue has more
+    rated items than the fold-in is fitted for, training switches the co-occurrence term on
+    instead (and saves that config), so that the list keeps one; other models are left as
+    configured."""
+    from melu.fold_in import MAX_ITEMS
+    from melu.train import item_item_view
+
+    model = TASTE.model
+    assert not model.cooccurrence and model.fold_in_neighbours > 0
+    assert item_item_view(model, 2648) == model
+    assert item_item_view(model, MAX_ITEMS) == model
+    large = item_item_view(model, MAX_ITEMS + 1)
+    assert large == dataclasses.replace(model, cooccurrence=True)
+    without_fold_in = dataclasses.replace(model, fold_in_neighbours=0)
+    assert item_item_view(without_fold_in, MAX_ITEMS + 1) == without_fold_in
+    assert item_item_view(RATING.model, MAX_ITEMS + 1) == RATING.model

@@ -720,9 +720,9 @@ def fine_tuning(ck: ckpt.Checkpoint) -> list[str]:
             )
             + "Where the multiple is 0 the step is switched off, and `melu` and "
             f"`{ZERO_STEPS}` give the same lists.",
-            "Everything else (item embeddings, item popularity and rating biases, the "
-            "co-occurrence table, the shrinkage) is shared by all users and never changes at "
-            "request time.",
+            "Everything else (item embeddings, item popularity and rating biases, "
+            + ("the co-occurrence table, " if model.cooccurrence else "")
+            + "the shrinkage) is shared by all users and never changes at request time.",
             fold_in_line(ck.metrics.get("fold_in")),
             calibration_line(ck.metrics.get("rating_calibration")),
         ]

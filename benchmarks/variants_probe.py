@@ -1,0 +1,124 @@
+"""Variants of the taste model on validation users: what the co-occurrence term and the step's
+size do to the served lists and to the step's share of them (stop 34's choice of the default).
+
+Each variant is ``melu --threads 1 train --seed S --no-onboarding`` with its options (two runs
+at a time); the numbers are what training chose its schedule by, on validation users only:
+
+- ``served``: the served lists' Recall@10 from 3 / 5 / 10 / 20 ratings after the ratings'
+  recalibration (``metrics.rating_calibration``), the lists ``melu evaluate`` scores;
+- ``step``: the learned step at x1 minus x0 (the same checkpoint's meta-learned start) on the
+  served lists, as the last step schedule tried them (``metrics.step_schedule``);
+- ``own step``: the same on the taste model's own lists, before the fold-in is blended in
+  (``metrics.step_schedule.own_lists``).
+
+Run (about 25 minutes on 2 cores)::
+
+    .venv/bin/python benchmarks/variants_probe.py --data-dir ../shared/data/movielens \\
+        --runs-dir /work/runs/variants --json results/variants_probe.json
+
+``--reuse`` keeps the finished runs of ``--runs-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from quality import write_rows
+
+from melu import checkpoint as ckpt
+from melu.schedule import BUCKET_SIZES, MULTIPLES
+
+log = logging.getLogger("variants_probe")
+
+# name -> `melu train` options beside the default preset's.
+VARIANTS: dict[str, list[str]] = {
+    "co-occurrence, step 0.5 (default before stop 34)": ["--cooccurrence", "--local-lr", "0.5"],
+    "no co-occurrence, step 0.5": ["--local-lr", "0.5"],
+    "no co-occurrence, step 2.0 (default)": [],
+    "no co-occurrence, user vector only, step 2.0": ["--fast-weights", "user"],
+    "no co-occurrence, step 4.0": ["--local-lr", "4.0"],
+    "no co-occurrence, trained without steps": ["--local-steps", "0"],
+}
+X1, X0 = MULTIPLES.index(1.0), MULTIPLES.index(0.0)
+
+
+def folder(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def train(name: str, seed: int, args: argparse.Namespace) -> Path:
+    out = args.runs_dir / f"{folder(name)}-seed{seed}"
+    path = out / "checkpoint.pt"
+    if args.reuse and path.is_file():
+        return path
+    command = [
+        sys.executable, "-m", "melu", "--threads", "1", "train", "--data-dir",
+        str(args.data_dir), "--out", str(out), "--seed", str(seed), "--no-onboarding",
+        "--no-progress", *VARIANTS[name],
+    ]  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "train.log").open("w") as stream:
+        subprocess.run(command, check=True, stdout=stream, stderr=subprocess.STDOUT)
+    return path
+
+
+def gains(tried: dict[str, list[float]]) -> dict[str, float]:
+    return {size: round(values[X1] - values[X0], 5) for size, values in tried.items()}
+
+
+def row(name: str, seed: int, path: Path) -> dict[str, Any]:
+    metrics = ckpt.load(path).metrics
+    schedule = metrics["step_schedule"]
+    served = metrics["rating_calibration"]["recall@10"]["after"]
+    out: dict[str, Any] = {"variant": name, "seed": seed, "epochs": len(metrics["history"])}
+    for count, recall in zip(BUCKET_SIZES, served, strict=True):
+        out[f"served_S{count}"] = recall
+    own = schedule.get("own_lists", schedule)["recall@10"]
+    for key, tried in (("step", schedule["recall@10"]), ("own_step", own)):
+        for size, value in gains(tried).items():
+            out[f"{key}_S{size}"] = value
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> None:
+    names = [f"served_S{s}" for s in BUCKET_SIZES] + ["step_S10", "step_S20"]
+    names += ["own_step_S10", "own_step_S20"]
+    print(f"{'variant':<50} {'seed':>4} " + " ".join(f"{n:>12}" for n in names))
+    for variant in VARIANTS:
+        mine = [r for r in rows if r["variant"] == variant]
+        for r in mine:
+            cells = " ".join(f"{r[n]:>12.4f}" for n in names)
+            print(f"{variant:<50} {r['seed']:>4} {cells}")
+        if mine:
+            mean = " ".join(f"{sum(r[n] for r in mine) / len(mine):>12.4f}" for n in names)
+            print(f"{variant:<50} {'mean':>4} {mean}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--runs-dir", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    jobs = [(name, seed) for name in args.variants for seed in args.seeds]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        paths = list(pool.map(lambda job: train(job[0], job[1], args), jobs))
+    rows = [row(name, seed, path) for (name, seed), path in zip(jobs, paths, strict=True)]
+    table(rows)
+    if args.json:
+        write_rows(args.json, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
