@@ -1046,35 +1046,54 @@ def test_floor_keeps_lists_above_the_users_mean(
     """No listed item is predicted below the user's own mean while enough items clear it. The
     mean is the model's (the ratings given, shrunk towards the population's: the answer's
     adaptation.user_mean, checked here against the ratings); /score of every candidate shows
-    that enough clear it, and that ranking by score alone would have listed items below it
-    for some of these users. The one-epoch model's recalibration lifts its ratings above
-    these users' means nearly everywhere, so the floor's effect is also shown on the same
-    checkpoint with the identity for its recalibration (the model's own ratings), served."""
+    which clear it. The one-epoch model's ratings sit above or below a whole user's floor
+    (its recalibration, fitted on 32 users, lifts them above every mean here), so the
+    floor's effect is shown on the same checkpoint with its recalibration lines shifted to put
+    the first user's floor at the median of their predicted ratings, served: there ranking by
+    score alone would have listed films below the floor."""
     floored_users(client, recommendable_ids)
-    identity = torch.tensor([[0.0, 1.0]] * 5).to(ckpt.state[CALIBRATION])
-    assert not torch.equal(identity, ckpt.state[CALIBRATION])
-    state = {**ckpt.state, CALIBRATION: identity}
-    path = tmp_path / "own-ratings.pt"
-    save(path, replace(ckpt, state=state))
+    ratings = seeded_users(recommendable_ids)[0]
+    answer = client.post("/recommend", json={"ratings": ratings, "k": 10}).json()
+    pool = [i for i in recommendable_ids if i not in {r["item_id"] for r in ratings}]
+    every = client.post("/score", json={"ratings": ratings, "item_ids": pool}).json()["items"]
+    shift = answer["adaptation"]["user_mean"] - float(
+        np.median([it["predicted_rating"] for it in every])
+    )
+    lines = ckpt.state[CALIBRATION].clone()
+    lines[:, 0] += shift
+    path = tmp_path / "floor-at-the-median.pt"
+    save(path, replace(ckpt, state={**ckpt.state, CALIBRATION: lines}))
     running = start_server(create_app(Settings(checkpoint=path, torch_threads=1)))
     try:
-        with httpx.Client(base_url=running.url, timeout=60) as own:
-            assert floored_users(own, recommendable_ids) >= 1
+        with httpx.Client(base_url=running.url, timeout=60) as shifted:
+            assert floored_users(shifted, recommendable_ids) >= 1
     finally:
         stop_server(running)
 
 
-def floored_users(client: httpx.Client, recommendable_ids: list[int]) -> int:
-    """Six seeded users' lists checked against their floors; how many of them ranking by
-    score alone would have listed below it."""
+def seeded_users(recommendable_ids: list[int]) -> list[list[dict[str, int]]]:
+    """Six users' seeded ratings: six recommendable films each, rated 1-5 at random."""
     rng = np.random.default_rng(21)
-    mattered = 0
+    users = []
     for _ in range(6):
         chosen = [int(i) for i in rng.choice(recommendable_ids, size=6, replace=False)]
-        ratings = [
-            {"item_id": i, "rating": int(r)}
-            for i, r in zip(chosen, rng.integers(1, 6, size=6), strict=True)
-        ]
+        users.append(
+            [
+                {"item_id": i, "rating": int(r)}
+                for i, r in zip(chosen, rng.integers(1, 6, size=6), strict=True)
+            ]
+        )
+    return users
+
+
+def floored_users(client: httpx.Client, recommendable_ids: list[int]) -> int:
+    """The six :func:`seeded_users`' lists checked against their floors; how many of them ranking by
+    score alone would have listed below it. A user with at least 10 candidates above the floor
+    gets only those; one with fewer (a barely trained model's ratings can leave a high mean
+    almost alone) gets all of them first, best score first, then the others by score."""
+    mattered = 0
+    for ratings in seeded_users(recommendable_ids):
+        chosen = [r["item_id"] for r in ratings]
         answer = client.post("/recommend", json={"ratings": ratings, "k": 10}).json()
         mean, listed = answer["adaptation"]["user_mean"], answer["items"]
         given = float(np.mean([r["rating"] for r in ratings]))
@@ -1082,12 +1101,29 @@ def floored_users(client: httpx.Client, recommendable_ids: list[int]) -> int:
         assert min(given, 3.0) - 1e-3 <= mean <= max(given, 4.2) + 1e-3
         pool = [i for i in recommendable_ids if i not in set(chosen)]
         every = client.post("/score", json={"ratings": ratings, "item_ids": pool}).json()["items"]
-        assert sum(it["predicted_rating"] >= mean + FLOOR_SLACK for it in every) >= 10
+        clear = sum(it["above_floor"] for it in every)
+        # The floor is the user's mean: what is well above it clears it, what is well below
+        # does not.
+        assert all(it["above_floor"] for it in every if it["predicted_rating"] > mean + FLOOR_SLACK)
+        assert not any(
+            it["above_floor"] for it in every if it["predicted_rating"] < mean - FLOOR_SLACK
+        )
         assert len(listed) == 10
-        assert all(it["above_floor"] for it in listed)
-        assert all(it["predicted_rating"] >= mean - FLOOR_SLACK for it in listed), (mean, listed)
+        # The films above the floor first, each tier by descending score; none left out that
+        # scores above a listed one of its tier.
+        tiers = [it["above_floor"] for it in listed]
+        assert tiers == sorted(tiers, reverse=True) and sum(tiers) == min(clear, 10)
+        ids = {it["item_id"] for it in listed}
+        for tier in (True, False):
+            shown = [it["score"] for it in listed if it["above_floor"] == tier]
+            assert shown == sorted(shown, reverse=True)
+            left = [it["score"] for it in every if it["above_floor"] == tier
+                    and it["item_id"] not in ids]  # fmt: skip
+            if shown and left:
+                assert max(left) <= min(shown) + 1e-6
         by_score = sorted(every, key=lambda it: (-it["score"], it["item_id"]))[:10]
-        mattered += any(it["predicted_rating"] < mean - FLOOR_SLACK for it in by_score)
+        # The floor changed this list: by score alone, more of it would be below the floor.
+        mattered += sum(not it["above_floor"] for it in by_score) > 10 - sum(tiers)
     return mattered
 
 
