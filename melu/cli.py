@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"{_MELU.meta.local_lr})",
     )
     train.add_argument(
+        "--rating-local-lr",
+        type=_positive_float,
+        help="the taste model: starting step size of its rating fast weights (rating_bias, "
+        "rating_taste; default: --local-lr's)",
+    )
+    train.add_argument(
         "--local-steps",
         type=_non_negative,
         help="local gradient steps per user (default: the preset's; default preset "
@@ -431,6 +437,7 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
         model_cfg = replace(model_cfg, cooccurrence=True)
     meta_over = {
         "local_lr": args.local_lr,
+        "rating_local_lr": args.rating_local_lr,
         "local_steps": args.local_steps,
         "adapt": args.adapt,
         "fast_weights": tuple(args.fast_weights) if args.fast_weights else None,

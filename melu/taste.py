@@ -41,7 +41,14 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
-from melu.config import COOCCURRENCE_WEIGHTS, FAST_WEIGHTS, MetaConfig, ModelConfig, RatingScale
+from melu.config import (
+    COOCCURRENCE_WEIGHTS,
+    FAST_WEIGHTS,
+    RATING_WEIGHTS,
+    MetaConfig,
+    ModelConfig,
+    RatingScale,
+)
 from melu.cooccurrence import Cooccurrence
 from melu.embeddings import FieldEmbedding
 from melu.features import FieldSpec
@@ -169,9 +176,15 @@ class TasteNet(nn.Module):
         steppable = [
             name for name in FAST_WEIGHTS if cfg.cooccurrence or name not in COOCCURRENCE_WEIGHTS
         ]
+        rating_lr = meta.local_lr if meta.rating_local_lr is None else meta.rating_local_lr
         self.step_size = nn.ParameterDict(
             {
-                name: nn.Parameter(torch.full((sizes.get(name, 1),), meta.local_lr))
+                name: nn.Parameter(
+                    torch.full(
+                        (sizes.get(name, 1),),
+                        rating_lr if name in RATING_WEIGHTS else meta.local_lr,
+                    )
+                )
                 for name in steppable
             }
         )

@@ -78,6 +78,11 @@ def check_options(model_cfg: ModelConfig, meta_cfg: MetaConfig, train_cfg: Train
                 "--fast-weights: only for the taste model (the default preset); MeLU's "
                 "network adapts its decision layers (--adapt)"
             )
+        if meta_cfg.rating_local_lr is not None:
+            raise MeluError(
+                "--rating-local-lr: only for the taste model (the default preset); MeLU's "
+                "network has one local rate (--local-lr)"
+            )
         return
     inert = [name for name in meta_cfg.fast_weights if name in COOCCURRENCE_WEIGHTS]
     if inert and not model_cfg.cooccurrence:

@@ -284,6 +284,11 @@ def test_fast_weights_choose_what_the_step_adapts() -> None:
     )
     assert model.cooccurrence and meta.fast_weights == FAST_WEIGHTS
     assert "meta.fast_weights" not in given and given["model"] == model
+    _, meta, _, given = _train_configs(
+        parser.parse_args(["train", "--out", "x", "--rating-local-lr", "0.5"])
+    )
+    assert meta.rating_local_lr == 0.5 and given["meta.rating_local_lr"] == 0.5
+    assert meta.local_lr == PRESETS["default"].meta.local_lr
 
 
 def test_cooccurrence_weights_need_the_term(tmp_path: Path) -> None:
@@ -301,6 +306,13 @@ def test_cooccurrence_weights_need_the_term(tmp_path: Path) -> None:
     assert "file not found" in line
     # MeLU's network through --objective: no fast weights to refuse.
     assert "file not found" in one_line_error(melu(*common, "--objective", "rating"))
+    # Nor a step size for the rating fast weights, which it has not.
+    one_line_error(
+        melu(*common, "--preset", "melu", "--rating-local-lr", "0.5"),
+        "--rating-local-lr: only for the taste model",
+    )
+    line = one_line_error(melu(*common, "--rating-local-lr", "0.5"))
+    assert "file not found" in line
     assert not (tmp_path / "run").exists()
 
 

@@ -437,3 +437,16 @@ def test_the_ratings_take_the_line_of_their_support_size() -> None:
     torch.testing.assert_close(query, offset + slope * raw_query, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(moved_logits, logits, rtol=0, atol=0)
     assert torch.equal(moved.argsort(-1), raw.argsort(-1))
+
+
+def test_the_rating_fast_weights_can_start_with_their_own_step_size() -> None:
+    """``MetaConfig.rating_local_lr`` (``melu train --rating-local-lr``): the rating bias and
+    taste start at that step size, the other fast weights at ``local_lr``; unset, all take
+    ``local_lr``."""
+    for rating_lr, expected in ((None, 0.3), (0.05, 0.05)):
+        cfg = dataclasses.replace(META, rating_local_lr=rating_lr)
+        net = TasteNet(USER_SPECS, ITEM_SPECS, MODEL, cfg, RatingScale())
+        assert set(net.step_size) == set(FAST_WEIGHTS)
+        for name, size in net.step_size.items():
+            want = expected if name in ("rating_bias", "rating_taste") else 0.3
+            assert torch.allclose(size, torch.full_like(size, want)), name
