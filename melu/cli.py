@@ -455,20 +455,19 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
         "compile": args.compile or None,
         "dtype": args.dtype,
     }
+    # Not given: with the co-occurrence term its own fast weights adapt too, as every one did
+    # in the models that had it; MeLU's network has none (the neutral default, which
+    # train.check_options takes for "not given").
+    base = preset.meta
     if args.fast_weights is None and (args.cooccurrence or model_cfg.objective != "taste"):
-        # With the co-occurrence term its own fast weights adapt too, as every one did in the
-        # models that had it; MeLU's network has none (the neutral default, which
-        # train.check_options takes for "not given").
-        meta_over["fast_weights"] = FAST_WEIGHTS
-    meta_cfg = replace(preset.meta, **{k: v for k, v in meta_over.items() if v is not None})
+        base = replace(base, fast_weights=FAST_WEIGHTS)
+    meta_cfg = replace(base, **{k: v for k, v in meta_over.items() if v is not None})
     train_cfg = replace(
         TrainConfig(),
         device=args.device,
         **{k: v for k, v in train_over.items() if v is not None},
     )
     given = {f"meta.{k}": v for k, v in meta_over.items() if v is not None}
-    if args.fast_weights is None:
-        given.pop("meta.fast_weights", None)
     given.update({f"train.{k}": v for k, v in train_over.items() if v is not None})
     if args.preset is not None or args.objective is not None or args.cooccurrence:
         given["model"] = model_cfg

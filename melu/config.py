@@ -182,6 +182,15 @@ class ModelConfig:
     # below their average while another film clears it.
     rank_floor: bool = False
 
+    @property
+    def taste_fast_weights(self) -> tuple[str, ...]:
+        """The fast weights the taste model has (:data:`FAST_WEIGHTS`; without the
+        co-occurrence term, not its two): what its step sizes exist for and what
+        ``MetaConfig.fast_weights`` may name."""
+        return tuple(
+            name for name in FAST_WEIGHTS if self.cooccurrence or name not in COOCCURRENCE_WEIGHTS
+        )
+
 
 # The taste model's fast weights (melu.taste.FastWeights), in the order the local update and
 # the checkpoint's step sizes list them.

@@ -41,14 +41,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
-from melu.config import (
-    COOCCURRENCE_WEIGHTS,
-    FAST_WEIGHTS,
-    RATING_WEIGHTS,
-    MetaConfig,
-    ModelConfig,
-    RatingScale,
-)
+from melu.config import FAST_WEIGHTS, RATING_WEIGHTS, MetaConfig, ModelConfig, RatingScale
 from melu.cooccurrence import Cooccurrence
 from melu.embeddings import FieldEmbedding
 from melu.features import FieldSpec
@@ -173,9 +166,7 @@ class TasteNet(nn.Module):
         # learned function of the support's size that scales it.
         # Without the co-occurrence term its two fast weights stay 0 and have no step.
         sizes = {"user": dim, "rating_taste": rating_dim}
-        steppable = [
-            name for name in FAST_WEIGHTS if cfg.cooccurrence or name not in COOCCURRENCE_WEIGHTS
-        ]
+        steppable = cfg.taste_fast_weights
         rating_lr = meta.local_lr if meta.rating_local_lr is None else meta.rating_local_lr
         self.step_size = nn.ParameterDict(
             {

@@ -49,7 +49,7 @@ class TasteLearner(nn.Module):
         unknown = set(cfg.fast_weights) - set(FAST_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown fast weights {sorted(unknown)}; known: {FAST_WEIGHTS}")
-        inert = set(cfg.fast_weights) - set(net.step_size)
+        inert = set(cfg.fast_weights) - set(net.cfg.taste_fast_weights)
         if inert:
             raise ValueError(
                 f"fast weights {sorted(inert)} need the co-occurrence term, which this model "

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from melu import checkpoint as ckpt
-from melu.config import COOCCURRENCE_WEIGHTS, FAST_WEIGHTS, MetaConfig, ModelConfig, TrainConfig
+from melu.config import FAST_WEIGHTS, MetaConfig, ModelConfig, TrainConfig
 from melu.data import ColdStartData
 from melu.distributed import World, init_from_env
 from melu.errors import MeluError
@@ -84,8 +84,8 @@ def check_options(model_cfg: ModelConfig, meta_cfg: MetaConfig, train_cfg: Train
                 "network has one local rate (--local-lr)"
             )
         return
-    inert = [name for name in meta_cfg.fast_weights if name in COOCCURRENCE_WEIGHTS]
-    if inert and not model_cfg.cooccurrence:
+    inert = [name for name in meta_cfg.fast_weights if name not in model_cfg.taste_fast_weights]
+    if inert:
         raise MeluError(
             f"--fast-weights: {' '.join(inert)}: fast weights of the co-occurrence term, which "
             "this model has not (--cooccurrence adds it)"

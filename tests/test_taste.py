@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from melu.config import COOCCURRENCE_WEIGHTS, FAST_WEIGHTS, MetaConfig, ModelConfig, RatingScale
+from melu.config import FAST_WEIGHTS, RATING_WEIGHTS, MetaConfig, ModelConfig, RatingScale
 from melu.cooccurrence import Cooccurrence, neighbour_lists, normalised_cooccurrence
 from melu.features import FieldSpec
 from melu.objectives import ITEM_ID_COLUMN, Episode
@@ -42,7 +42,7 @@ MODEL = ModelConfig(
     user_field_dropout=0.0,
 )
 META = MetaConfig(local_steps=2, local_lr=0.3)
-STEPPABLE_WITHOUT_COOCCURRENCE = tuple(n for n in FAST_WEIGHTS if n not in COOCCURRENCE_WEIGHTS)
+STEPPABLE_WITHOUT_COOCCURRENCE = dataclasses.replace(MODEL, cooccurrence=False).taste_fast_weights
 
 
 def table() -> torch.Tensor:
@@ -448,5 +448,5 @@ def test_the_rating_fast_weights_can_start_with_their_own_step_size() -> None:
         net = TasteNet(USER_SPECS, ITEM_SPECS, MODEL, cfg, RatingScale())
         assert set(net.step_size) == set(FAST_WEIGHTS)
         for name, size in net.step_size.items():
-            want = expected if name in ("rating_bias", "rating_taste") else 0.3
+            want = expected if name in RATING_WEIGHTS else 0.3
             assert torch.allclose(size, torch.full_like(size, want)), name
