@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rating-local-lr",
         type=_positive_float,
         help="the taste model: starting step size of its rating fast weights (rating_bias, "
-        "rating_taste; default: --local-lr's)",
+        f"rating_taste; default: the preset's, {_DEFAULT.meta.rating_local_lr} for the default)",
     )
     train.add_argument(
         "--local-steps",
@@ -461,6 +461,8 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
     base = preset.meta
     if args.fast_weights is None and (args.cooccurrence or model_cfg.objective != "taste"):
         base = replace(base, fast_weights=FAST_WEIGHTS)
+    if model_cfg.objective != "taste":
+        base = replace(base, rating_local_lr=None)
     meta_cfg = replace(base, **{k: v for k, v in meta_over.items() if v is not None})
     train_cfg = replace(
         TrainConfig(),

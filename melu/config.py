@@ -237,7 +237,8 @@ class MetaConfig:
     # rating_taste); None takes local_lr. On MeLU's validation users (stop 34, seeds 0-2) 0.5
     # beside the default's 2.0 kept the lists (Recall@10 0.374 / 0.401 / 0.420 / 0.415 from 3 /
     # 5 / 10 / 20 ratings against 0.372 / 0.399 / 0.418 / 0.415) and predicted the ratings
-    # better (held-out MAE from 1-3 ratings 0.784 against 0.808 after the recalibration).
+    # better (held-out MAE from 1-3 ratings 0.784 against 0.808 after the recalibration); the
+    # default preset sets it.
     rating_local_lr: float | None = None
 
 
@@ -296,11 +297,13 @@ PRESETS: dict[str, Preset] = {
             cooccurrence=False,
         ),
         # Step size 2.0 (0.5 before stop 34, 4.0 overreached: validation Recall@10 from 20
-        # ratings 0.405 in seed 0) on every fast weight but the co-occurrence's.
+        # ratings 0.405 in seed 0) on every fast weight but the co-occurrence's; the rating
+        # fast weights start at 0.5 (stop 35; MetaConfig.rating_local_lr says why).
         MetaConfig(
             local_steps=1,
             local_lr=2.0,
             fast_weights=("user", "popularity", "rating_bias", "rating_taste"),
+            rating_local_lr=0.5,
         ),
     ),
     "melu": Preset(

@@ -285,10 +285,17 @@ def test_fast_weights_choose_what_the_step_adapts() -> None:
     assert model.cooccurrence and meta.fast_weights == FAST_WEIGHTS
     assert "meta.fast_weights" not in given and given["model"] == model
     _, meta, _, given = _train_configs(
-        parser.parse_args(["train", "--out", "x", "--rating-local-lr", "0.5"])
+        parser.parse_args(["train", "--out", "x", "--rating-local-lr", "1.5"])
     )
-    assert meta.rating_local_lr == 0.5 and given["meta.rating_local_lr"] == 0.5
+    assert meta.rating_local_lr == 1.5 and given["meta.rating_local_lr"] == 1.5
     assert meta.local_lr == PRESETS["default"].meta.local_lr
+    assert PRESETS["default"].meta.rating_local_lr == 0.5
+    # MeLU's rating network has one local rate: the default preset's rating step is not
+    # carried over to it (check_options would refuse it).
+    _, meta, _, _ = _train_configs(
+        parser.parse_args(["train", "--out", "x", "--objective", "rating"])
+    )
+    assert meta.rating_local_lr is None
 
 
 def test_cooccurrence_weights_need_the_term(tmp_path: Path) -> None:
