@@ -103,7 +103,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy melu service
+	$(VENV)/bin/mypy melu service benchmarks
 
 test: lint typecheck
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist worksteal

@@ -75,10 +75,10 @@ def probe(path: Path, args: argparse.Namespace) -> Rows:
                     M.calibration_error(moved[1], actual),
                 )
             )
-    rows = []
+    out: Rows = []
     for size in SIZES:
         raw, pooled_error, own_error = np.mean(errors[size], axis=0)
-        rows.append(
+        out.append(
             {
                 "checkpoint": str(path),
                 "dataset": checkpoint.data.dataset,
@@ -89,8 +89,8 @@ def probe(path: Path, args: argparse.Namespace) -> Rows:
                 "own_line": round(float(own_error), 4),
             }
         )
-        log.info("%s", rows[-1])
-    return rows
+        log.info("%s", out[-1])
+    return out
 
 
 def table(rows: Rows) -> None:

@@ -49,6 +49,7 @@ def probe(path: Path, args: argparse.Namespace) -> Rows:
         }
 
     before = lists()
+    assert net.fold_in is not None
     kept = net.fold_in.weight.tolist()
     line = net.rating_calibration.clone()
     net.uncalibrate()

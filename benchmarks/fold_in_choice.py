@@ -30,7 +30,7 @@ from quality import git_revision, machine
 from melu import checkpoint as ckpt
 from melu.checkpoint import atomic_write_text
 from melu.data import prepare
-from melu.fold_in import standardised
+from melu.fold_in import FoldIn, standardised
 from melu.ranking import hits_in_top, hits_in_top_blends
 from melu.schedule import BUCKET_SIZES, FOLD_IN_WEIGHTS, validation_lists
 from melu.scoring import CatalogueScorer
@@ -54,7 +54,8 @@ def main() -> int:
     validation = data.tasks["validation"].to("cpu", next(learner.parameters()).dtype)
     scorer = CatalogueScorer(learner, data.catalogue.table, data.catalogue.recommendable)
     liked = learner.net.cfg.liked_rating
-    if learner.net.fold_in is None or not learner.net.fold_in.fitted:
+    fold_in = learner.net.fold_in
+    if not isinstance(fold_in, FoldIn) or not fold_in.fitted:
         raise SystemExit(f"{args.checkpoint}: a taste-model run with a fitted fold-in is needed")
     cases = []
     with torch.no_grad():

@@ -46,7 +46,7 @@ from melu.predict import recall_of
 from melu.ranking import hits_in_top_blends
 from melu.schedule import BUCKET_SIZES, DRAWS, FOLD_IN_WEIGHTS
 from melu.scoring import CatalogueScorer
-from melu.taste_learner import TasteLearner
+from melu.taste_learner import TasteLearner, TasteState
 
 MULTIPLES: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5)
 RATING_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -90,6 +90,7 @@ def recalls(path: Path, data_dir: Path) -> tuple[dict[int, np.ndarray], dict[int
                 for m, multiple in enumerate(MULTIPLES):
                     schedule.fill_(multiple)
                     state = scorer.adapt(ep.users, ep.rows_spt, ep.y_spt, ep.mask_spt)
+                    assert isinstance(state, TasteState)
                     scores = scorer.scores(state, ep.users, fold_in=False)
                     fold = standardised(scorer.fold_in_scores(state.support), allowed)
                     by_weight = []

@@ -47,7 +47,7 @@ def scale_trust(net: TasteNet, part: str, multiple: float) -> Callable[[], None]
     or ``cooccurrence``); returns the undo."""
     original = net.logits
 
-    def logits(fast: FastWeights, z: torch.Tensor, items: ItemSide) -> torch.Tensor:
+    def logits(fast: FastWeights, z: torch.Tensor | None, items: ItemSide) -> torch.Tensor:
         scaled = fast._replace(**{part: getattr(fast, part) * multiple})
         return original(scaled, z, items)
 
