@@ -1,5 +1,6 @@
 """Variants of the taste model on validation users: what the co-occurrence term and the step's
-size do to the served lists and to the step's share of them (stop 34's choice of the default).
+size do to the served lists and to the step's share of them (stop 34's choice of the default,
+stop 35's probe of larger steps).
 
 Each variant is ``melu --threads 1 train --seed S --no-onboarding`` with its options (two runs
 at a time); the numbers are what training chose its schedule by, on validation users only:
@@ -38,13 +39,22 @@ log = logging.getLogger("variants_probe")
 
 # name -> `melu train` options beside the default preset's.
 VARIANTS: dict[str, list[str]] = {
-    "co-occurrence, step 0.5 (default before stop 34)": ["--cooccurrence", "--local-lr", "0.5"],
-    "no co-occurrence, step 0.5": ["--local-lr", "0.5"],
-    "no co-occurrence, step 2.0 (default)": [],
+    # Stop 34's variants, each with the rating fast weights' step equal to the others' (as
+    # they were trained then).
+    "co-occurrence, step 0.5 (default before stop 34)": [
+        "--cooccurrence", "--local-lr", "0.5", "--rating-local-lr", "0.5",
+    ],
+    "no co-occurrence, step 0.5": ["--local-lr", "0.5", "--rating-local-lr", "0.5"],
+    "no co-occurrence, step 2.0 (stop 34's default)": ["--rating-local-lr", "2.0"],
     "no co-occurrence, user vector only, step 2.0": ["--fast-weights", "user"],
-    "no co-occurrence, step 4.0": ["--local-lr", "4.0"],
+    "no co-occurrence, step 4.0": ["--local-lr", "4.0", "--rating-local-lr", "4.0"],
     "no co-occurrence, trained without steps": ["--local-steps", "0"],
-}
+    # Stop 35: the rating fast weights' step at 0.5 (the default), and two ways of letting the
+    # step carry more of the list with it.
+    "no co-occurrence, step 2.0, rating step 0.5 (default)": [],
+    "no co-occurrence, step 3.0, rating step 0.5": ["--local-lr", "3.0"],
+    "no co-occurrence, two steps of 2.0, rating step 0.5": ["--local-steps", "2"],
+}  # fmt: skip
 X1, X0 = MULTIPLES.index(1.0), MULTIPLES.index(0.0)
 
 
@@ -89,15 +99,15 @@ def row(name: str, seed: int, path: Path) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> None:
     names = [f"served_S{s}" for s in BUCKET_SIZES] + ["step_S10", "step_S20"]
     names += ["own_step_S10", "own_step_S20"]
-    print(f"{'variant':<50} {'seed':>4} " + " ".join(f"{n:>12}" for n in names))
+    print(f"{'variant':<56} {'seed':>4} " + " ".join(f"{n:>12}" for n in names))
     for variant in VARIANTS:
         mine = [r for r in rows if r["variant"] == variant]
         for r in mine:
             cells = " ".join(f"{r[n]:>12.4f}" for n in names)
-            print(f"{variant:<50} {r['seed']:>4} {cells}")
+            print(f"{variant:<56} {r['seed']:>4} {cells}")
         if mine:
             mean = " ".join(f"{sum(r[n] for r in mine) / len(mine):>12.4f}" for n in names)
-            print(f"{variant:<50} {'mean':>4} {mean}")
+            print(f"{variant:<56} {'mean':>4} {mean}")
 
 
 def main() -> int:
