@@ -17,6 +17,17 @@ Run (about 25 minutes on 2 cores)::
     .venv/bin/python benchmarks/variants_probe.py --data-dir ../shared/data/movielens \\
         --runs-dir /work/runs/variants --json results/variants_probe.json
 
+Stop 35's probe (``results/variants_probe_stop35.json``; trained before the default became
+step 4.0, the runs are what these options give now)::
+
+    .venv/bin/python benchmarks/variants_probe.py --data-dir ../shared/data/movielens \\
+        --runs-dir /work/runs/variants35 --json results/variants_probe_stop35.json --variants \\
+        "no co-occurrence, step 2.0, rating step 0.5 (stop 35's first default)" \\
+        "no co-occurrence, step 3.0, rating step 0.5" \\
+        "no co-occurrence, step 4.0, rating step 0.5 (default)" \\
+        "no co-occurrence, step 6.0, rating step 0.5" \\
+        "no co-occurrence, two steps of 2.0, rating step 0.5"
+
 ``--reuse`` keeps the finished runs of ``--runs-dir``.
 """
 
@@ -45,15 +56,21 @@ VARIANTS: dict[str, list[str]] = {
         "--cooccurrence", "--local-lr", "0.5", "--rating-local-lr", "0.5",
     ],
     "no co-occurrence, step 0.5": ["--local-lr", "0.5", "--rating-local-lr", "0.5"],
-    "no co-occurrence, step 2.0 (stop 34's default)": ["--rating-local-lr", "2.0"],
-    "no co-occurrence, user vector only, step 2.0": ["--fast-weights", "user"],
+    "no co-occurrence, step 2.0 (stop 34's default)": [
+        "--local-lr", "2.0", "--rating-local-lr", "2.0",
+    ],
+    "no co-occurrence, user vector only, step 2.0": ["--fast-weights", "user", "--local-lr", "2.0"],
     "no co-occurrence, step 4.0": ["--local-lr", "4.0", "--rating-local-lr", "4.0"],
     "no co-occurrence, trained without steps": ["--local-steps", "0"],
-    # Stop 35: the rating fast weights' step at 0.5 (the default), and two ways of letting the
-    # step carry more of the list with it.
-    "no co-occurrence, step 2.0, rating step 0.5 (default)": [],
+    # Stop 35: the rating fast weights' step at 0.5, and two ways of letting the step carry
+    # more of the list with it: a larger step (4.0 became the default) or two steps.
+    "no co-occurrence, step 2.0, rating step 0.5 (stop 35's first default)": ["--local-lr", "2.0"],
     "no co-occurrence, step 3.0, rating step 0.5": ["--local-lr", "3.0"],
-    "no co-occurrence, two steps of 2.0, rating step 0.5": ["--local-steps", "2"],
+    "no co-occurrence, step 4.0, rating step 0.5 (default)": [],
+    "no co-occurrence, step 6.0, rating step 0.5": ["--local-lr", "6.0"],
+    "no co-occurrence, two steps of 2.0, rating step 0.5": [
+        "--local-steps", "2", "--local-lr", "2.0",
+    ],
 }  # fmt: skip
 X1, X0 = MULTIPLES.index(1.0), MULTIPLES.index(0.0)
 
