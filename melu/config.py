@@ -301,7 +301,7 @@ PRESETS: dict[str, Preset] = {
         # benchmarks/variants_probe.py), with the rating step at 0.5, steps of 2 / 3 / 4 / 6
         # all keep the served lists (Recall@10 from 3 / 5 / 10 / 20 ratings within 0.003 of
         # each other); the step's share of them (x1 - x0 at 10 / 20 ratings) grows from
-        # +0.012 / +0.014 at 2.0 to +0.018 / +0.022 at 4.0 and no further at 6.0 (+0.018 /
+        # +0.012 / +0.014 at 2.0 to +0.018 / +0.021 at 4.0 and no further at 6.0 (+0.018 /
         # +0.021), where the lists from 3 and 5 ratings begin to slip. (Stop 34's step 4.0
         # overreached because the rating fast weights took it too.)
         MetaConfig(
