@@ -12,21 +12,16 @@ at a time); the numbers are what training chose its schedule by, on validation u
 - ``own step``: the same on the taste model's own lists, before the fold-in is blended in
   (``metrics.step_schedule.own_lists``).
 
-Run (about 25 minutes on 2 cores)::
+Stop 34's probe (``results/variants_probe.json``; about 25 minutes on 2 cores) and stop
+35's (``results/variants_probe_stop35.json``; trained before the default became step 4.0, the
+runs are what these options give now)::
 
     .venv/bin/python benchmarks/variants_probe.py --data-dir ../shared/data/movielens \\
-        --runs-dir /work/runs/variants --json results/variants_probe.json
-
-Stop 35's probe (``results/variants_probe_stop35.json``; trained before the default became
-step 4.0, the runs are what these options give now)::
-
+        --group stop34 --runs-dir /work/runs/variants --json results/variants_probe.json
     .venv/bin/python benchmarks/variants_probe.py --data-dir ../shared/data/movielens \\
-        --runs-dir /work/runs/variants35 --json results/variants_probe_stop35.json --variants \\
-        "no co-occurrence, step 2.0, rating step 0.5 (stop 35's first default)" \\
-        "no co-occurrence, step 3.0, rating step 0.5" \\
-        "no co-occurrence, step 4.0, rating step 0.5 (default)" \\
-        "no co-occurrence, step 6.0, rating step 0.5" \\
-        "no co-occurrence, two steps of 2.0, rating step 0.5"
+        --group stop35 --runs-dir /work/runs/variants35 --json results/variants_probe_stop35.json
+
+``--variants`` names variants one by one instead.
 
 ``--reuse`` keeps the finished runs of ``--runs-dir``.
 """
@@ -49,9 +44,9 @@ from melu.schedule import BUCKET_SIZES, MULTIPLES
 log = logging.getLogger("variants_probe")
 
 # name -> `melu train` options beside the default preset's.
-VARIANTS: dict[str, list[str]] = {
-    # Stop 34's variants, each with the rating fast weights' step equal to the others' (as
-    # they were trained then).
+# Stop 34's variants, each with the rating fast weights' step equal to the others' (as they
+# were trained then).
+STOP34: dict[str, list[str]] = {
     "co-occurrence, step 0.5 (default before stop 34)": [
         "--cooccurrence", "--local-lr", "0.5", "--rating-local-lr", "0.5",
     ],
@@ -62,8 +57,10 @@ VARIANTS: dict[str, list[str]] = {
     "no co-occurrence, user vector only, step 2.0": ["--fast-weights", "user", "--local-lr", "2.0"],
     "no co-occurrence, step 4.0": ["--local-lr", "4.0", "--rating-local-lr", "4.0"],
     "no co-occurrence, trained without steps": ["--local-steps", "0"],
-    # Stop 35: the rating fast weights' step at 0.5, and two ways of letting the step carry
-    # more of the list with it: a larger step (4.0 became the default) or two steps.
+}  # fmt: skip
+# Stop 35's: the rating fast weights' step at 0.5, and two ways of letting the step carry more
+# of the list with it: a larger step (4.0 became the default) or two steps.
+STOP35: dict[str, list[str]] = {
     "no co-occurrence, step 2.0, rating step 0.5 (stop 35's first default)": ["--local-lr", "2.0"],
     "no co-occurrence, step 3.0, rating step 0.5": ["--local-lr", "3.0"],
     "no co-occurrence, step 4.0, rating step 0.5 (default)": [],
@@ -72,6 +69,8 @@ VARIANTS: dict[str, list[str]] = {
         "--local-steps", "2", "--local-lr", "2.0",
     ],
 }  # fmt: skip
+VARIANTS: dict[str, list[str]] = {**STOP34, **STOP35}
+GROUPS: dict[str, list[str]] = {"stop34": list(STOP34), "stop35": list(STOP35)}
 X1, X0 = MULTIPLES.index(1.0), MULTIPLES.index(0.0)
 
 
@@ -116,15 +115,15 @@ def row(name: str, seed: int, path: Path) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> None:
     names = [f"served_S{s}" for s in BUCKET_SIZES] + ["step_S10", "step_S20"]
     names += ["own_step_S10", "own_step_S20"]
-    print(f"{'variant':<56} {'seed':>4} " + " ".join(f"{n:>12}" for n in names))
+    print(f"{'variant':<72} {'seed':>4} " + " ".join(f"{n:>12}" for n in names))
     for variant in VARIANTS:
         mine = [r for r in rows if r["variant"] == variant]
         for r in mine:
             cells = " ".join(f"{r[n]:>12.4f}" for n in names)
-            print(f"{variant:<56} {r['seed']:>4} {cells}")
+            print(f"{variant:<72} {r['seed']:>4} {cells}")
         if mine:
             mean = " ".join(f"{sum(r[n] for r in mine) / len(mine):>12.4f}" for n in names)
-            print(f"{variant:<56} {'mean':>4} {mean}")
+            print(f"{variant:<72} {'mean':>4} {mean}")
 
 
 def main() -> int:
@@ -132,12 +131,15 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--runs-dir", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    chosen = parser.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--group", choices=list(GROUPS), help="a stop's probe")
+    chosen.add_argument("--variants", nargs="+", choices=list(VARIANTS))
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    jobs = [(name, seed) for name in args.variants for seed in args.seeds]
+    names = GROUPS[args.group] if args.group else args.variants
+    jobs = [(name, seed) for name in names for seed in args.seeds]
     with ThreadPoolExecutor(max_workers=2) as pool:
         paths = list(pool.map(lambda job: train(job[0], job[1], args), jobs))
     rows = [row(name, seed, path) for (name, seed), path in zip(jobs, paths, strict=True)]
