@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"rating_taste; default: the preset's, {_DEFAULT.meta.rating_local_lr} for the default)",
     )
     train.add_argument(
+        "--genre-local-lr",
+        type=_positive_float,
+        help="the taste model with --genre-preference: starting step size of the genre "
+        "preference (default: --local-lr's)",
+    )
+    train.add_argument(
         "--local-steps",
         type=_non_negative,
         help="local gradient steps per user (default: the preset's; default preset "
@@ -221,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the taste model: add the training users' item-item co-occurrence with the "
         "support to the ranking logit, with its two fast weights (the default model before "
         "stop 34, with --local-lr 0.5)",
+    )
+    train.add_argument(
+        "--genre-preference",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the taste model: a per-user preference over the genres in the ranking logit, a "
+        "fast weight that starts at 0 (the local step alone sets it) and is adapted with the "
+        "others unless --fast-weights names them (default: the preset's; the default "
+        f"preset's model has it: {_DEFAULT.model.genre_preference}); --no-genre-preference "
+        "trains the default model before stop 36",
     )
     train.add_argument(
         "--local-update",
@@ -435,9 +451,20 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
         if model_cfg.objective != "taste":
             raise MeluError("--cooccurrence: only the taste model (--objective taste) has the term")
         model_cfg = replace(model_cfg, cooccurrence=True)
+    if args.genre_preference and model_cfg.objective != "taste":
+        raise MeluError(
+            "--genre-preference: only the taste model (--objective taste) has fast weights"
+        )
+    if args.genre_preference is not None:
+        model_cfg = replace(model_cfg, genre_preference=args.genre_preference)
+    if model_cfg.objective != "taste":
+        # MeLU's network through --objective rating: the preset's genre preference is the
+        # taste model's, not carried over.
+        model_cfg = replace(model_cfg, genre_preference=False)
     meta_over = {
         "local_lr": args.local_lr,
         "rating_local_lr": args.rating_local_lr,
+        "genre_local_lr": args.genre_local_lr,
         "local_steps": args.local_steps,
         "adapt": args.adapt,
         "fast_weights": tuple(args.fast_weights) if args.fast_weights else None,
@@ -461,8 +488,17 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
     base = preset.meta
     if args.fast_weights is None and (args.cooccurrence or model_cfg.objective != "taste"):
         base = replace(base, fast_weights=FAST_WEIGHTS)
+    elif args.fast_weights is None and tuple(base.fast_weights) != FAST_WEIGHTS:
+        # The preset's fast weights, with the genre preference's as the model has it or not.
+        kept = tuple(name for name in base.fast_weights if name != "genre")
+        wanted = (*kept, "genre") if model_cfg.genre_preference else kept
+        base = replace(base, fast_weights=wanted)
+    if not model_cfg.genre_preference:
+        base = replace(base, genre_local_lr=None)
     if model_cfg.objective != "taste":
         base = replace(base, rating_local_lr=None)
+    if args.genre_local_lr is not None and not model_cfg.genre_preference:
+        raise MeluError("--genre-local-lr: only with --genre-preference")
     meta_cfg = replace(base, **{k: v for k, v in meta_over.items() if v is not None})
     train_cfg = replace(
         TrainConfig(),
@@ -471,7 +507,12 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
     )
     given = {f"meta.{k}": v for k, v in meta_over.items() if v is not None}
     given.update({f"train.{k}": v for k, v in train_over.items() if v is not None})
-    if args.preset is not None or args.objective is not None or args.cooccurrence:
+    if (
+        args.preset is not None
+        or args.objective is not None
+        or args.cooccurrence
+        or args.genre_preference is not None
+    ):
         given["model"] = model_cfg
     return model_cfg, meta_cfg, train_cfg, given
 
@@ -496,7 +537,10 @@ def _check_resume(args: argparse.Namespace, given: dict[str, Any]) -> bool:
             # As train() settles it for the run's catalogue (the item-item view).
             rated = int(previous.catalogue.recommendable.sum())
             if item_item_view(value, rated) != previous.model:
-                differ.append("--preset/--objective/--cooccurrence (another model configuration)")
+                differ.append(
+                    "--preset/--objective/--cooccurrence/--genre-preference (another model "
+                    "configuration)"
+                )
             continue
         part, name = key.split(".")
         old = getattr(saved[part], name)

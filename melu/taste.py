@@ -7,7 +7,10 @@ those weights gives both outputs for every item ``i``:
   ``user . out_i + popularity * pop_i``, and, in a model with the co-occurrence term
   (:attr:`ModelConfig.cooccurrence`; the default preset's has none since stop 34),
   ``+ cooccurrence * z_i``, where ``z = sum_j support_weights_j P[j, :] / sqrt(n)`` is the
-  training users' item-item co-occurrence from the support items (:mod:`melu.cooccurrence`);
+  training users' item-item co-occurrence from the support items (:mod:`melu.cooccurrence`),
+  and, in a model with the genre preference (:attr:`ModelConfig.genre_preference`, an
+  option), ``+ genre . g_i`` (``g_i`` the film's genres as 0/1; the preference starts at 0,
+  so the local step alone sets it);
 - the predicted rating: ``mu + bias_i + rating_bias + rating_taste . taste_i``.
 
 The default model leaves the item-item view to EDLAE's fold-in, blended into the list after
@@ -48,7 +51,7 @@ from melu.features import FieldSpec
 from melu.fold_in import FoldIn
 
 # Fast weights whose step size is a vector (one per dimension); the others have one scalar.
-VECTOR_FAST_WEIGHTS: tuple[str, ...] = ("user", "rating_taste")
+VECTOR_FAST_WEIGHTS: tuple[str, ...] = ("user", "rating_taste", "genre")
 # Masked logits: finite, so that second-order gradients of a softmax stay finite.
 MASKED = -1e4
 # Support sizes at which the step schedule changes (buckets 1-3, 4-7, 8-15, 16-31, 32 and more):
@@ -75,6 +78,9 @@ class ItemSide(NamedTuple):
     popularity: torch.Tensor  # [...] the logit's item bias
     rating_bias: torch.Tensor  # [...] the item's rating bias
     taste: torch.Tensor  # [..., Dr] scored against the user's rating taste
+    # [..., G] the item's genres as 0/1, scored against the user's genre preference (G = 0
+    # in a model without one: ModelConfig.genre_preference)
+    genres: torch.Tensor
 
     def take(self, index: torch.Tensor) -> ItemSide:
         """The rows ``index`` (any shape) of a catalogue's side."""
@@ -90,6 +96,7 @@ class FastWeights(NamedTuple):
     support_weights: torch.Tensor  # [B, S]
     rating_bias: torch.Tensor  # [B]
     rating_taste: torch.Tensor  # [B, Dr]
+    genre: torch.Tensor  # [B, G]: the genre preference (G = 0 without one)
 
 
 class Support(NamedTuple):
@@ -144,6 +151,15 @@ class TasteNet(nn.Module):
         with torch.no_grad():
             # Biases and rating tastes start small: the first epochs learn the user vector.
             self.item_id.weight[:, 2 * dim :].mul_(0.1)
+        genre = next((s for s in item_specs if s.name == "genre"), None)
+        if cfg.genre_preference and genre is None:
+            raise ValueError("the genre preference needs the genre field")
+        # (start column, width, vocabulary size) of the genre ids, or None.
+        self.genre_cols = (
+            (genre.start, genre.width, genre.vocab_size)
+            if cfg.genre_preference and genre is not None
+            else None
+        )
         self.user_specs = [s for s in user_specs if s.name in cfg.user_fields]
         self.user = FieldEmbedding(self.user_specs, cfg.embedding_dim)
         self.user_in = nn.Linear(self.user.out_dim, dim) if self.user_specs else None
@@ -165,16 +181,15 @@ class TasteNet(nn.Module):
         # The local update: a step size per fast weight (a vector for the vectors) and a
         # learned function of the support's size that scales it.
         # Without the co-occurrence term its two fast weights stay 0 and have no step.
-        sizes = {"user": dim, "rating_taste": rating_dim}
+        sizes = {"user": dim, "rating_taste": rating_dim, "genre": self.n_genres}
         steppable = cfg.taste_fast_weights
         rating_lr = meta.local_lr if meta.rating_local_lr is None else meta.rating_local_lr
+        genre_lr = meta.local_lr if meta.genre_local_lr is None else meta.genre_local_lr
+        starts = {name: rating_lr for name in RATING_WEIGHTS} | {"genre": genre_lr}
         self.step_size = nn.ParameterDict(
             {
                 name: nn.Parameter(
-                    torch.full(
-                        (sizes.get(name, 1),),
-                        rating_lr if name in RATING_WEIGHTS else meta.local_lr,
-                    )
+                    torch.full((sizes.get(name, 1),), starts.get(name, meta.local_lr))
                 )
                 for name in steppable
             }
@@ -206,6 +221,20 @@ class TasteNet(nn.Module):
 
     # --- items ---------------------------------------------------------------------------------
 
+    @property
+    def n_genres(self) -> int:
+        """Width of the genre preference: the genre vocabulary without "unknown" (0: none)."""
+        return 0 if self.genre_cols is None else self.genre_cols[2] - 1
+
+    def genres(self, items: torch.Tensor) -> torch.Tensor:
+        """``[..., G]``: each item's genres as 0/1 (from its padded genre ids)."""
+        if self.genre_cols is None:
+            return items.new_zeros((*items.shape[:-1], 0), dtype=self.mean.dtype)
+        start, width, vocab = self.genre_cols
+        ids = items[..., start : start + width]
+        hot = nn.functional.one_hot(ids, vocab).amax(-2)[..., 1:]
+        return hot.to(self.mean.dtype)
+
     def item_ids(self, items: torch.Tensor) -> torch.Tensor:
         """Item-id vocabulary indices of items ``[..., W]``; in training some become 0 (the
         unknown item, as a new item is), so the content part learns to stand alone."""
@@ -227,6 +256,7 @@ class TasteNet(nn.Module):
             popularity=parts["popularity"].squeeze(-1),
             rating_bias=parts["rating_bias"].squeeze(-1),
             taste=parts["taste"],
+            genres=self.genres(items),
         )
 
     # --- users ---------------------------------------------------------------------------------
@@ -288,6 +318,7 @@ class TasteNet(nn.Module):
             support_weights=support_weights,
             rating_bias=rating_bias,
             rating_taste=rating_taste,
+            genre=user.new_zeros(user.shape[0], self.n_genres),
         )
 
     # --- the two outputs -----------------------------------------------------------------------
@@ -312,6 +343,11 @@ class TasteNet(nn.Module):
             out = torch.einsum("bd,bnd->bn", user, items.out)
             pop = items.popularity
         logits = out + fast.popularity.unsqueeze(-1) * pop
+        if self.genre_cols is not None:
+            if items.ids.dim() == 1:
+                logits = logits + fast.genre @ items.genres.t()
+            else:
+                logits = logits + torch.einsum("bg,bng->bn", fast.genre, items.genres)
         if z is None:
             return logits
         co = z[:, items.ids] if items.ids.dim() == 1 else z.gather(1, items.ids)
@@ -375,6 +411,8 @@ class TasteNet(nn.Module):
         held_out = torch.tanh(fast.user.unsqueeze(1) - support.parts)  # [B, S, D]
         side = support.side
         own = (held_out * side.out).sum(-1) + fast.popularity.unsqueeze(-1) * side.popularity
+        if self.genre_cols is not None:
+            own = own + (fast.genre.unsqueeze(1) * side.genres).sum(-1)
         if z is not None:
             own = own + fast.cooccurrence.unsqueeze(-1) * z.gather(1, side.ids) * (side.ids > 0)
         # log p(j) = s_j - log(sum_allowed exp + exp s_j). (logaddexp's double backward is not

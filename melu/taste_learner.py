@@ -14,7 +14,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
-from melu.config import MetaConfig
+from melu.config import MetaConfig, adapted_fast_weights
 from melu.objectives import Episode, candidates, multinomial_nll
 from melu.taste import FAST_WEIGHTS, FastWeights, ItemSide, Support, TasteNet
 
@@ -49,13 +49,14 @@ class TasteLearner(nn.Module):
         unknown = set(cfg.fast_weights) - set(FAST_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown fast weights {sorted(unknown)}; known: {FAST_WEIGHTS}")
-        inert = set(cfg.fast_weights) - set(net.cfg.taste_fast_weights)
+        adapted = adapted_fast_weights(net.cfg, cfg)
+        inert = set(adapted) - set(net.cfg.taste_fast_weights)
         if inert:
             raise ValueError(
-                f"fast weights {sorted(inert)} need the co-occurrence term, which this model "
-                "has not (ModelConfig.cooccurrence)"
+                f"fast weights {sorted(inert)} are not in this model (the co-occurrence term's "
+                "need ModelConfig.cooccurrence, the genre preference ModelConfig.genre_preference)"
             )
-        self.adapted = [name for name in FAST_WEIGHTS if name in cfg.fast_weights]
+        self.adapted = list(adapted)
 
     def _steps(self, steps: int | None) -> int:
         return self.cfg.local_steps if steps is None else steps
@@ -180,6 +181,8 @@ class TasteLearner(nn.Module):
         ratings, mask = support.ratings[index], support.mask[index]
         items = catalogue.items.take(rows.to(catalogue.items.ids.device))
         pooled_part = support.parts[index] @ items.out.t()
+        if net.genre_cols is not None:
+            pooled_part = pooled_part + self._genre_parts(state, index, side, items)
         table = net.cooccurrence_table
         if table is None:
             return pooled_part
@@ -190,6 +193,18 @@ class TasteLearner(nn.Module):
         weights = fast.support_weights[index].unsqueeze(-1)
         co = single[:, items.ids] * (items.ids > 0) * weights / n.sqrt()
         return pooled_part + fast.cooccurrence[index] * co
+
+    def _genre_parts(
+        self, state: TasteState, index: int, side: ItemSide, items: ItemSide
+    ) -> torch.Tensor:
+        """``[S, K]``: user ``index``'s genre term of each item split among their liked
+        support items by the genres they share with it (the step sets the preference from
+        the liked items' genres); 0 for items no liked support item shares a genre with."""
+        term = state.fast.genre[index] @ items.genres.t()  # [K]
+        liked = state.support.liked[index].to(term.dtype)  # [S]
+        shared = (side.genres @ items.genres.t()) * liked.unsqueeze(1)  # [S, K]
+        total = shared.sum(0, keepdim=True)
+        return torch.where(total > 0, term * shared / total.clamp(min=1e-12), 0.0)
 
     def unit_gradient_norms(
         self,

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from melu import checkpoint as ckpt
-from melu.config import FAST_WEIGHTS, MetaConfig, ModelConfig, TrainConfig
+from melu.config import FAST_WEIGHTS, MetaConfig, ModelConfig, TrainConfig, adapted_fast_weights
 from melu.data import ColdStartData
 from melu.distributed import World, init_from_env
 from melu.errors import MeluError
@@ -72,6 +72,8 @@ def check_options(model_cfg: ModelConfig, meta_cfg: MetaConfig, train_cfg: Train
     to MeLU's rating network. (torch.compile: aot_autograd has no double backward for the
     second-order steps, and the first-order meta-gradient it compiled differed from eager by
     8e-4 in float64.)"""
+    if meta_cfg.genre_local_lr is not None and not model_cfg.genre_preference:
+        raise MeluError("--genre-local-lr: only with --genre-preference (the taste model's)")
     if model_cfg.objective != "taste":
         if tuple(meta_cfg.fast_weights) != FAST_WEIGHTS:
             raise MeluError(
@@ -84,11 +86,12 @@ def check_options(model_cfg: ModelConfig, meta_cfg: MetaConfig, train_cfg: Train
                 "network has one local rate (--local-lr)"
             )
         return
-    inert = [name for name in meta_cfg.fast_weights if name not in model_cfg.taste_fast_weights]
+    adapted = adapted_fast_weights(model_cfg, meta_cfg)
+    inert = [name for name in adapted if name not in model_cfg.taste_fast_weights]
     if inert:
         raise MeluError(
-            f"--fast-weights: {' '.join(inert)}: fast weights of the co-occurrence term, which "
-            "this model has not (--cooccurrence adds it)"
+            f"--fast-weights: {' '.join(inert)}: not in this model (--cooccurrence adds the "
+            "co-occurrence term's two, --genre-preference the genre preference)"
         )
     given = [
         flag

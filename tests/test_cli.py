@@ -264,11 +264,12 @@ def test_the_taste_model_refuses_options_of_melus_network(tmp_path: Path) -> Non
 def test_fast_weights_choose_what_the_step_adapts() -> None:
     """`--fast-weights user` configures a taste model whose local step moves the user vector
     alone (docs/results.md's probe; test_taste checks what the step then moves);
-    the default adapts the four a model without the co-occurrence term has, `--cooccurrence`
-    adds the term and its two fast weights (the model before stop 34), and an explicit
-    choice counts against --resume."""
+    the default adapts the five a model without the co-occurrence term has (the genre
+    preference among them), `--cooccurrence` adds the term and its two fast weights (the model
+    before stop 34), `--no-genre-preference` drops the genre preference (the model before stop
+    36), and an explicit choice counts against --resume."""
     from melu.cli import _train_configs
-    from melu.config import COOCCURRENCE_WEIGHTS, FAST_WEIGHTS, PRESETS
+    from melu.config import COOCCURRENCE_WEIGHTS, FAST_WEIGHTS, PRESETS, adapted_fast_weights
 
     parser = build_parser()
     _, meta, _, given = _train_configs(
@@ -279,11 +280,32 @@ def test_fast_weights_choose_what_the_step_adapts() -> None:
     assert not model.cooccurrence and "meta.fast_weights" not in given
     assert default.fast_weights == PRESETS["default"].meta.fast_weights
     assert set(default.fast_weights) == set(FAST_WEIGHTS) - set(COOCCURRENCE_WEIGHTS)
+    assert model.genre_preference and default.genre_local_lr == 2.0
     model, meta, _, given = _train_configs(
         parser.parse_args(["train", "--out", "x", "--cooccurrence"])
     )
     assert model.cooccurrence and meta.fast_weights == FAST_WEIGHTS
     assert "meta.fast_weights" not in given and given["model"] == model
+    assert adapted_fast_weights(model, meta) == FAST_WEIGHTS
+    # --no-genre-preference: the model before stop 36, its step on the preset's others; with
+    # --fast-weights only what is named.
+    model, meta, _, given = _train_configs(
+        parser.parse_args(["train", "--out", "x", "--no-genre-preference"])
+    )
+    assert not model.genre_preference and given["model"] == model
+    assert meta.fast_weights == ("user", "popularity", "rating_bias", "rating_taste")
+    assert meta.genre_local_lr is None
+    _, meta, _, _ = _train_configs(
+        parser.parse_args(
+            ["train", "--out", "x", "--genre-local-lr", "1.0", "--fast-weights", "user"]
+        )
+    )
+    assert meta.fast_weights == ("user",) and meta.genre_local_lr == 1.0
+    # MeLU's network through --objective rating: no genre preference, no genre step.
+    model, meta, _, _ = _train_configs(
+        parser.parse_args(["train", "--out", "x", "--objective", "rating"])
+    )
+    assert not model.genre_preference and meta.genre_local_lr is None
     _, meta, _, given = _train_configs(
         parser.parse_args(["train", "--out", "x", "--rating-local-lr", "1.5"])
     )
@@ -304,10 +326,24 @@ def test_cooccurrence_weights_need_the_term(tmp_path: Path) -> None:
     common = ["train", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "run")]
     one_line_error(
         melu(*common, "--fast-weights", "user", "support_weights"),
-        "--fast-weights: support_weights: fast weights of the co-occurrence term",
+        "--fast-weights: support_weights: not in this model (--cooccurrence adds",
     )
     one_line_error(
         melu(*common, "--preset", "melu", "--cooccurrence"), "--cooccurrence: only the taste"
+    )
+    one_line_error(
+        melu(*common, "--preset", "melu", "--genre-preference"),
+        "--genre-preference: only the taste model",
+    )
+    line = one_line_error(melu(*common, "--fast-weights", "genre"))
+    assert "file not found" in line
+    one_line_error(
+        melu(*common, "--no-genre-preference", "--fast-weights", "user", "genre"),
+        "--fast-weights: genre: not in this model",
+    )
+    one_line_error(
+        melu(*common, "--no-genre-preference", "--genre-local-lr", "1.0"),
+        "--genre-local-lr: only with --genre-preference",
     )
     line = one_line_error(melu(*common, "--cooccurrence", "--fast-weights", "support_weights"))
     assert "file not found" in line

@@ -66,15 +66,20 @@ PAIRS = np.array(
 
 
 def learner(
-    dtype: torch.dtype = torch.float64, cooccurrence: bool = True, **meta: object
+    dtype: torch.dtype = torch.float64,
+    cooccurrence: bool = True,
+    genre: bool = False,
+    **meta: object,
 ) -> TasteLearner:
     """A small taste model (``cooccurrence``: with the co-occurrence term, fitted on
-    :data:`PAIRS`)."""
+    :data:`PAIRS`; ``genre``: with the genre preference)."""
     torch.manual_seed(0)
     if not cooccurrence:
         meta.setdefault("fast_weights", STEPPABLE_WITHOUT_COOCCURRENCE)
+    if genre and "fast_weights" in meta:
+        meta["fast_weights"] = (*meta["fast_weights"], "genre")  # type: ignore[misc]
     cfg = dataclasses.replace(META, **meta)  # type: ignore[arg-type]
-    model_cfg = dataclasses.replace(MODEL, cooccurrence=cooccurrence)
+    model_cfg = dataclasses.replace(MODEL, cooccurrence=cooccurrence, genre_preference=genre)
     net = TasteNet(USER_SPECS, ITEM_SPECS, model_cfg, cfg, RatingScale())
     out = TasteLearner(net, cfg)
     if net.cooccurrence_table is not None:
@@ -179,14 +184,17 @@ def test_leaving_the_user_out_equals_the_matrix_without_them() -> None:
 # --- the local update and the meta-gradient -----------------------------------------------------
 
 
-@pytest.mark.parametrize("cooccurrence", [True, False])
-def test_second_order_meta_gradient_matches_finite_differences(cooccurrence: bool) -> None:
+@pytest.mark.parametrize(("cooccurrence", "genre"), [(True, False), (False, False), (False, True)])
+def test_second_order_meta_gradient_matches_finite_differences(
+    cooccurrence: bool, genre: bool
+) -> None:
     """Gradcheck of the episode loss, through two local steps, w.r.t. meta-parameters the
     steps depend on (the step sizes, the pooled embeddings, the rating biases)."""
-    model = learner(cooccurrence=cooccurrence)
+    model = learner(cooccurrence=cooccurrence, genre=genre)
     model.train()
     ep = episode()
     names = ["net.step_size.user", "net.rating_scale", "net.item_id.weight", "net.mean"]
+    names += ["net.step_size.genre"] if genre else []
     base = dict(model.named_parameters())
     inputs = tuple(base[n].detach().clone().requires_grad_() for n in names)
 
@@ -320,14 +328,16 @@ def test_rank_puts_rows_below_the_floor_last() -> None:
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-@pytest.mark.parametrize("cooccurrence", [True, False])
-def test_every_meta_parameter_gets_a_meta_gradient(first_order: bool, cooccurrence: bool) -> None:
+@pytest.mark.parametrize(("cooccurrence", "genre"), [(True, False), (False, False), (False, True)])
+def test_every_meta_parameter_gets_a_meta_gradient(
+    first_order: bool, cooccurrence: bool, genre: bool
+) -> None:
     """The query loss reaches every meta-parameter through the start and the local steps:
     the embeddings, the pooling, the shrinkage, the co-occurrence's start (where the model has
     the term) and every step size and gate of the fast weights the steps adapt (first order
     too: it drops the gradient's own derivative, not the step). A model without the term has
     no parameter the query loss cannot reach."""
-    model = learner(first_order=first_order, cooccurrence=cooccurrence)
+    model = learner(first_order=first_order, cooccurrence=cooccurrence, genre=genre)
     model.train()
     model.zero_grad()
     model.losses(episode(own=cooccurrence), TABLE, RECOMMENDABLE).sum().backward()
@@ -412,7 +422,8 @@ def test_the_step_schedule_scales_the_step_per_support_size() -> None:
         shape = (-1,) + (1,) * (base.dim() - 1)
         expected = base + multiple.view(shape) * (one - base)
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-        assert not torch.equal(one, base)
+        # (The genre preference of a model without one is empty.)
+        assert base.numel() == 0 or not torch.equal(one, base)
 
 
 def test_the_ratings_take_the_line_of_their_support_size() -> None:
@@ -446,7 +457,76 @@ def test_the_rating_fast_weights_can_start_with_their_own_step_size() -> None:
     for rating_lr, expected in ((None, 0.3), (0.05, 0.05)):
         cfg = dataclasses.replace(META, rating_local_lr=rating_lr)
         net = TasteNet(USER_SPECS, ITEM_SPECS, MODEL, cfg, RatingScale())
-        assert set(net.step_size) == set(FAST_WEIGHTS)
+        assert set(net.step_size) == set(MODEL.taste_fast_weights)
         for name, size in net.step_size.items():
             want = expected if name in RATING_WEIGHTS else 0.3
             assert torch.allclose(size, torch.full_like(size, want)), name
+    # The genre preference's own start (MetaConfig.genre_local_lr), or local_lr's.
+    for genre_lr, expected in ((None, 0.3), (0.7, 0.7)):
+        cfg = dataclasses.replace(META, genre_local_lr=genre_lr)
+        model = dataclasses.replace(MODEL, genre_preference=True)
+        size = TasteNet(USER_SPECS, ITEM_SPECS, model, cfg, RatingScale()).step_size["genre"]
+        assert size.shape == (4,) and torch.allclose(size, torch.full_like(size, expected))
+
+
+def test_item_genres_are_the_genre_ids_as_0_1() -> None:
+    """``ItemSide.genres``: a film's genres (the table's padded genre ids) as 0/1 over the
+    genre vocabulary without "unknown"; a model without the genre preference has none."""
+    net = learner(genre=True).net
+    got = net.item_side(TABLE).genres
+    assert got.shape == (TABLE.shape[0], 4)
+    for row, hot in zip(TABLE.tolist(), got.tolist(), strict=True):
+        assert {g for g in row[3:] if g > 0} == {g + 1 for g, h in enumerate(hot) if h == 1.0}
+    assert learner().net.item_side(TABLE).genres.shape == (TABLE.shape[0], 0)
+
+
+def test_the_genre_preference_is_the_steps_alone_and_follows_the_liked_genre() -> None:
+    """The genre preference starts at 0 (the meta-learned start has no genre term, so its
+    lists are the model's without one) and one step turns it to the genres the user liked:
+    a user who liked only films of genre 1 ranks the other films of genre 1 higher than the
+    start did."""
+    model = learner(genre=True).eval()
+    side = model.catalogue_side(TABLE, RECOMMENDABLE)
+    genre_1 = [r for r in range(1, TABLE.shape[0]) if 1 in TABLE[r, 3:].tolist()]
+    liked = [r for r in genre_1 if bool(RECOMMENDABLE[r])][:3]
+    rows = torch.tensor([liked])
+    ratings = torch.full((1, 3), 5.0, dtype=torch.float64)
+    mask = rows > 0
+    users = USERS[:1]
+    start = model.adapt(users, rows, TABLE[rows], ratings, mask, side, steps=0)
+    moved = model.adapt(users, rows, TABLE[rows], ratings, mask, side, steps=1)
+    assert torch.equal(start.fast.genre, torch.zeros_like(start.fast.genre))
+    preference = moved.fast.genre[0]
+    assert int(preference.argmax()) == 0  # genre id 1
+    assert float(preference[0]) > 0
+    # Genre 1's other films gain on the rest of the catalogue.
+    before, _ = model.scores(start, side)
+    after, _ = model.scores(moved, side)
+    others = [r for r in range(1, TABLE.shape[0]) if bool(RECOMMENDABLE[r]) and r not in liked]
+    ones = torch.tensor([r in genre_1 for r in others])
+    gain = (after - before)[0, others]
+    assert float(gain[ones].mean()) > float(gain[~ones].mean())
+
+
+def test_explanations_split_the_genre_term_among_the_liked_items_that_share_a_genre() -> None:
+    """With the genre preference, what "because you loved X" weighs (``support_parts``) holds
+    each listed item's genre term, split among the liked support items sharing a genre with
+    it: the parts beside the pooled ones sum to the term, and a support item rated below
+    "liked" gets none of it."""
+    model = learner(cooccurrence=False, genre=True).eval()
+    side = model.catalogue_side(TABLE, RECOMMENDABLE)
+    rows, ratings, mask = support()
+    state = model.adapt(USERS, rows, TABLE[rows], ratings, mask, side, steps=1)
+    listed = RECOMMENDABLE.nonzero().squeeze(1)
+    parts = model.support_parts(state, 0, side, listed)
+    support_side = state.support.side.take(torch.tensor(0))
+    items = side.items.take(listed)
+    assert state.support.parts is not None
+    genre_parts = parts - state.support.parts[0] @ items.out.t()
+    term = state.fast.genre[0] @ items.genres.t()
+    liked = state.support.liked[0]
+    shares = (support_side.genres @ items.genres.t())[liked].sum(0) > 0
+    torch.testing.assert_close(genre_parts.sum(0)[shares], term[shares])
+    assert torch.equal(genre_parts[:, ~shares], torch.zeros_like(genre_parts[:, ~shares]))
+    assert torch.equal(genre_parts[~liked], torch.zeros_like(genre_parts[~liked]))
+    assert bool(shares.any()) and float(term[shares].abs().sum()) > 0
