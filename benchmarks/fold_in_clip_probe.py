@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from probes import Rows, load_run, main
+from probes import Rows, load_run, loved_genre_table, main
 
 from melu.evaluation import catalogue as C
 from melu.evaluation.report import MELU
@@ -106,14 +106,7 @@ def options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def table(rows: Rows) -> None:
-    sizes = [f"S{s}" for s in BUCKET_SIZES]
-    heads = " ".join(f"{s:>7}" for s in sizes)
-    print(f"{'seed':>4} {'transform':>9} {heads}  loved genre")
-    for r in rows:
-        cells = " ".join(f"{r['recall@10_' + s]:>7.4f}" for s in sizes)
-        share = r["loved_genre_share"]
-        print(f"{r['seed']:>4} {r['transform']:>9} {cells}  {share:>11.3f}")
+table = loved_genre_table([("transform", "transform", 9, "")])
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from quality import write_rows
 from melu import checkpoint as ckpt
 from melu.data import ColdStartData, prepare
 from melu.learners import Learner
+from melu.schedule import BUCKET_SIZES
 from melu.tasks import TaskSet
 from melu.taste_learner import TasteLearner
 
@@ -53,6 +54,23 @@ def recall_table(names: Sequence[str], width: int) -> Callable[[Rows], None]:
         for r in rows:
             cells = " ".join(f"{r['recall@10_' + n]:>{width}.4f}" for n in names)
             print(f"{r['seed']:>4} {r['S']:>2} {cells}")
+
+    return table
+
+
+def loved_genre_table(columns: Sequence[tuple[str, str, int, str]]) -> Callable[[Rows], None]:
+    """A ``table`` for :func:`main`: each row's seed, its ``columns`` (key, heading, width,
+    format spec), ``recall@10_S*`` at the schedule's support sizes and its loved-genre share."""
+    sizes = [f"S{s}" for s in BUCKET_SIZES]
+
+    def table(rows: Rows) -> None:
+        named = " ".join(f"{heading:>{width}}" for _, heading, width, _ in columns)
+        heads = " ".join(f"{s:>7}" for s in sizes)
+        print(f"{'seed':>4} {named} {heads}  loved genre")
+        for r in rows:
+            own = " ".join(format(r[key], f">{width}{spec}") for key, _, width, spec in columns)
+            cells = " ".join(f"{r['recall@10_' + s]:>7.4f}" for s in sizes)
+            print(f"{r['seed']:>4} {own} {cells}  {r['loved_genre_share']:>11.3f}")
 
     return table
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from probes import Rows, load_run, main
+from probes import Rows, load_run, loved_genre_table, main
 
 from melu.data import ColdStartData
 from melu.evaluation import catalogue as C
@@ -94,14 +94,7 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multiples", type=float, nargs="+", default=[1.0, 0.5, 0.0, -1.0])
 
 
-def table(rows: Rows) -> None:
-    sizes = [f"S{s}" for s in BUCKET_SIZES]
-    heads = " ".join(f"{s:>7}" for s in sizes)
-    print(f"{'seed':>4} {'part':>12} {'x':>5} {heads}  loved genre")
-    for r in rows:
-        cells = " ".join(f"{r['recall@10_' + s]:>7.4f}" for s in sizes)
-        share = r["loved_genre_share"]
-        print(f"{r['seed']:>4} {r['part']:>12} {r['multiple']:>5g} {cells}  {share:>11.3f}")
+table = loved_genre_table([("part", "part", 12, ""), ("multiple", "x", 5, "g")])
 
 
 if __name__ == "__main__":
