@@ -160,9 +160,10 @@ def test_resume_refuses_other_options(
     assert "--dataset ml-latest-small (the run has melu)" in line
     assert "--out" in line and "RUN_DIR" in line
     # Another model is another run.
-    for option in (["--objective", "rating"], ["--preset", "melu"], ["--cooccurrence"]):
+    others = (["--objective", "rating"], ["--preset", "melu"], ["--cooccurrence"])
+    for option in (*others, ["--no-genre-preference"]):
         line = one_line_error(melu(*common, *option), "--resume")
-        assert "--preset/--objective/--cooccurrence (another model configuration)" in line
+        assert "--preset/--objective/--cooccurrence/--genre-preference (another model" in line
     # Options equal to the saved ones are fine; the run is finished, and says so, and leaves
     # the checkpoint alone (the Makefile evaluates again only when it changes).
     written = (run / "checkpoint.pt").stat().st_mtime_ns
