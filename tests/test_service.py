@@ -857,11 +857,14 @@ def _differences(a: list[Any], b: list[Any]) -> tuple[int, int]:
 
 
 def test_batching_never_changes_order(model: Recommender) -> None:
-    """Scores differ by ~1e-7 between a padded batch and a solo run; ranking on the
+    """Scores differ by ~1e-6 between a padded batch and a solo run; ranking on the
     batch-invariant grid keeps items in the same order and with the same scores, except a
     value that lies within that noise of a grid boundary: measured 0-4 of the 32000 scores
     compared here run alone, up to ~12 after the rest of this module has run (CI: 8 positions
-    moved). Without the grid nearly every score would differ."""
+    moved). Since stop 36 the genre preference carries one vector's noise (~2e-6 here) to
+    every film of a genre at once, so more scores sit on a boundary: 86 of the 32000 one grid
+    step apart, 21 of the 64 lists identical to the last digit, no position moved. Without the
+    grid nearly every score would differ."""
     rec = model
     rng = np.random.default_rng(11)
     n = len(rec)
@@ -881,8 +884,9 @@ def test_batching_never_changes_order(model: Recommender) -> None:
             positions, scores = _differences(alone.items, other.items)
             moved += positions
             changed += scores
-    # 64 comparisons of 500-item lists: a score crosses a grid boundary in 0.1% at most.
-    assert changed <= 32 and moved <= 32 and identical >= 48, (changed, moved, identical)
+    # 64 comparisons of 500-item lists: the order holds, and a score crosses a grid boundary
+    # in 0.5% at most (each by one step: _differences).
+    assert moved <= 32 and changed <= 160 and identical >= 16, (changed, moved, identical)
 
 
 def test_cached_item_side_equals_the_model(small_rating_checkpoint: Path) -> None:
