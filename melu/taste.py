@@ -8,9 +8,9 @@ those weights gives both outputs for every item ``i``:
   (:attr:`ModelConfig.cooccurrence`; the default preset's has none since stop 34),
   ``+ cooccurrence * z_i``, where ``z = sum_j support_weights_j P[j, :] / sqrt(n)`` is the
   training users' item-item co-occurrence from the support items (:mod:`melu.cooccurrence`),
-  and, in a model with the genre preference (:attr:`ModelConfig.genre_preference`, an
-  option), ``+ genre . g_i`` (``g_i`` the film's genres as 0/1; the preference starts at 0,
-  so the local step alone sets it);
+  and, in a model with the genre preference (:attr:`ModelConfig.genre_preference`; the
+  default preset's has it since stop 36), ``+ genre . g_i`` (``g_i`` the film's genres as
+  0/1; the preference starts at 0, so the local step alone sets it);
 - the predicted rating: ``mu + bias_i + rating_bias + rating_taste . taste_i``.
 
 The default model leaves the item-item view to EDLAE's fold-in, blended into the list after
@@ -413,6 +413,8 @@ class TasteNet(nn.Module):
         side = support.side
         own = (held_out * side.out).sum(-1) + fast.popularity.unsqueeze(-1) * side.popularity
         if self.genre_cols is not None:
+            # Not left out per item as the user vector is: the preference starts at 0, so the
+            # first step's loss holds no support item's own pull on it.
             own = own + (fast.genre.unsqueeze(1) * side.genres).sum(-1)
         if z is not None:
             own = own + fast.cooccurrence.unsqueeze(-1) * z.gather(1, side.ids) * (side.ids > 0)
