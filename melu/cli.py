@@ -497,8 +497,6 @@ def _train_configs(args: argparse.Namespace) -> tuple[Any, MetaConfig, TrainConf
         base = replace(base, genre_local_lr=None)
     if model_cfg.objective != "taste":
         base = replace(base, rating_local_lr=None)
-    if args.genre_local_lr is not None and not model_cfg.genre_preference:
-        raise MeluError("--genre-local-lr: only with --genre-preference")
     meta_cfg = replace(base, **{k: v for k, v in meta_over.items() if v is not None})
     train_cfg = replace(
         TrainConfig(),
